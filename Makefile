@@ -1,0 +1,31 @@
+# Two commands: `make demo` and `make test`. Both create .venv if it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Tests and the demo run on CPU. The pinned CPU wheel keeps pip from pulling a multi-GB CUDA build;
+# GPU users install the project with their own CUDA torch (`pip install -e .`) instead.
+TORCH_SPEC ?= torch==2.13.0
+DEMO_OUT ?= outputs/demo
+
+.PHONY: demo test install bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)" -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m jobs.demo --out $(DEMO_OUT)
+
+test: install
+	$(PY) -m pytest -q tests
+
+bench: install
+	$(PY) bench/animate.py
+	$(PY) bench/ingest.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

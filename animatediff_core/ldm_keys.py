@@ -1,0 +1,90 @@
+"""diffusers -> original LDM (CompVis / A1111) key names for SD-1.x UNet and CLIP text encoder.
+
+Loading LDM checkpoints uses diffusers' own converters (`convert_ldm_unet_checkpoint`,
+`convert_ldm_clip_checkpoint`); this is the other direction, needed to export personalized
+checkpoints in the single-file format DreamBooth tools write. Generalized from diffusers'
+`scripts/convert_diffusers_to_original_stable_diffusion.py` (hard-coded there to 4 levels and 2
+layers per block) to any level count and layers_per_block.
+"""
+
+from __future__ import annotations
+
+import torch
+
+UNET_PREFIX = "model.diffusion_model."
+CLIP_PREFIX = "cond_stage_model.transformer."
+
+_TOP = [
+    ("time_embed.0.", "time_embedding.linear_1."),
+    ("time_embed.2.", "time_embedding.linear_2."),
+    ("input_blocks.0.0.", "conv_in."),
+    ("out.0.", "conv_norm_out."),
+    ("out.2.", "conv_out."),
+]
+_RESNET = [
+    ("in_layers.0", "norm1"),
+    ("in_layers.2", "conv1"),
+    ("out_layers.0", "norm2"),
+    ("out_layers.3", "conv2"),
+    ("emb_layers.1", "time_emb_proj"),
+    ("skip_connection", "conv_shortcut"),
+]
+
+
+def _layer_map(config: dict) -> list[tuple[str, str]]:
+    levels = len(config["block_out_channels"])
+    per = config["layers_per_block"]
+    down_attn = ["CrossAttn" in t for t in config["down_block_types"]]
+    up_attn = ["CrossAttn" in t for t in config["up_block_types"]]
+    pairs = []
+    for i in range(levels):
+        for j in range(per):
+            pairs.append((f"input_blocks.{(per + 1) * i + j + 1}.0.", f"down_blocks.{i}.resnets.{j}."))
+            if down_attn[i]:
+                pairs.append((f"input_blocks.{(per + 1) * i + j + 1}.1.", f"down_blocks.{i}.attentions.{j}."))
+        for j in range(per + 1):
+            pairs.append((f"output_blocks.{(per + 1) * i + j}.0.", f"up_blocks.{i}.resnets.{j}."))
+            if up_attn[i]:
+                pairs.append((f"output_blocks.{(per + 1) * i + j}.1.", f"up_blocks.{i}.attentions.{j}."))
+        if i < levels - 1:
+            pairs.append((f"input_blocks.{(per + 1) * (i + 1)}.0.op.", f"down_blocks.{i}.downsamplers.0.conv."))
+            pairs.append((f"output_blocks.{(per + 1) * i + per}.{2 if up_attn[i] else 1}.", f"up_blocks.{i}.upsamplers.0."))
+    pairs.append(("middle_block.1.", "mid_block.attentions.0."))
+    for j in range(2):
+        pairs.append((f"middle_block.{2 * j}.", f"mid_block.resnets.{j}."))
+    return pairs
+
+
+def unet_to_ldm(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
+    """UNet2DConditionModel state dict -> `model.diffusion_model.*` keys."""
+    layer_map = _layer_map(config)
+    out = {}
+    for key, v in state.items():
+        new = key
+        for ldm, hf in _TOP:
+            if new.startswith(hf):
+                new = ldm + new[len(hf):]
+        if "resnets" in new:
+            for ldm, hf in _RESNET:
+                new = new.replace(hf, ldm)
+        for ldm, hf in layer_map:
+            if new.startswith(hf):
+                new = ldm + new[len(hf):]
+                break
+        out[UNET_PREFIX + new] = v
+    return out
+
+
+def text_encoder_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CLIPTextModel state dict -> `cond_stage_model.transformer.text_model.*` keys (SD-1.x files).
+
+    transformers >= 5 names the parameters without the `text_model.` level; SD-1.x files have it.
+    """
+    return {CLIP_PREFIX + (k if k.startswith("text_model.") else "text_model." + k): v for k, v in state.items()}
+
+
+def align_text_keys(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    """Add or drop the `text_model.` level so converted keys match the installed transformers' naming."""
+    if any(k.startswith("text_model.") for k in expected):
+        return state
+    return {k[len("text_model."):] if k.startswith("text_model.") else k: v for k, v in state.items()}

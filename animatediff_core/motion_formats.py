@@ -1,0 +1,163 @@
+"""Motion-module checkpoint formats: the original AnimateDiff layout and diffusers' MotionAdapter.
+
+Original keys (guoyww/AnimateDiff `motion_module.py`), e.g.
+  down_blocks.0.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.to_q.weight
+  ...attention_blocks.0.pos_encoder.pe   (1, max_len, c) buffer: 24 in v1, 32 in v2/v3
+  mid_block.motion_modules.0...          (v2 only)
+diffusers keys drop `temporal_transformer.` and rename attention_blocks.{0,1} -> attn{1,2},
+norms.{0,1} -> norm{1,2}, ff_norm -> norm3, with one `pos_embed.pe` per transformer block.
+The rename table below is the inverse-able form of diffusers'
+`convert_animatediff_checkpoint_to_diffusers` (loaders/single_file_utils.py).
+
+Head count and GroupNorm groups leave no trace in tensor shapes; files we write record them in the
+safetensors metadata, and other files get the official values (8 heads, 32 groups) unless overridden.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+
+import torch
+from diffusers import MotionAdapter
+
+from . import storage
+from .checkpoints import check_keys, load_state_dict, read_safetensors_metadata, save_state_dict
+from .errors import CheckpointError
+from .inflate import MotionModuleConfig
+
+# (original, diffusers) substrings; applied left-to-right original->diffusers, right-to-left back.
+_RENAMES = [
+    (".temporal_transformer.", "."),
+    (".attention_blocks.0.", ".attn1."),
+    (".attention_blocks.1.", ".attn2."),
+    (".norms.0.", ".norm1."),
+    (".norms.1.", ".norm2."),
+    (".ff_norm.", ".norm3."),
+]
+_MM = re.compile(r"^(?P<block>(down_blocks|up_blocks)\.\d+|mid_block)\.motion_modules\.(?P<idx>\d+)\.")
+
+
+def original_to_diffusers(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int | None]:
+    """Rename original-layout motion keys to MotionAdapter keys. Returns (state, pe length or None).
+
+    Keys outside motion modules (a whole UNet saved by the original train.py) are dropped.
+    """
+    out, pe_len = {}, None
+    for k, v in state.items():
+        if "motion_modules." not in k:
+            continue
+        if k.endswith("pos_encoder.pe"):
+            pe_len = int(v.shape[1])
+            continue
+        for orig, diff in _RENAMES:
+            k = k.replace(orig, diff)
+        out[k] = v
+    return out, pe_len
+
+
+def diffusers_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """MotionAdapter keys -> original AnimateDiff keys (pos_encoder.pe buffers included)."""
+    out = {}
+    for k, v in state.items():
+        m = _MM.match(k)
+        if m is None:
+            continue
+        head, rest = k[: m.end()], k[m.end():]
+        if rest.endswith("pos_embed.pe"):
+            block = rest[: -len("pos_embed.pe")]
+            for i in (0, 1):
+                out[f"{head}temporal_transformer.{block}attention_blocks.{i}.pos_encoder.pe"] = v.clone()
+            continue
+        rest = "." + rest
+        for orig, diff in _RENAMES[1:]:
+            rest = rest.replace(diff, orig)
+        out[f"{head}temporal_transformer{rest}"] = v
+    return out
+
+
+def infer_adapter_kwargs(state: dict[str, torch.Tensor], pe_len: int | None, cfg: MotionModuleConfig) -> dict:
+    """MotionAdapter constructor arguments read off the tensor shapes of a diffusers-keyed state dict."""
+    channels, layers = [], []
+    i = 0
+    while f"down_blocks.{i}.motion_modules.0.proj_in.weight" in state:
+        channels.append(int(state[f"down_blocks.{i}.motion_modules.0.proj_in.weight"].shape[1]))
+        layers.append(len({k.split(".")[3] for k in state if k.startswith(f"down_blocks.{i}.motion_modules.")}))
+        i += 1
+    if not channels:
+        raise CheckpointError("no motion modules found (expected keys like down_blocks.0.motion_modules.0...)")
+    tlayers = len({k.split(".")[5] for k in state if k.startswith("down_blocks.0.motion_modules.0.transformer_blocks.")})
+    return dict(
+        block_out_channels=tuple(channels),
+        motion_layers_per_block=layers[0] if len(set(layers)) == 1 else tuple(layers),
+        motion_transformer_layers_per_block=tlayers or 1,
+        motion_num_attention_heads=cfg.num_attention_heads,
+        motion_norm_num_groups=cfg.norm_num_groups,
+        motion_max_seq_length=pe_len or cfg.max_seq_length,
+        use_motion_mid_block=any(k.startswith("mid_block.") for k in state),
+    )
+
+
+def _cfg_from_metadata(meta: dict[str, str], cfg: MotionModuleConfig | None) -> MotionModuleConfig:
+    if cfg is not None:
+        return cfg
+    return MotionModuleConfig(
+        num_attention_heads=int(meta.get("motion_num_attention_heads", 8)),
+        norm_num_groups=int(meta.get("motion_norm_num_groups", 32)),
+    )
+
+
+def load_original_motion_module(uri: str, cfg: MotionModuleConfig | None = None) -> MotionAdapter:
+    """Load an original-format motion module (.safetensors or .ckpt; v1, v2, v3, or a train.py UNet dump)."""
+    state = load_state_dict(uri)
+    meta = read_safetensors_metadata(uri) if uri.endswith(".safetensors") else {}
+    converted, pe_len = original_to_diffusers(state)
+    if not converted:
+        raise CheckpointError(
+            f"{uri}: no motion-module weights found (expected keys like "
+            "'down_blocks.0.motion_modules.0.temporal_transformer...'); is this a motion module?"
+        )
+    kwargs = infer_adapter_kwargs(converted, pe_len, _cfg_from_metadata(meta, cfg))
+    adapter = MotionAdapter(**kwargs)
+    expected = {k: tuple(v.shape) for k, v in adapter.state_dict().items() if not k.endswith("pos_embed.pe")}
+    check_keys(expected, converted, "AnimateDiff motion module", uri)
+    adapter.load_state_dict(converted, strict=False)  # pos_embed.pe buffers are recomputed, identical formula
+    return adapter
+
+
+def load_motion_adapter(uri: str, cfg: MotionModuleConfig | None = None) -> MotionAdapter:
+    """Load a motion module from a diffusers MotionAdapter folder or an original-format file (any fsspec URI)."""
+    if not storage.exists(uri):
+        raise CheckpointError(f"{uri}: motion module not found (expected a MotionAdapter folder or a .safetensors/.ckpt file)")
+    if storage.isdir(uri):
+        if not storage.exists(storage.join(uri, "config.json")):
+            raise CheckpointError(f"{uri}: folder has no config.json; expected a diffusers MotionAdapter folder")
+        local = storage.localize(uri)
+        try:
+            return MotionAdapter.from_pretrained(local, local_files_only=True)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{uri}: could not load MotionAdapter folder ({str(e)[:300]})") from None
+    return load_original_motion_module(uri, cfg)
+
+
+def save_motion_adapter(adapter: MotionAdapter, uri: str, fmt: str = "diffusers") -> None:
+    """Save as a diffusers folder (`fmt="diffusers"`) or an original-layout file (`fmt="original"`)."""
+    if fmt == "original":
+        meta = {
+            "format": "animatediff-original",
+            "motion_num_attention_heads": str(_first(adapter.config["motion_num_attention_heads"])),
+            "motion_norm_num_groups": str(adapter.config["motion_norm_num_groups"]),
+            "motion_max_seq_length": str(adapter.config["motion_max_seq_length"]),
+        }
+        save_state_dict(diffusers_to_original(adapter.state_dict()), uri, metadata=meta if uri.endswith(".safetensors") else None)
+    elif fmt == "diffusers":
+        with tempfile.TemporaryDirectory() as tmp:
+            adapter.save_pretrained(tmp, safe_serialization=True)
+            storage.upload_dir(tmp, uri)
+    else:
+        raise CheckpointError(f"unknown motion module format {fmt!r}; expected 'diffusers' or 'original'")
+
+
+def _first(x):
+    return x[0] if isinstance(x, (list, tuple)) else x

@@ -1,0 +1,127 @@
+"""Personalized SD-1.x checkpoints on a loaded AnimateDiff pipeline.
+
+Two kinds, detected from the keys:
+- dreambooth: a full single-file LDM checkpoint (`model.diffusion_model.*`, `cond_stage_model.*`).
+  Its UNet and text-encoder weights replace the base's; its VAE (if any) is ignored so the shared
+  VAE stays loaded. Converted with diffusers' `convert_ldm_unet_checkpoint` / `convert_ldm_clip_checkpoint`.
+- lora: kohya/A1111 keys (`lora_unet_*`, `lora_te_*`, `.lora_down/.lora_up/.alpha`, per-module alpha
+  honoured as alpha/rank) or diffusers/peft keys (`unet.*.lora_A/lora_B`). Loaded through diffusers'
+  `load_lora_weights` as a peft adapter on the base weights, scaled by the user's scale.
+
+Switching never reloads the motion modules, VAE or tokenizer; switching between LoRAs leaves the
+base weights untouched; leaving a DreamBooth restores the base from an in-memory copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import AnimateDiffPipeline
+from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint
+
+from .checkpoints import check_keys, load_state_dict
+from .errors import CheckpointError
+from .inflate import is_motion_param
+from .ldm_keys import align_text_keys
+
+KINDS = ("dreambooth", "lora")
+BASE = "base"
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """One personalized checkpoint: `uri` None means the base model itself."""
+
+    name: str
+    uri: str | None = None
+    kind: str | None = None  # dreambooth | lora | None (detect from keys)
+    scale: float = 1.0
+
+
+def detect_kind(state: dict[str, torch.Tensor], uri: str = "") -> str:
+    keys = list(state)
+    if any(k.startswith("model.diffusion_model.") for k in keys):
+        return "dreambooth"
+    if any(("lora_down" in k or "lora_up" in k or "lora_A" in k or "lora_B" in k or "lora.down" in k) for k in keys):
+        return "lora"
+    raise CheckpointError(
+        f"{uri}: not a recognized SD-1.x personalized checkpoint: expected DreamBooth single-file keys "
+        f"('model.diffusion_model.*') or LoRA keys ('lora_unet_*.lora_down.weight', '*.lora_A.weight'); "
+        f"found e.g. {keys[:3]}"
+    )
+
+
+class Personalizer:
+    """Applies one personalized checkpoint at a time to `pipe` (whose base weights it owns)."""
+
+    def __init__(self, pipe: AnimateDiffPipeline):
+        self.pipe = pipe
+        self.current: CheckpointSpec | None = None
+        self._base_copy: dict[str, dict[str, torch.Tensor]] | None = None
+        self._dirty = False  # base weights overwritten by a DreamBooth
+        self._lora: str | None = None
+
+    def apply(self, spec: CheckpointSpec) -> None:
+        """Make `spec` the active checkpoint. A file that fails to load leaves the pipeline on its base."""
+        if spec == self.current:
+            return
+        state = load_state_dict(spec.uri) if spec.uri else None
+        kind = detect_kind(state, spec.uri) if state is not None else BASE
+        if spec.kind and state is not None and spec.kind != kind:
+            raise CheckpointError(f"{spec.uri}: declared kind {spec.kind!r} but the keys are those of a {kind} checkpoint")
+        self.reset()
+        try:
+            if kind == "dreambooth":
+                self._load_dreambooth(state, spec.uri)
+            elif kind == "lora":
+                self._load_lora(state, spec)
+        except Exception:
+            self.reset()
+            raise
+        self.current = spec
+
+    def reset(self) -> None:
+        """Back to the plain base weights."""
+        if self._lora is not None:
+            self.pipe.unload_lora_weights()
+            self._lora = None
+        if self._dirty:
+            self.pipe.unet.load_state_dict(self._base_copy["unet"], strict=False)
+            self.pipe.text_encoder.load_state_dict(self._base_copy["text_encoder"], strict=True)
+            self._dirty = False
+        self.current = None
+
+    def _load_dreambooth(self, state: dict[str, torch.Tensor], uri: str) -> None:
+        unet, text = self.pipe.unet, self.pipe.text_encoder
+        try:
+            unet_sd = convert_ldm_unet_checkpoint(state, dict(unet.config))
+            text_sd = convert_ldm_clip_checkpoint(state)
+        except (KeyError, IndexError, ValueError) as e:
+            raise CheckpointError(f"{uri}: DreamBooth checkpoint does not match an SD-1.x UNet ({type(e).__name__}: {e})") from None
+        spatial = {k: tuple(v.shape) for k, v in unet.state_dict().items() if not is_motion_param(k)}
+        check_keys(spatial, unet_sd, "SD-1.x UNet (DreamBooth single file)", uri)
+        expected_text = {k: tuple(v.shape) for k, v in text.state_dict().items()}
+        text_sd = align_text_keys(text_sd, set(expected_text))
+        text_sd = {k: v for k, v in text_sd.items() if k in expected_text or not k.endswith("position_ids")}
+        if text_sd:
+            check_keys(expected_text, text_sd, "CLIP text encoder (DreamBooth single file)", uri)
+        if self._base_copy is None:
+            self._base_copy = {
+                "unet": {k: v.detach().to("cpu", copy=True) for k, v in unet.state_dict().items() if not is_motion_param(k)},
+                "text_encoder": {k: v.detach().to("cpu", copy=True) for k, v in text.state_dict().items()},
+            }
+        self._dirty = True
+        dtype = next(unet.parameters()).dtype
+        unet.load_state_dict({k: v.to(dtype) for k, v in unet_sd.items()}, strict=False)
+        if text_sd:
+            text.load_state_dict({k: v.to(dtype) for k, v in text_sd.items()}, strict=False)
+
+    def _load_lora(self, state: dict[str, torch.Tensor], spec: CheckpointSpec) -> None:
+        adapter = "personalized"
+        self._lora = adapter  # set first: a half-loaded adapter is unloaded by reset()
+        try:
+            self.pipe.load_lora_weights(state, adapter_name=adapter)
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise CheckpointError(f"{spec.uri}: LoRA does not fit this SD-1.x base ({str(e).splitlines()[0][:300]})") from None
+        self.pipe.set_adapters([adapter], adapter_weights=[spec.scale])

@@ -1,0 +1,83 @@
+"""Build a diffusers AnimateDiffPipeline from a base SD-1.x folder and a motion module.
+
+Components are loaded with `local_files_only=True`: nothing is fetched from a hub. Remote base
+folders (s3://, gs://, ...) are copied to a local cache first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import AnimateDiffPipeline, AutoencoderKL, MotionAdapter, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from . import storage
+from .errors import CheckpointError
+from .inflate import MotionModuleConfig, inflate_unet
+from .motion_formats import load_motion_adapter
+from .schedule import ScheduleConfig
+
+BASE_PARTS = ("unet", "vae", "text_encoder", "tokenizer")
+
+
+@dataclass(frozen=True)
+class Base:
+    """The frozen SD-1.x parts, loaded once."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+
+
+def check_base_folder(uri: str) -> str:
+    """Raise CheckpointError unless `uri` is a diffusers SD folder; return a local copy's path."""
+    if not storage.exists(uri) or not storage.isdir(uri):
+        raise CheckpointError(f"{uri}: base model folder not found (expected a diffusers SD-1.x folder with {', '.join(BASE_PARTS)})")
+    missing = [p for p in BASE_PARTS if not storage.exists(storage.join(uri, p))]
+    if missing:
+        raise CheckpointError(f"{uri}: not a diffusers SD-1.x folder: missing {', '.join(missing)}/ (expected {', '.join(BASE_PARTS)})")
+    return storage.localize(uri)
+
+
+def load_base(uri: str, dtype: torch.dtype = torch.float32) -> Base:
+    local = check_base_folder(uri)
+    try:
+        return Base(
+            unet=UNet2DConditionModel.from_pretrained(local, subfolder="unet", torch_dtype=dtype, local_files_only=True),
+            vae=AutoencoderKL.from_pretrained(local, subfolder="vae", torch_dtype=dtype, local_files_only=True),
+            text_encoder=CLIPTextModel.from_pretrained(local, subfolder="text_encoder", torch_dtype=dtype, local_files_only=True),
+            tokenizer=CLIPTokenizer.from_pretrained(local, subfolder="tokenizer", local_files_only=True),
+        )
+    except (OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{uri}: could not load base model ({str(e).splitlines()[0][:300]})") from None
+
+
+def build_pipeline(base: Base, adapter: MotionAdapter, schedule: ScheduleConfig = ScheduleConfig()) -> AnimateDiffPipeline:
+    """AnimateDiffPipeline over the inflated UNet, with AnimateDiff's DDIM sampler."""
+    video_unet, adapter = inflate_unet(base.unet, adapter)
+    pipe = AnimateDiffPipeline(
+        vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
+        unet=video_unet, motion_adapter=adapter, scheduler=schedule.inference_scheduler(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_pipeline(
+    base: str,
+    motion_module: str,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    motion_config: MotionModuleConfig | None = None,
+) -> AnimateDiffPipeline:
+    """Load base + motion module (diffusers folder or original-format file) into a ready pipeline."""
+    parts = load_base(base, dtype)
+    adapter = load_motion_adapter(motion_module, motion_config).to(dtype=dtype)
+    return build_pipeline(parts, adapter).to(device)
+
+
+def max_frames(pipe: AnimateDiffPipeline) -> int:
+    """Longest clip the motion module's position encoding supports."""
+    return int(pipe.unet.config["motion_max_seq_length"])

@@ -1,0 +1,123 @@
+"""Thin helpers over fsspec so every module accepts any URI.
+
+A URI is a local path, ``file://``, ``s3://``, ``gs://``, ``memory://`` or (for reading)
+``http(s)://``. Credentials come from ``**storage_options`` or the usual environment
+(``AWS_*``, ``AWS_ENDPOINT_URL``, fsspec config).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+
+def fs_and_path(uri: str, **storage_options) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Return the filesystem for ``uri`` and the path inside it (protocol stripped)."""
+    return fsspec.core.url_to_fs(str(uri), **storage_options)
+
+
+def is_local(uri: str) -> bool:
+    """True when ``uri`` is a plain path or ``file://`` URI."""
+    return isinstance(fs_and_path(uri)[0], LocalFileSystem)
+
+
+def join(base_uri: str, *parts: str) -> str:
+    """Join path parts onto a URI, keeping its scheme (``s3://b/x`` + ``a.mp4`` -> ``s3://b/x/a.mp4``)."""
+    base_uri = str(base_uri)
+    if "://" not in base_uri:
+        return os.path.join(base_uri, *parts)
+    clean = [p.strip("/") for p in parts if p.strip("/")]
+    return "/".join([base_uri.rstrip("/"), *clean])
+
+
+def read_bytes(uri: str, **storage_options) -> bytes:
+    """Read a whole object or file."""
+    fs, path = fs_and_path(uri, **storage_options)
+    return fs.cat_file(path)
+
+
+def exists(uri: str, **storage_options) -> bool:
+    fs, path = fs_and_path(uri, **storage_options)
+    return fs.exists(path)
+
+
+def size(uri: str, **storage_options) -> int:
+    """Size in bytes of a file or object."""
+    fs, path = fs_and_path(uri, **storage_options)
+    return int(fs.size(path))
+
+
+def makedirs(uri: str, **storage_options) -> None:
+    """Create a local directory (and parents); a no-op on object stores, which have no directories."""
+    fs, path = fs_and_path(uri, **storage_options)
+    if isinstance(fs, LocalFileSystem):
+        os.makedirs(path, exist_ok=True)
+
+
+def write_bytes_atomic(uri: str, data: bytes, **storage_options) -> None:
+    """Write ``data`` so that no partial file is ever visible under ``uri``.
+
+    Local: temp file in the same directory, fsync, ``os.replace`` (atomic on POSIX), mode 0644.
+    Other filesystems (s3, gcs, memory, ...): one ``pipe_file`` call; a single PUT is atomic there.
+    """
+    fs, path = fs_and_path(uri, **storage_options)
+    if not isinstance(fs, LocalFileSystem):
+        fs.pipe_file(path, bytes(data))
+        return
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs should be readable like normal files
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_text_atomic(uri: str, text: str, **storage_options) -> None:
+    """UTF-8 text version of :func:`write_bytes_atomic`."""
+    write_bytes_atomic(uri, text.encode("utf-8"), **storage_options)
+
+
+def isdir(uri: str, **storage_options) -> bool:
+    fs, path = fs_and_path(uri, **storage_options)
+    return fs.isdir(path)
+
+
+def localize(uri: str, cache_dir: str | None = None, **storage_options) -> str:
+    """A local path for ``uri``: itself when local, else a copy of the file or folder in a cache dir.
+
+    Remote copies land under ``cache_dir`` (default: $ANIMATEDIFF_CACHE or the system temp dir),
+    keyed by the URI, and are reused by later calls in the same process or on the same node.
+    """
+    fs, path = fs_and_path(uri, **storage_options)
+    if isinstance(fs, LocalFileSystem):
+        return path
+    import hashlib
+
+    root = cache_dir or os.environ.get("ANIMATEDIFF_CACHE") or os.path.join(tempfile.gettempdir(), "animatediff-cache")
+    local = os.path.join(root, hashlib.sha256(str(uri).encode()).hexdigest()[:16], os.path.basename(path.rstrip("/")))
+    if not os.path.exists(local):
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        tmp = local + f".partial-{os.getpid()}"
+        fs.get(path.rstrip("/"), tmp, recursive=fs.isdir(path))
+        os.replace(tmp, local)
+    return local
+
+
+def upload_dir(local_dir: str, uri: str, **storage_options) -> None:
+    """Copy a local folder to ``uri`` (any filesystem), file by file, each write atomic."""
+    for root, _, files in os.walk(local_dir):
+        for name in files:
+            rel = os.path.relpath(os.path.join(root, name), local_dir)
+            with open(os.path.join(root, name), "rb") as f:
+                write_bytes_atomic(join(uri, *rel.split(os.sep)), f.read(), **storage_options)

@@ -1,0 +1,146 @@
+"""Tiny models in the real file formats, for tests, the demo and CPU smoke runs of every job.
+
+`write_tiny_models(out)` writes, deterministically from a seed:
+  out/base/                        SD-1.x-shaped base in diffusers layout (unet, vae, text_encoder,
+                                   a real CLIP BPE tokenizer, AnimateDiff's DDIM scheduler)
+  out/motion_adapter/              a random (not zero-initialized) motion module, diffusers layout
+  out/motion_module.safetensors    the same module in the original AnimateDiff layout
+  out/checkpoints/                 personalized checkpoints: a DreamBooth-style single-file LDM
+                                   .safetensors, a kohya LoRA and a diffusers/peft LoRA
+The shapes follow SD-1.x (cross-attention UNet, 4-channel latents, CLIP text encoder) at toy width.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
+from diffusers.utils import logging as diffusers_logging
+from transformers import CLIPTextConfig, CLIPTextModel
+from transformers.utils import logging as transformers_logging
+
+from .checkpoints import save_state_dict
+from .inflate import MotionModuleConfig, new_motion_adapter
+from .ldm_keys import text_encoder_to_ldm, unet_to_ldm
+from .motion_formats import save_motion_adapter
+from .schedule import ScheduleConfig
+from .tokenizer import write_clip_tokenizer
+
+diffusers_logging.disable_progress_bar()
+transformers_logging.disable_progress_bar()
+
+TINY_UNET = dict(
+    block_out_channels=(32, 64),
+    layers_per_block=2,
+    sample_size=32,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32,
+    norm_num_groups=2,
+    attention_head_dim=8,
+)
+TINY_VAE = dict(
+    block_out_channels=(32, 64),
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+    up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+    latent_channels=4,
+    norm_num_groups=2,
+    sample_size=64,
+)
+TINY_TEXT = dict(
+    hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=5,
+    vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    projection_dim=32,
+)
+LORA_TARGETS_UNET = ("to_q", "to_k", "to_v", "to_out.0")
+LORA_TARGETS_TEXT = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def tiny_unet() -> UNet2DConditionModel:
+    return UNet2DConditionModel(**TINY_UNET)
+
+
+def tiny_motion_adapter(zero_init: bool = False) -> MotionAdapter:
+    """Random motion module for the tiny UNet. Not zero-initialized: frames differ as a trained module's would."""
+    adapter = new_motion_adapter(TINY_UNET, MotionModuleConfig.tiny(), zero_init=zero_init)
+    if not zero_init:
+        with torch.no_grad():  # larger outputs than default init, so motion is visible in 2-step samples
+            for name, p in adapter.named_parameters():
+                if "proj_out" in name and name.endswith("weight"):
+                    p.normal_(0.0, 0.2)
+    return adapter
+
+
+def write_tiny_models(out: str | Path, seed: int = 0) -> Path:
+    """Write the whole tiny model set under `out` (see module docstring). Deterministic for a seed."""
+    out = Path(out)
+    torch.manual_seed(seed)
+    unet = tiny_unet()
+    vae = AutoencoderKL(**TINY_VAE)
+    text = CLIPTextModel(CLIPTextConfig(**TINY_TEXT))
+    base = out / "base"
+    unet.save_pretrained(base / "unet")
+    vae.save_pretrained(base / "vae")
+    text.save_pretrained(base / "text_encoder")
+    write_clip_tokenizer(base / "tokenizer")
+    ScheduleConfig().inference_scheduler().save_pretrained(base / "scheduler")
+    (base / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+    }, indent=2))
+
+    adapter = tiny_motion_adapter()
+    save_motion_adapter(adapter, str(out / "motion_adapter"), fmt="diffusers")
+    save_motion_adapter(adapter, str(out / "motion_module.safetensors"), fmt="original")
+
+    ckpts = out / "checkpoints"
+    ckpts.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed + 1)
+    save_state_dict(_dreambooth_state(unet, text, g), str(ckpts / "dreamy.safetensors"))
+    save_state_dict(_kohya_lora_state(unet, text, g, rank=4, alpha=2.0), str(ckpts / "toon_lora.safetensors"))
+    save_state_dict(_peft_lora_state(unet, g, rank=4), str(ckpts / "film_peft_lora.safetensors"))
+    return out
+
+
+def _dreambooth_state(unet, text, g) -> dict[str, torch.Tensor]:
+    """Full fine-tune stand-in: every base weight moved by ~10% noise, saved with LDM single-file keys."""
+    def perturb(sd):
+        return {k: v + 0.1 * v.abs().mean() * torch.randn(v.shape, generator=g) for k, v in sd.items()}
+    state = unet_to_ldm(perturb(unet.state_dict()), dict(unet.config))
+    state.update(text_encoder_to_ldm(perturb(text.state_dict())))
+    return state
+
+
+def _lora_pairs(module: torch.nn.Module, targets: tuple[str, ...]):
+    for name, mod in module.named_modules():
+        if isinstance(mod, torch.nn.Linear) and name.endswith(targets):
+            yield name, mod
+
+
+def _kohya_lora_state(unet, text, g, rank: int, alpha: float) -> dict[str, torch.Tensor]:
+    """kohya-ss / A1111 keys: lora_unet_<module_with_underscores>.lora_down/.lora_up/.alpha."""
+    state = {}
+    for prefix, model, targets in (("lora_unet", unet, LORA_TARGETS_UNET), ("lora_te", text, LORA_TARGETS_TEXT)):
+        for name, lin in _lora_pairs(model, targets):
+            key = f"{prefix}_{name.replace('.', '_')}"
+            state[f"{key}.lora_down.weight"] = 0.3 * torch.randn(rank, lin.in_features, generator=g)
+            state[f"{key}.lora_up.weight"] = 0.3 * torch.randn(lin.out_features, rank, generator=g)
+            state[f"{key}.alpha"] = torch.tensor(alpha)
+    return state
+
+
+def _peft_lora_state(unet, g, rank: int) -> dict[str, torch.Tensor]:
+    """diffusers/peft keys: unet.<module>.lora_A.weight / lora_B.weight (alpha = rank)."""
+    state = {}
+    for name, lin in _lora_pairs(unet, LORA_TARGETS_UNET):
+        state[f"unet.{name}.lora_A.weight"] = 0.3 * torch.randn(rank, lin.in_features, generator=g)
+        state[f"unet.{name}.lora_B.weight"] = 0.3 * torch.randn(lin.out_features, rank, generator=g)
+    return state

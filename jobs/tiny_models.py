@@ -1,0 +1,24 @@
+"""Write the tiny model set (base, motion module in both formats, personalized checkpoints).
+
+    python -m jobs.tiny_models --out DIR [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from animatediff_core.tiny import write_tiny_models
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="folder to write into")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    out = write_tiny_models(args.out, seed=args.seed)
+    print(f"tiny models written to {out}: base/, motion_adapter/, motion_module.safetensors, checkpoints/")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

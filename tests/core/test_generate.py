@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+
+from animatediff_core.errors import ConfigError
+from animatediff_core.generate import GenerationSettings, Request, generate, validate_request
+from animatediff_core.pipeline import load_pipeline, max_frames
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_models):
+    return load_pipeline(str(tiny_models / "base"), str(tiny_models / "motion_module.safetensors"))
+
+
+def test_frames_shape_and_determinism(pipe):
+    s = GenerationSettings.tiny()
+    reqs = [Request("a photo of a cat", "blurry", seed=7, settings=s)]
+    a = generate(pipe, reqs)[0]
+    b = generate(pipe, reqs)[0]
+    assert a.shape == (16, 64, 64, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    c = generate(pipe, [Request("a photo of a cat", "blurry", seed=8, settings=s)])[0]
+    assert not np.array_equal(a, c)
+    # frames differ from each other: the motion module animates
+    assert np.abs(a[0].astype(int) - a[-1].astype(int)).mean() > 1.0
+
+
+def test_pipeline_uses_animatediff_sampler(pipe):
+    c = pipe.scheduler.config
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+    assert c.beta_schedule == "linear" and c.steps_offset == 1 and not c.clip_sample and c.timestep_spacing == "linspace"
+
+
+def test_identical_prompts_encoded_once(pipe, monkeypatch):
+    seen = []
+    original = pipe.encode_prompt
+
+    def spy(prompt, *a, **k):
+        if prompt is not None:  # the pipeline's own call gets embeddings, not text
+            seen.append(list(prompt))
+        return original(prompt, *a, **k)
+
+    monkeypatch.setattr(pipe, "encode_prompt", spy)
+    s = GenerationSettings(num_frames=4, height=32, width=32, steps=1)
+    generate(pipe, [Request("a cat", seed=i, settings=s) for i in range(3)] + [Request("a dog", seed=9, settings=s)])
+    assert seen[0] == ["a cat", "a dog"]  # positives, once each
+    assert seen[1] == [""]  # shared negative
+
+
+def test_validation_messages(pipe):
+    limit = max_frames(pipe)
+    ok = GenerationSettings.tiny()
+    cases = [
+        (Request("", settings=ok), "prompt is empty"),
+        (Request("x", settings=ok.updated(num_frames=limit + 1)), f"at most {limit}"),
+        (Request("x", settings=ok.updated(steps=0)), "steps must be a positive integer"),
+        (Request("x", settings=ok.updated(height=-64)), "height must be a positive integer"),
+        (Request("x", settings=ok.updated(width=100000)), "larger than"),
+        (Request("x", settings=ok.updated(width=61)), "multiple of"),
+        (Request("x", settings=ok.updated(guidance_scale=1e9)), "guidance_scale"),
+        (Request("x", seed=-1, settings=ok), "seed"),
+    ]
+    for req, msg in cases:
+        with pytest.raises(ConfigError, match=msg):
+            validate_request(req, limit, pipe.vae_scale_factor)
+    validate_request(Request("x", settings=ok), limit, pipe.vae_scale_factor)
