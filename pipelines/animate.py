@@ -1,0 +1,172 @@
+"""Batch animation on Ray Data: prompt tables -> videos across many personalized checkpoints.
+
+    read tables -> expand the sweep (tasks) -> mark finished rows (tasks) -> sort by checkpoint and
+    shape -> AnimateStage actor pool (one loaded pipeline per actor, GPU-pinned where GPUs exist)
+    -> metadata rows streamed back to the driver.
+
+Actors encode the mp4 themselves: only paths and metadata travel through the object store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from animatediff_core import storage
+from animatediff_core.generate import GenerationSettings
+from animatediff_core.personalize import CheckpointSpec
+from pipelines.rows import ROW_COLUMNS, SETTING_COLUMNS, expand_rows, fingerprint, video_uri
+from pipelines.stage import AnimateStage, METADATA_COLUMNS
+
+SORT_KEYS = ["checkpoint", *SETTING_COLUMNS]
+
+
+@dataclass
+class AnimateConfig:
+    prompts: list[str]
+    base: str
+    motion_module: str
+    out: str
+    checkpoints: dict[str, CheckpointSpec] = field(default_factory=dict)
+    defaults: GenerationSettings = field(default_factory=GenerationSettings)
+    workers: int = 1
+    num_gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    batch_size: int = 8  # rows per actor call; rows of one checkpoint and shape inside run as one pipeline call
+    gif: bool = True
+    dtype: str = "auto"  # float16 on GPU, float32 on CPU
+
+
+def read_prompts(uris: list[str]):
+    """Union of prompt tables (Parquet or CSV, any fsspec URI), each normalized to the same columns."""
+    import ray.data
+
+    datasets = []
+    for uri in uris:
+        fs, path = storage.fs_and_path(uri)
+        pa_fs = _pyarrow_fs(fs)
+        reader = ray.data.read_csv if uri.endswith(".csv") else ray.data.read_parquet
+        kwargs = {"convert_options": _csv_as_strings()} if uri.endswith(".csv") else {}
+        ds = reader(path, filesystem=pa_fs, **kwargs)
+        datasets.append(ds.map_batches(_normalize, batch_format="pandas", fn_kwargs={"source": uri}))
+    return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+
+
+def _csv_as_strings():
+    import pyarrow.csv as pacsv
+
+    return pacsv.ConvertOptions(strings_can_be_null=True)
+
+
+def _pyarrow_fs(fs):
+    from fsspec.implementations.local import LocalFileSystem
+    from pyarrow.fs import FSSpecHandler, LocalFileSystem as PaLocal, PyFileSystem
+
+    return PaLocal() if isinstance(fs, LocalFileSystem) else PyFileSystem(FSSpecHandler(fs))
+
+
+PROMPT_COLUMNS = ["id", "prompt", "negative_prompt", "seed", "checkpoint", *SETTING_COLUMNS]
+
+
+def _normalize(batch: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Every table to the same all-string columns (tables differ in types); rows parse them later."""
+    if "prompt" not in batch.columns:
+        raise ValueError(f"prompt table {source} has no 'prompt' column; found {list(batch.columns)}")
+    n = len(batch)
+    return pd.DataFrame({c: [_cell(v) for v in batch[c]] if c in batch.columns else [None] * n for c in PROMPT_COLUMNS})
+
+
+def _cell(v):
+    if v is None or (not isinstance(v, (str, bytes)) and pd.isna(v)):
+        return None
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))  # pandas turns int columns with gaps into floats
+    return str(v.item() if hasattr(v, "item") else v)
+
+
+def mark_finished(batch: pd.DataFrame, out: str, motion_module: str, specs: dict[str, CheckpointSpec]) -> pd.DataFrame:
+    """Rows whose video exists and whose sidecar matches become ok/skipped: resume without regenerating."""
+    batch = batch.copy()
+    for col in METADATA_COLUMNS:
+        if col not in batch.columns:
+            batch[col] = None
+    for i, row in batch.iterrows():
+        if row["status"] != "pending":
+            continue
+        side = video_uri(out, row["checkpoint"], row["id"], "json")
+        if not storage.exists(side):
+            continue
+        meta = json.loads(storage.read_bytes(side))
+        mp4 = video_uri(out, row["checkpoint"], row["id"])
+        same = meta.get("fingerprint") == fingerprint(row.to_dict(), motion_module, specs[row["checkpoint"]])
+        if same and storage.exists(mp4) and storage.size(mp4) == meta.get("bytes"):
+            for k in ("video_uri", "gif_uri", "seconds", "bytes", "sha256"):
+                batch.at[i, k] = meta.get(k)
+            batch.at[i, "status"], batch.at[i, "skipped"] = "ok", True
+    return batch
+
+
+def build_dataset(cfg: AnimateConfig):
+    """The whole lazy pipeline; nothing runs until it is iterated."""
+    import ray.data
+
+    names = list(cfg.checkpoints)
+    ds = read_prompts(cfg.prompts)
+    ds = ds.map_batches(expand_rows, batch_format="pandas", fn_kwargs={"checkpoints": names, "defaults": cfg.defaults})
+    ds = ds.map_batches(mark_finished, batch_format="pandas",
+                        fn_kwargs={"out": cfg.out, "motion_module": cfg.motion_module, "specs": cfg.checkpoints})
+    # Sorted rows, cut into actor-sized blocks: one actor sees one checkpoint for long stretches.
+    ds = ds.sort(SORT_KEYS).repartition(target_num_rows_per_block=cfg.batch_size)
+    gpu = cfg.num_gpus_per_worker > 0
+    return ds.map_batches(
+        AnimateStage,
+        fn_constructor_kwargs=dict(base=cfg.base, motion_module=cfg.motion_module, checkpoints=cfg.checkpoints,
+                                   out=cfg.out, gif=cfg.gif, dtype=cfg.dtype, threads=max(1, int(cfg.cpus_per_worker))),
+        batch_format="pandas",
+        batch_size=cfg.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=cfg.workers),
+        num_gpus=cfg.num_gpus_per_worker if gpu else None,
+        num_cpus=1 if gpu else cfg.cpus_per_worker,
+        ray_remote_args_fn=_restartable,
+    )
+
+
+def _restartable() -> dict:
+    # A dead actor (node lost, OOM-killed) is restarted and its in-flight batch retried.
+    return {"max_restarts": -1, "max_task_retries": -1}
+
+
+def run_animate(cfg: AnimateConfig, on_batch=None) -> pd.DataFrame:
+    """Run the job; returns one metadata row per (prompt row, checkpoint)."""
+    parts = []
+    for batch in build_dataset(cfg).iter_batches(batch_format="pandas", batch_size=None):
+        parts.append(batch)
+        if on_batch is not None:
+            on_batch(batch)
+    if not parts:
+        return pd.DataFrame(columns=[*ROW_COLUMNS, *METADATA_COLUMNS])
+    return pd.concat(parts, ignore_index=True)
+
+
+def preflight(prompts: list[str], base: str, motion_module: str, out: str) -> None:
+    """Fail fast, with one line, when nothing can run: missing inputs or an unwritable output."""
+    from animatediff_core.errors import CheckpointError, ConfigError
+
+    for uri in prompts:
+        if not storage.exists(uri):
+            raise ConfigError(f"--prompts {uri}: not found (expected a .parquet or .csv table)")
+    base_parts = ("unet", "vae", "text_encoder", "tokenizer")
+    if not storage.exists(base) or any(not storage.exists(storage.join(base, p)) for p in base_parts):
+        raise CheckpointError(f"--base {base}: not a diffusers SD-1.x folder (expected {', '.join(base_parts)}/ inside)")
+    if not storage.exists(motion_module):
+        raise CheckpointError(f"--motion-module {motion_module}: not found (expected a MotionAdapter folder or .safetensors/.ckpt)")
+    probe = storage.join(out, ".write-test")
+    try:
+        storage.write_bytes_atomic(probe, b"ok")
+        storage.fs_and_path(probe)[0].rm(storage.fs_and_path(probe)[1])
+    except Exception as e:
+        raise ConfigError(f"--out {out}: not writable ({type(e).__name__}: {e})") from None
