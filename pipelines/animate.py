@@ -39,6 +39,7 @@ class AnimateConfig:
     batch_size: int = 8  # rows per actor call; rows of one checkpoint and shape inside run as one pipeline call
     gif: bool = True
     dtype: str = "auto"  # float16 on GPU, float32 on CPU
+    torch_threads: int | None = None  # CPU actors; default: cpus_per_worker
 
 
 def read_prompts(uris: list[str]):
@@ -125,19 +126,15 @@ def build_dataset(cfg: AnimateConfig):
     return ds.map_batches(
         AnimateStage,
         fn_constructor_kwargs=dict(base=cfg.base, motion_module=cfg.motion_module, checkpoints=cfg.checkpoints,
-                                   out=cfg.out, gif=cfg.gif, dtype=cfg.dtype, threads=max(1, int(cfg.cpus_per_worker))),
+                                   out=cfg.out, gif=cfg.gif, dtype=cfg.dtype, threads=cfg.torch_threads or max(1, int(cfg.cpus_per_worker))),
         batch_format="pandas",
         batch_size=cfg.batch_size,
         compute=ray.data.ActorPoolStrategy(size=cfg.workers),
         num_gpus=cfg.num_gpus_per_worker if gpu else None,
         num_cpus=1 if gpu else cfg.cpus_per_worker,
-        ray_remote_args_fn=_restartable,
+        # Ray Data's actor pools default to max_restarts=-1 and max_task_retries=-1: a dead actor (node lost,
+        # OOM-killed) is restarted and its in-flight batch retried (tests/pipelines/test_animate.py kills one).
     )
-
-
-def _restartable() -> dict:
-    # A dead actor (node lost, OOM-killed) is restarted and its in-flight batch retried.
-    return {"max_restarts": -1, "max_task_retries": -1}
 
 
 def run_animate(cfg: AnimateConfig, on_batch=None) -> pd.DataFrame:
