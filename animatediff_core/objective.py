@@ -12,12 +12,16 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 
 @torch.no_grad()
-def encode_frames(vae: AutoencoderKL, frames: torch.Tensor, chunk: int = 16) -> torch.Tensor:
-    """`(b, f, h, w, 3) uint8` frames -> `(b, c, f, h/8, w/8)` latents, scaled by the VAE's scaling factor."""
+def encode_frames(vae: AutoencoderKL, frames: torch.Tensor, chunk: int = 16,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """`(b, f, h, w, 3) uint8` frames -> `(b, c, f, h/8, w/8)` latents, scaled by the VAE's scaling factor.
+
+    Latents are drawn from the VAE's posterior, with `generator` when given (reproducible steps).
+    """
     b, f = frames.shape[:2]
     x = frames.reshape(b * f, *frames.shape[2:]).permute(0, 3, 1, 2)
     x = x.to(device=vae.device, dtype=vae.dtype) / 127.5 - 1.0
-    parts = [vae.encode(x[i : i + chunk]).latent_dist.sample() for i in range(0, x.shape[0], chunk)]
+    parts = [vae.encode(x[i : i + chunk]).latent_dist.sample(generator) for i in range(0, x.shape[0], chunk)]
     z = torch.cat(parts) * vae.config.scaling_factor
     return z.reshape(b, f, *z.shape[1:]).permute(0, 2, 1, 3, 4).contiguous()
 

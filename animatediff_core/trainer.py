@@ -1,0 +1,302 @@
+"""Single-device motion-module training: AnimateDiff's recipe on a frozen SD-1.x base.
+
+Source: guoyww/AnimateDiff `train.py` and `configs/training/v1/training.yaml`: frozen UNet, VAE and
+text encoder; only the motion modules train; linear betas 0.00085 -> 0.012; L2 on the predicted
+noise; AdamW lr 1e-4, weight decay 1e-2; gradient clipping at 1.0; 10% of captions replaced by the
+empty prompt (`cfg_random_null_text_ratio`) so the module works under classifier-free guidance;
+16 frames at stride 4, 256x256. Motion LoRA mode (AnimateDiff v2) trains only LoRA adapters on the
+motion modules' attention.
+
+Nothing here knows about distribution: `pipelines/` wraps `MotionTrainer.model` in DDP and feeds
+batches. Every step draws its randomness (caption dropout, VAE posterior sample, noise, timesteps)
+from the generator it is given, so a step depends only on (weights, optimizer state, batch, seed):
+a run resumed from a checkpoint continues exactly where the interrupted one would have gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from diffusers import AnimateDiffPipeline, MotionAdapter
+
+from . import storage
+from .clips import ClipConfig
+from .errors import CheckpointError, ConfigError
+from .generate import GenerationSettings, Request, generate
+from .inflate import MotionModuleConfig, extract_motion_adapter, freeze_base, inflate_unet, is_motion_param
+from .motion_formats import load_motion_adapter, save_motion_adapter
+from .motion_lora import add_motion_lora, load_motion_lora_into, save_motion_lora
+from .objective import diffusion_loss, encode_frames, encode_text
+from .pipeline import Base
+from .schedule import ScheduleConfig
+
+# AnimateDiff's own validation prompts (configs/training/v1/training.yaml).
+VALIDATION_PROMPTS = (
+    "Snow rocky mountains peaks canyon. Snow blanketed rocky mountains surround and shadow deep canyons.",
+    "A drone view of celebration with Christmas tree and fireworks, starry sky - background.",
+    "Robot dancing in times square.",
+    "Pacific coast, carmel by the sea ocean and waves.",
+)
+MIXED_PRECISION = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Files inside one checkpoint folder.
+ADAPTER_DIR = "motion_adapter"  # diffusers MotionAdapter folder
+ORIGINAL_FILE = "motion_module.safetensors"  # original AnimateDiff keys
+LORA_FILE = "motion_lora.safetensors"  # motion LoRA mode: only the LoRA weights
+STATE_FILE = "training_state.pt"  # step, optimizer, grad scaler, caller's extras (tensors and plain data only)
+CONFIG_FILE = "train_config.json"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """AnimateDiff's motion-module training recipe. `batch_size` is clips per worker per step."""
+
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    caption_dropout: float = 0.1
+    num_frames: int = 16
+    stride: int = 4
+    size: int = 256
+    batch_size: int = 4
+    max_steps: int = 10_000
+    checkpoint_every: int = 1_000
+    validate_every: int = 1_000  # 0: no validation GIFs
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (autocast; fp16 adds a gradient scaler)
+    gradient_checkpointing: bool = False
+    motion_lora_rank: int | None = None  # set: train only motion LoRA adapters of this rank
+    motion_config: MotionModuleConfig = MotionModuleConfig()  # shape of a fresh motion module
+    seed: int = 0
+    validation_prompts: tuple[str, ...] = VALIDATION_PROMPTS
+    validation_steps: int = 25
+    validation_guidance: float = 7.5
+
+    @classmethod
+    def tiny(cls, **overrides) -> "TrainConfig":
+        """For the tiny models: CPU smoke runs and tests."""
+        preset = dict(num_frames=8, stride=2, size=64, batch_size=1, max_steps=4, checkpoint_every=2,
+                      validate_every=2, motion_config=MotionModuleConfig.tiny(),
+                      validation_prompts=VALIDATION_PROMPTS[:2], validation_steps=2)
+        return cls(**{**preset, **overrides})
+
+    def updated(self, **overrides) -> "TrainConfig":
+        """A copy with the non-None overrides applied (job flags over the recipe)."""
+        names = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ConfigError(f"unknown training setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def clip_config(self, num_threads: int = 1) -> ClipConfig:
+        return ClipConfig(num_frames=self.num_frames, stride=self.stride, size=self.size, num_threads=num_threads)
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first value out of range."""
+        def need(ok: bool, msg: str):
+            if not ok:
+                raise ConfigError(msg)
+
+        for name in ("num_frames", "stride", "size", "batch_size", "max_steps", "checkpoint_every", "validation_steps"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{name} must be an integer >= 1, found {v!r}")
+        need(isinstance(self.validate_every, int) and self.validate_every >= 0, f"validate_every must be >= 0, found {self.validate_every!r}")
+        need(self.size % 8 == 0, f"size must be a multiple of 8 (the VAE downsamples by 8), found {self.size}")
+        need(self.lr > 0, f"lr must be > 0, found {self.lr}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, found {self.weight_decay}")
+        need(self.max_grad_norm > 0, f"max_grad_norm must be > 0, found {self.max_grad_norm}")
+        need(0 <= self.caption_dropout < 1, f"caption_dropout must be in [0, 1), found {self.caption_dropout}")
+        need(self.mixed_precision in MIXED_PRECISION,
+             f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, found {self.mixed_precision!r}")
+        rank = self.motion_lora_rank
+        need(rank is None or (isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1),
+             f"motion_lora_rank must be an integer >= 1 or unset, found {rank!r}")
+        need(bool(self.validation_prompts) or self.validate_every == 0, "validation needs at least one prompt")
+
+    def to_json(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+
+@dataclass
+class Batch:
+    """One step's clips: decoded `frames` `(b, f, h, w, 3) uint8` with `captions`, or precomputed
+    (by `jobs.ingest`) `latents` `(b, c, f, h/8, w/8)`, already scaled, with `text_embeddings` `(b, 77, d)`."""
+
+    captions: list[str] | None = None
+    frames: torch.Tensor | None = None
+    latents: torch.Tensor | None = None
+    text_embeddings: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.captions) if self.captions is not None else len(self.latents)
+
+
+class StepResult(NamedTuple):
+    loss: float
+    grad_norm: float
+    lr: float
+
+
+def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """The randomness of one worker's step: a function of (seed, rank, step) only, so resuming repeats it."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + rank) * 1_000_003 + step)
+
+
+def drop_captions(n: int, p: float, generator: torch.Generator) -> torch.Tensor:
+    """`(n,)` bool: True where the caption is replaced by the empty prompt (classifier-free guidance)."""
+    return torch.rand(n, generator=generator) < p
+
+
+class MotionTrainer:
+    """Training state on one device: frozen base, trainable motion modules (or motion LoRA), AdamW.
+
+    `model` is what the forward pass calls: the video UNet itself, or a wrapper around it (DDP)
+    that a caller puts there. `unet` is always the bare video UNet.
+    """
+
+    def __init__(self, base: Base, cfg: TrainConfig, motion_adapter: MotionAdapter | None = None,
+                 device: str | torch.device = "cpu"):
+        cfg.validate()
+        if cfg.motion_lora_rank and motion_adapter is None:
+            raise ConfigError("motion LoRA adapts an existing motion module: give one to start from (--motion-module)")
+        self.cfg, self.device = cfg, torch.device(device)
+        unet, _ = inflate_unet(base.unet, motion_adapter, cfg.motion_config)
+        limit = int(unet.config["motion_max_seq_length"])
+        if cfg.num_frames > limit:
+            raise ConfigError(f"num_frames={cfg.num_frames} exceeds what the motion module supports ({limit})")
+        if cfg.motion_lora_rank:
+            add_motion_lora(unet, cfg.motion_lora_rank)
+        freeze_base(unet, lora_only=bool(cfg.motion_lora_rank))
+        if cfg.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        self.unet = unet.to(self.device).train()
+        self.model: torch.nn.Module = self.unet
+        self.vae = base.vae.to(self.device).eval().requires_grad_(False)
+        self.text_encoder = base.text_encoder.to(self.device).eval().requires_grad_(False)
+        self.tokenizer = base.tokenizer
+        self.scheduler = ScheduleConfig().training_scheduler()
+        self.params = [p for p in self.unet.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.adam_betas),
+                                           eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.mixed_precision == "fp16")
+        self.step = 0
+        self._null_text: torch.Tensor | None = None
+
+    def autocast(self):
+        dtype = MIXED_PRECISION[self.cfg.mixed_precision]
+        return torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+    def train_step(self, batch: Batch, generator: torch.Generator) -> StepResult:
+        """One optimizer step on `batch`: caption dropout, encode, L2 on noise, backward, clip, AdamW."""
+        latents, text = self.condition(batch, generator)
+        with self.autocast():
+            loss = diffusion_loss(self.model, self.scheduler, latents, text, generator)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return StepResult(float(loss.detach()), float(grad_norm), float(self.optimizer.param_groups[0]["lr"]))
+
+    @torch.no_grad()
+    def condition(self, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(b, c, f, h/8, w/8)` float32 latents and `(b, 77, d)` text embeddings, captions dropped at random."""
+        drop = drop_captions(len(batch), self.cfg.caption_dropout, generator)
+        if batch.latents is not None:
+            text = batch.text_embeddings.to(self.device, torch.float32)
+            text = torch.where(drop.to(self.device)[:, None, None], self.null_text().to(text), text)
+            return batch.latents.to(self.device, torch.float32), text
+        captions = ["" if d else c for c, d in zip(batch.captions, drop.tolist())]
+        with self.autocast():
+            latents = encode_frames(self.vae, batch.frames.to(self.device), generator=generator)
+            text = encode_text(self.tokenizer, self.text_encoder, captions)
+        return latents.float(), text.float()
+
+    def null_text(self) -> torch.Tensor:
+        """`(1, 77, d)` embedding of the empty prompt (what dropped captions become)."""
+        if self._null_text is None:
+            self._null_text = encode_text(self.tokenizer, self.text_encoder, [""]).float()
+        return self._null_text
+
+    @torch.no_grad()
+    def sample(self, prompts: list[str], seed: int = 0) -> list[np.ndarray]:
+        """Validation clips from the current weights: `(f, size, size, 3) uint8` per prompt."""
+        pipe = AnimateDiffPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+                                   unet=self.unet, motion_adapter=None, scheduler=ScheduleConfig().inference_scheduler())
+        pipe.set_progress_bar_config(disable=True)
+        settings = GenerationSettings(num_frames=self.cfg.num_frames, height=self.cfg.size, width=self.cfg.size,
+                                      steps=self.cfg.validation_steps, guidance_scale=self.cfg.validation_guidance)
+        was_training = self.unet.training
+        self.unet.eval()
+        try:
+            with self.autocast():
+                return generate(pipe, [Request(p, seed=seed + i, settings=settings) for i, p in enumerate(prompts)])
+        finally:
+            self.unet.train(was_training)
+
+    def motion_adapter(self) -> MotionAdapter:
+        """The trained motion modules as a standalone MotionAdapter (full mode only)."""
+        if self.cfg.motion_lora_rank:
+            raise ConfigError("in motion LoRA mode only the LoRA weights are trained; save them with save_checkpoint")
+        return extract_motion_adapter(self.unet)
+
+    def save_checkpoint(self, uri: str, extra: dict | None = None) -> None:
+        """Write a checkpoint folder (local or any fsspec URI): weights, optimizer and step state.
+
+        Full mode: the motion module as a diffusers MotionAdapter folder and as an original-format file.
+        Motion LoRA mode: only the LoRA weights. `extra` (plain data) comes back from `load_checkpoint`.
+        """
+        if self.cfg.motion_lora_rank:
+            save_motion_lora(self.unet, storage.join(uri, LORA_FILE))
+        else:
+            adapter = self.motion_adapter()
+            save_motion_adapter(adapter, storage.join(uri, ADAPTER_DIR), fmt="diffusers")
+            save_motion_adapter(adapter, storage.join(uri, ORIGINAL_FILE), fmt="original")
+        state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.scaler.state_dict(), "extra": extra or {}}
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        storage.write_bytes_atomic(storage.join(uri, STATE_FILE), buf.getvalue())
+        info = {"step": self.step, "mode": "motion_lora" if self.cfg.motion_lora_rank else "motion_module",
+                "config": self.cfg.to_json()}
+        storage.write_text_atomic(storage.join(uri, CONFIG_FILE), json.dumps(info, indent=2))
+
+    def load_checkpoint(self, uri: str) -> dict:
+        """Restore weights, optimizer, scaler and step from a folder `save_checkpoint` wrote; returns `extra`."""
+        if self.cfg.motion_lora_rank:
+            load_motion_lora_into(self.unet, storage.join(uri, LORA_FILE))
+        else:
+            self._load_motion_weights(storage.join(uri, ADAPTER_DIR))
+        state = read_training_state(uri)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        return dict(state.get("extra") or {})
+
+    def _load_motion_weights(self, uri: str) -> None:
+        adapter_state = load_motion_adapter(uri).state_dict()
+        motion_keys = {k for k in self.unet.state_dict() if is_motion_param(k)}
+        if set(adapter_state) != motion_keys:
+            missing, unexpected = sorted(motion_keys - set(adapter_state)), sorted(set(adapter_state) - motion_keys)
+            raise CheckpointError(f"{uri}: motion module does not match the one being trained "
+                                  f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        self.unet.load_state_dict(adapter_state, strict=False)
+
+
+def read_training_state(uri: str) -> dict:
+    """The `training_state.pt` of a checkpoint folder (step, optimizer, scaler, extra); tensors and plain data only."""
+    path = storage.join(uri, STATE_FILE)
+    if not storage.exists(path):
+        raise CheckpointError(f"{uri}: not a training checkpoint (no {STATE_FILE})")
+    try:
+        return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated upload, foreign pickle: one message either way
+        raise CheckpointError(f"{path}: unreadable training state ({type(e).__name__}: {str(e)[:200]})") from None
