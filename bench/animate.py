@@ -1,0 +1,111 @@
+"""Batch-animation throughput: this Ray job end to end vs a plain loop over diffusers' AnimateDiffPipeline.
+
+    python bench/animate.py [--n 32] [--frames 16] [--size 64] [--steps 2] [--batch-size 8]
+
+Same N prompts, same tiny models, same settings, one process run; both write mp4 files.
+Also times switching personalized checkpoints against loading a full pipeline from disk.
+Prints figures and ratios; record them in bench/README.md with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import pandas as pd
+import torch
+
+
+def plain_loop(models: str, prompts: list[str], args, out: str) -> float:
+    """The baseline a user would write: one AnimateDiffPipeline, one call per prompt."""
+    from diffusers import AnimateDiffPipeline, AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from animatediff_core.video_io import write_video
+
+    start = time.time()
+    b = os.path.join(models, "base")
+    pipe = AnimateDiffPipeline(
+        vae=AutoencoderKL.from_pretrained(b, subfolder="vae"), text_encoder=CLIPTextModel.from_pretrained(b, subfolder="text_encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(b, subfolder="tokenizer"), unet=UNet2DConditionModel.from_pretrained(b, subfolder="unet"),
+        motion_adapter=MotionAdapter.from_pretrained(os.path.join(models, "motion_adapter")),
+        scheduler=DDIMScheduler.from_pretrained(b, subfolder="scheduler"))
+    pipe.set_progress_bar_config(disable=True)
+    for i, prompt in enumerate(prompts):
+        frames = pipe(prompt, num_frames=args.frames, height=args.size, width=args.size, num_inference_steps=args.steps,
+                      guidance_scale=7.5, generator=torch.Generator().manual_seed(i), output_type="np").frames[0]
+        write_video(os.path.join(out, f"{i}.mp4"), (frames * 255).round().astype("uint8"), fps=8)
+    return time.time() - start
+
+
+def ray_job(models: str, table: str, args, out: str) -> tuple[float, int]:
+    from animatediff_core.generate import GenerationSettings
+    from pipelines.animate import AnimateConfig, run_animate
+    from pipelines.rows import read_checkpoint_set
+
+    cfg = AnimateConfig([table], os.path.join(models, "base"), os.path.join(models, "motion_adapter"), out,
+                        read_checkpoint_set(None), GenerationSettings(args.frames, args.size, args.size, args.steps, 7.5),
+                        workers=1, cpus_per_worker=1, batch_size=args.batch_size, gif=False, torch_threads=2)
+    start = time.time()
+    results = run_animate(cfg)
+    return time.time() - start, int((results.status == "ok").sum())
+
+
+def switch_vs_load(models: str, repeats: int = 3) -> dict[str, float]:
+    from animatediff_core.personalize import CheckpointSpec, Personalizer
+    from animatediff_core.pipeline import load_pipeline
+
+    t = time.time()
+    for _ in range(repeats):
+        pipe = load_pipeline(os.path.join(models, "base"), os.path.join(models, "motion_adapter"))
+    figures = {"full_load": (time.time() - t) / repeats}
+    p = Personalizer(pipe)
+    for name in ("toon_lora", "film_peft_lora", "dreamy"):
+        spec = CheckpointSpec(name, os.path.join(models, "checkpoints", f"{name}.safetensors"))
+        t = time.time()
+        for _ in range(repeats):
+            p.apply(spec)
+            p.reset()
+        figures[f"switch_{name}"] = (time.time() - t) / repeats
+    return figures
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=32)
+    ap.add_argument("--frames", type=int, default=16)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=8)
+    args = ap.parse_args()
+    from jobs.config import quiet_libraries
+
+    quiet_libraries()
+    torch.set_num_threads(2)
+    import ray
+
+    from animatediff_core.tiny import write_tiny_models
+
+    tmp = tempfile.mkdtemp(prefix="bench-animate-")
+    models = str(write_tiny_models(os.path.join(tmp, "models")))
+    prompts = [f"a photo of subject {i}, cinematic lighting" for i in range(args.n)]
+    table = os.path.join(tmp, "prompts.parquet")
+    pd.DataFrame({"prompt": prompts, "seed": list(range(args.n))}).to_parquet(table)
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    job_s, ok = ray_job(models, table, args, os.path.join(tmp, "job"))
+    loop_s = plain_loop(models, prompts, args, os.path.join(tmp, "loop"))
+    sw = switch_vs_load(models)
+    print(f"N={args.n} prompts, {args.frames} frames {args.size}x{args.size}, {args.steps} steps, CFG 7.5, cpus={os.cpu_count()}")
+    print(f"ray job (end to end, {ok} ok): {job_s:.1f}s  {args.n / job_s:.3f} videos/s")
+    print(f"plain diffusers loop:          {loop_s:.1f}s  {args.n / loop_s:.3f} videos/s")
+    print(f"throughput ratio job/loop: {loop_s / job_s:.2f}  (goal >= 0.9)")
+    print(f"full pipeline load from disk: {sw['full_load'] * 1000:.0f} ms")
+    for k, v in sw.items():
+        if k.startswith("switch_"):
+            print(f"{k} (apply + reset): {v * 1000:.0f} ms = {100 * v / sw['full_load']:.0f}% of a full load (goal < 10%)")
+
+
+if __name__ == "__main__":
+    main()

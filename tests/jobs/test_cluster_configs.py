@@ -1,0 +1,21 @@
+"""The shipped cluster configs parse, and their job config has only keys the job knows."""
+
+import os
+
+import yaml
+
+from jobs.animate import build_parser
+from jobs.config import load_yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_example_job_config_keys_are_known():
+    data = load_yaml(os.path.join(ROOT, "cluster", "animate-sd15.yaml"), build_parser())
+    assert data["num_gpus_per_worker"] == 1 and data["out"].startswith("s3://")
+
+
+def test_rayjob_manifest_runs_the_entrypoint():
+    with open(os.path.join(ROOT, "cluster", "rayjob-animate.yaml")) as f:
+        job = yaml.safe_load(f)
+    assert job["kind"] == "RayJob" and job["spec"]["entrypoint"].startswith("python -m jobs.animate")
