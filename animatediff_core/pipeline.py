@@ -74,7 +74,9 @@ def load_pipeline(
 ) -> AnimateDiffPipeline:
     """Load base + motion module (diffusers folder or original-format file) into a ready pipeline."""
     parts = load_base(base, dtype)
-    adapter = load_motion_adapter(motion_module, motion_config).to(dtype=dtype)
+    adapter = load_motion_adapter(motion_module, motion_config)
+    if adapter.dtype != dtype:
+        adapter = adapter.to(dtype=dtype)
     return build_pipeline(parts, adapter).to(device)
 
 

@@ -110,7 +110,14 @@ def localize(uri: str, cache_dir: str | None = None, **storage_options) -> str:
         os.makedirs(os.path.dirname(local), exist_ok=True)
         tmp = local + f".partial-{os.getpid()}"
         fs.get(path.rstrip("/"), tmp, recursive=fs.isdir(path))
-        os.replace(tmp, local)
+        try:
+            os.replace(tmp, local)
+        except OSError:  # another process on this node finished the same copy first
+            import shutil
+
+            if not os.path.exists(local):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True) if os.path.isdir(tmp) else os.remove(tmp)
     return local
 
 

@@ -149,6 +149,25 @@ def run_animate(cfg: AnimateConfig, on_batch=None) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def _table_shape(uri: str) -> tuple[list[str], int]:
+    """Column names and row count of a prompt table, reading only what that takes."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    fs, path = storage.fs_and_path(uri)
+    try:
+        with fs.open(path, "rb") as f:
+            if uri.endswith(".csv"):
+                table = pacsv.read_csv(f)
+                return table.column_names, table.num_rows
+            meta = pq.ParquetFile(f).metadata
+            return list(meta.schema.names), meta.num_rows
+    except Exception as e:
+        from animatediff_core.errors import ConfigError
+
+        raise ConfigError(f"--prompts {uri}: not a readable {'CSV' if uri.endswith('.csv') else 'Parquet'} table ({str(e)[:200]})") from None
+
+
 def preflight(prompts: list[str], base: str, motion_module: str, out: str) -> None:
     """Fail fast, with one line, when nothing can run: missing inputs or an unwritable output."""
     from animatediff_core.errors import CheckpointError, ConfigError
@@ -156,6 +175,11 @@ def preflight(prompts: list[str], base: str, motion_module: str, out: str) -> No
     for uri in prompts:
         if not storage.exists(uri):
             raise ConfigError(f"--prompts {uri}: not found (expected a .parquet or .csv table)")
+        columns, rows = _table_shape(uri)
+        if "prompt" not in columns:
+            raise ConfigError(f"--prompts {uri}: no 'prompt' column (found {', '.join(columns) or 'none'})")
+        if rows == 0:
+            raise ConfigError(f"--prompts {uri}: the table has no rows")
     base_parts = ("unet", "vae", "text_encoder", "tokenizer")
     if not storage.exists(base) or any(not storage.exists(storage.join(base, p)) for p in base_parts):
         raise CheckpointError(f"--base {base}: not a diffusers SD-1.x folder (expected {', '.join(base_parts)}/ inside)")

@@ -65,6 +65,16 @@ def test_clear_one_line_errors_when_nothing_can_run(tiny_models, tmp_path, args,
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+def test_prompt_tables_without_prompts_or_rows_are_refused(tiny_models, tmp_path):
+    empty, wrong = tmp_path / "empty.parquet", tmp_path / "wrong.csv"
+    pd.DataFrame({"prompt": pd.Series([], dtype=str)}).to_parquet(empty)
+    wrong.write_text("text,seed\na cat,1\n")
+    for table, message in ((empty, "the table has no rows"), (wrong, "no 'prompt' column (found text, seed)")):
+        done = _run(["--prompts", str(table), "--base", str(tiny_models / "base"), "--motion-module",
+                     str(tiny_models / "motion_adapter"), "--out", str(tmp_path / "out")], timeout=120)
+        assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr
+
+
 def test_unknown_yaml_key_is_named(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("prompts: [a.csv]\nnum_framez: 8\n")
