@@ -58,6 +58,13 @@ TINY_TEXT = dict(
     vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
     projection_dim=32,
 )
+# SD-1.5's shapes (random weights): for benchmarks that need realistic sizes, never for tests.
+SD15_UNET = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+SD15_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=512)
+SD15_TEXT = dict(TINY_TEXT, hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                 projection_dim=768)
+PRESETS = {"tiny": (TINY_UNET, TINY_VAE, TINY_TEXT), "sd15": (SD15_UNET, SD15_VAE, SD15_TEXT)}
 LORA_TARGETS_UNET = ("to_q", "to_k", "to_v", "to_out.0")
 LORA_TARGETS_TEXT = ("q_proj", "k_proj", "v_proj", "out_proj")
 
@@ -77,13 +84,17 @@ def tiny_motion_adapter(zero_init: bool = False) -> MotionAdapter:
     return adapter
 
 
-def write_tiny_models(out: str | Path, seed: int = 0) -> Path:
-    """Write the whole tiny model set under `out` (see module docstring). Deterministic for a seed."""
+def write_tiny_models(out: str | Path, seed: int = 0, preset: str = "tiny") -> Path:
+    """Write the whole model set under `out` (see module docstring). Deterministic for a seed.
+
+    `preset="sd15"` writes the same files at SD-1.5's shapes (random weights, ~6 GB) for benchmarks.
+    """
     out = Path(out)
     torch.manual_seed(seed)
-    unet = tiny_unet()
-    vae = AutoencoderKL(**TINY_VAE)
-    text = CLIPTextModel(CLIPTextConfig(**TINY_TEXT))
+    unet_cfg, vae_cfg, text_cfg = PRESETS[preset]
+    unet = UNet2DConditionModel(**unet_cfg)
+    vae = AutoencoderKL(**vae_cfg)
+    text = CLIPTextModel(CLIPTextConfig(**text_cfg))
     base = out / "base"
     unet.save_pretrained(base / "unet")
     vae.save_pretrained(base / "vae")
@@ -97,7 +108,7 @@ def write_tiny_models(out: str | Path, seed: int = 0) -> Path:
         "scheduler": ["diffusers", "DDIMScheduler"],
     }, indent=2))
 
-    adapter = tiny_motion_adapter()
+    adapter = tiny_motion_adapter() if preset == "tiny" else new_motion_adapter(dict(unet.config), MotionModuleConfig.sd15(), zero_init=False)
     save_motion_adapter(adapter, str(out / "motion_adapter"), fmt="diffusers")
     save_motion_adapter(adapter, str(out / "motion_module.safetensors"), fmt="original")
 
@@ -105,8 +116,9 @@ def write_tiny_models(out: str | Path, seed: int = 0) -> Path:
     ckpts.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(seed + 1)
     save_state_dict(_dreambooth_state(unet, text, g), str(ckpts / "dreamy.safetensors"))
-    save_state_dict(_kohya_lora_state(unet, text, g, rank=4, alpha=2.0), str(ckpts / "toon_lora.safetensors"))
-    save_state_dict(_peft_lora_state(unet, g, rank=4), str(ckpts / "film_peft_lora.safetensors"))
+    rank = 4 if preset == "tiny" else 32
+    save_state_dict(_kohya_lora_state(unet, text, g, rank=rank, alpha=rank / 2), str(ckpts / "toon_lora.safetensors"))
+    save_state_dict(_peft_lora_state(unet, g, rank=rank), str(ckpts / "film_peft_lora.safetensors"))
     return out
 
 
