@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import struct
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as st_load, save as st_save
+from safetensors.torch import load as st_load, load_file as st_load_file, save as st_save
 
 from . import storage
 from .errors import CheckpointError
@@ -60,6 +61,8 @@ def load_state_dict(uri: str) -> dict[str, torch.Tensor]:
     Unwraps the containers training scripts write (`{"state_dict": ...}`) and strips a DDP `module.`
     prefix. Raises CheckpointError for a missing, empty, truncated, unsafe or unrecognized file.
     """
+    if uri.endswith(SAFETENSORS_EXT) and storage.is_local(uri) and os.path.isfile(storage.fs_and_path(uri)[1]):
+        return _unwrap(uri, _load_local_safetensors(uri))
     data = _read(uri)
     kind = _sniff(data)
     if uri.endswith(SAFETENSORS_EXT) or kind == "safetensors":
@@ -74,6 +77,17 @@ def load_state_dict(uri: str) -> dict[str, torch.Tensor]:
             f"{uri}: unrecognized checkpoint format (expected .safetensors, or a torch .ckpt/.pt/.bin zip/pickle)"
         )
     return _unwrap(uri, state)
+
+
+def _load_local_safetensors(uri: str) -> dict[str, torch.Tensor]:
+    """Memory-mapped read of a local .safetensors file (no whole-file copy in RAM first)."""
+    path = storage.fs_and_path(uri)[1]
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{uri}: checkpoint file is empty")
+    try:
+        return st_load_file(path)
+    except Exception as e:  # SafetensorError, OSError, ValueError on truncation or a bad header
+        raise CheckpointError(f"{uri}: truncated or corrupt .safetensors file ({e})") from None
 
 
 def _load_pickle_safely(uri: str, data: bytes) -> object:

@@ -59,7 +59,7 @@ class Personalizer:
         self.pipe = pipe
         self.current: CheckpointSpec | None = None
         self._base_copy: dict[str, dict[str, torch.Tensor]] | None = None
-        self._dirty = False  # base weights overwritten by a DreamBooth
+        self._dirty: set[str] = set()  # parts whose base weights a DreamBooth overwrote
         self._lora: str | None = None
 
     def apply(self, spec: CheckpointSpec) -> None:
@@ -70,7 +70,10 @@ class Personalizer:
         kind = detect_kind(state, spec.uri) if state is not None else BASE
         if spec.kind and state is not None and spec.kind != kind:
             raise CheckpointError(f"{spec.uri}: declared kind {spec.kind!r} but the keys are those of a {kind} checkpoint")
-        self.reset()
+        self._unload_lora()
+        if kind != "dreambooth":  # a DreamBooth file overwrites every base weight it holds: no restore first
+            self._restore_base()
+        self.current = None
         try:
             if kind == "dreambooth":
                 self._load_dreambooth(state, spec.uri)
@@ -83,14 +86,20 @@ class Personalizer:
 
     def reset(self) -> None:
         """Back to the plain base weights."""
+        self._unload_lora()
+        self._restore_base()
+        self.current = None
+
+    def _unload_lora(self) -> None:
         if self._lora is not None:
             self.pipe.unload_lora_weights()
             self._lora = None
-        if self._dirty:
-            self.pipe.unet.load_state_dict(self._base_copy["unet"], strict=False)
-            self.pipe.text_encoder.load_state_dict(self._base_copy["text_encoder"], strict=True)
-            self._dirty = False
-        self.current = None
+
+    def _restore_base(self, parts: tuple[str, ...] = ("unet", "text_encoder")) -> None:
+        for part in parts:
+            if part in self._dirty:
+                getattr(self.pipe, part).load_state_dict(self._base_copy[part], strict=part == "text_encoder")
+                self._dirty.discard(part)
 
     def _load_dreambooth(self, state: dict[str, torch.Tensor], uri: str) -> None:
         unet, text = self.pipe.unet, self.pipe.text_encoder
@@ -111,11 +120,14 @@ class Personalizer:
                 "unet": {k: v.detach().to("cpu", copy=True) for k, v in unet.state_dict().items() if not is_motion_param(k)},
                 "text_encoder": {k: v.detach().to("cpu", copy=True) for k, v in text.state_dict().items()},
             }
-        self._dirty = True
         dtype = next(unet.parameters()).dtype
+        self._dirty.add("unet")
         unet.load_state_dict({k: v.to(dtype) for k, v in unet_sd.items()}, strict=False)
         if text_sd:
+            self._dirty.add("text_encoder")
             text.load_state_dict({k: v.to(dtype) for k, v in text_sd.items()}, strict=False)
+        else:  # a UNet-only file: the text encoder is the base's
+            self._restore_base(("text_encoder",))
 
     def _load_lora(self, state: dict[str, torch.Tensor], spec: CheckpointSpec) -> None:
         adapter = "personalized"

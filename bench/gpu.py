@@ -33,6 +33,42 @@ def timed(fn, *a, **k):
     return out, time.time() - t
 
 
+def train_check(models: str, args, dev: str) -> dict:
+    """A few motion-module training steps on the GPU, per precision/checkpointing setting: time, memory, frozen base."""
+    from animatediff_core.inflate import MotionModuleConfig
+    from animatediff_core.pipeline import load_base
+    from animatediff_core.trainer import Batch, MotionTrainer, TrainConfig, step_generator
+
+    size = 256 if args.shape == "sd15" else 64
+    out = {}
+    for label, mp, ckpt in (("bf16_gradckpt", "bf16", True), ("bf16", "bf16", False), ("fp16_gradckpt", "fp16", True)):
+        if dev == "cpu" and mp != "bf16":
+            continue
+        base = load_base(os.path.join(models, "base"))
+        motion = MotionModuleConfig.sd15() if args.shape == "sd15" else MotionModuleConfig.tiny()
+        cfg = TrainConfig(num_frames=args.frames, size=size, batch_size=args.train_batch, mixed_precision=mp,
+                          gradient_checkpointing=ckpt, motion_config=motion)
+        trainer = MotionTrainer(base, cfg, device=dev)
+        before = {n: p.detach().clone() for n, p in trainer.unet.named_parameters()}
+        frames = torch.randint(0, 256, (args.train_batch, args.frames, size, size, 3), dtype=torch.uint8)
+        batch = Batch(captions=["a clip"] * args.train_batch, frames=frames)
+        if dev == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        trainer.train_step(batch, step_generator(0, 0, 0))  # warm-up
+        results, secs = timed(lambda: [trainer.train_step(batch, step_generator(0, 0, i)) for i in range(1, 4)])
+        losses = [r.loss for r in results]
+        changed = {n for n, p in trainer.unet.named_parameters() if not torch.equal(p, before[n])}
+        out[label] = {
+            "step_s": secs / 3, "clips_per_s": 3 * args.train_batch / secs, "losses": losses,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else 0.0,
+            "only_motion_changed": bool(changed) and all("motion_modules" in n for n in changed),
+        }
+        del trainer, base, before
+        if dev == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="sd15", choices=["sd15", "tiny"])
@@ -40,6 +76,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--train-batch", type=int, default=2, help="clips per training step (256x256 at sd15 shape)")
     args = ap.parse_args()
     from diffusers import AnimateDiffPipeline
 
@@ -88,6 +125,10 @@ def main() -> None:
     for kind in ckpts:
         report[f"switch_{kind}_pct_of_load"] = 100 * report[f"switch_{kind}_s"] / report["full_load_s"]
     report["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
+    del plain, pipe, p
+    if cuda:
+        torch.cuda.empty_cache()
+    report["train"] = train_check(models, args, dev)
     report["settings"] = vars(args)
     print(json.dumps(report, indent=1))
     if os.environ.get("OUT"):

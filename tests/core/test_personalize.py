@@ -118,3 +118,22 @@ def test_bad_checkpoint_leaves_pipeline_on_base(pipe, p, tiny_models, tmp_path):
     p.apply(_spec(tiny_models, "film_peft_lora"))
     assert p.current.name == "film_peft_lora"
     p.reset()
+
+
+def test_dreambooth_to_dreambooth_and_to_lora(pipe, p, tiny_models, tmp_path):
+    base_unet, base_text = _snapshot(pipe.unet), _snapshot(pipe.text_encoder)
+    full = load_state_dict(str(tiny_models / "checkpoints" / "dreamy.safetensors"))
+    unet_only = {k: v * 1.01 for k, v in full.items() if k.startswith("model.diffusion_model.")}
+    save_state_dict(unet_only, str(tmp_path / "unet_only.safetensors"))
+    p.apply(_spec(tiny_models, "dreamy"))
+    p.apply(CheckpointSpec("unet_only", str(tmp_path / "unet_only.safetensors")))
+    expected = convert_ldm_unet_checkpoint(unet_only, dict(pipe.unet.config))
+    now = pipe.unet.state_dict()
+    assert all(torch.equal(now[k], v) for k, v in expected.items())
+    # the second file has no text encoder: the base's is back, not the first file's
+    assert all(torch.equal(v, base_text[k]) for k, v in pipe.text_encoder.state_dict().items())
+    p.apply(_spec(tiny_models, "toon_lora"))  # a LoRA goes on the base, not on the last DreamBooth
+    for k, v in pipe.unet.state_dict().items():
+        plain = k.replace(".base_layer", "")
+        if "lora_" not in k and plain in base_unet:
+            assert torch.equal(v, base_unet[plain]), k
