@@ -266,7 +266,7 @@ class MotionTrainer:
         torch.save(state, buf)
         storage.write_bytes_atomic(storage.join(uri, STATE_FILE), buf.getvalue())
         info = {"step": self.step, "mode": "motion_lora" if self.cfg.motion_lora_rank else "motion_module",
-                "config": self.cfg.to_json()}
+                "config": self.cfg.to_json(), "extra": extra or {}}
         storage.write_text_atomic(storage.join(uri, CONFIG_FILE), json.dumps(info, indent=2))
 
     def load_checkpoint(self, uri: str) -> dict:

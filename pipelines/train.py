@@ -1,0 +1,224 @@
+"""Data-parallel motion-module training on Ray: Ray Data decodes clips, Ray Train's TorchTrainer trains.
+
+    table (CSV/Parquet, any fsspec URI) --read--> rows --ClipDecoder actors (CPU)--> small uint8 clips
+        --streaming_split--> N TorchTrainer workers (one per GPU; gloo on CPU) --> checkpoints, metrics
+
+Run folder `{storage}/{name}/`:
+  checkpoint-000500/   motion_adapter/ (diffusers), motion_module.safetensors (original keys) or, in
+                       motion LoRA mode, motion_lora.safetensors; training_state.pt; train_config.json
+  validation/step-000500/NN.gif   the fixed prompt list sampled from the weights at that step
+  metrics.jsonl        one object per step (step, loss, lr, clips_per_s, data_wait_fraction, skipped_videos)
+Rerunning with the same storage and name resumes from the latest checkpoint (`resume=True`);
+without it an existing run is refused rather than silently continued.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, replace
+
+import ray
+import ray.train
+from pyarrow.fs import FSSpecHandler, PyFileSystem
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from animatediff_core import storage
+from animatediff_core.errors import AnimateDiffError, ConfigError
+from animatediff_core.pipeline import check_base_folder
+from animatediff_core.trainer import TrainConfig
+from pipelines.decode import ClipDecoder, SkipTally
+from pipelines.train_loop import METRICS_FILE, train_worker
+from pipelines.webvid import DataSource, check_tables, find_source, read_rows
+
+CHECKPOINT_RE = re.compile(r"checkpoint-(\d{6,})$")
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """Where and how a training run executes (the recipe itself is a TrainConfig)."""
+
+    data: str
+    base: str
+    storage: str
+    name: str = "motion-module"
+    motion_module: str | None = None  # start from this module (required for motion LoRA)
+    workers: int = 1
+    use_gpu: bool | None = None  # None: one GPU per worker when the cluster has GPUs
+    cpus_per_worker: float | None = None  # None: 1 with GPUs, 0.5 on CPU (leaves cores to decoding)
+    decoders: int = 4  # most decode actors
+    decode_cpus: float = 0.5
+    max_failures: int = 2  # worker-group restarts from the latest checkpoint
+    resume: bool = False
+
+    @property
+    def run_dir(self) -> str:
+        return storage.join(self.storage, self.name)
+
+    @property
+    def torch_threads(self) -> int:
+        return max(1, int(self.cpus_per_worker or 1))
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    steps: int
+    loss: float | None
+    checkpoint: str | None
+    run_dir: str
+    skipped_videos: dict
+    seconds: float
+    resumed_from: int | None
+
+
+def list_checkpoints(run_dir: str) -> dict[int, str]:
+    """{step: uri} of the checkpoint folders in a run folder (complete ones: training_state.pt present)."""
+    if not storage.exists(run_dir):
+        return {}
+    fs, path = storage.fs_and_path(run_dir)
+    found = {}
+    for entry in fs.ls(path, detail=False):
+        m = CHECKPOINT_RE.search(entry.rstrip("/"))
+        uri = storage.join(run_dir, entry.rstrip("/").rsplit("/", 1)[-1])
+        if m and storage.exists(storage.join(uri, "training_state.pt")):
+            found[int(m.group(1))] = uri
+    return found
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """What `check_run` established: the data, the final config, the step resumed from (None: fresh)."""
+
+    source: DataSource
+    cfg: TrainConfig
+    resumed_from: int | None
+
+
+def check_run(run: TrainRun, cfg: TrainConfig) -> TrainPlan:
+    """Validate everything the driver can see before Ray or any worker starts: one clear error each.
+
+    Precomputed latents (jobs.ingest) fix num_frames, size and stride: the plan's config takes theirs.
+    """
+    cfg.validate()
+    if not isinstance(run.workers, int) or run.workers < 1:
+        raise ConfigError(f"--workers must be an integer >= 1, found {run.workers!r}")
+    check_base_folder(run.base)
+    if run.motion_module and not storage.exists(run.motion_module):
+        raise ConfigError(f"--motion-module {run.motion_module}: not found")
+    if cfg.motion_lora_rank and not run.motion_module:
+        raise ConfigError("--motion-lora trains LoRA adapters on an existing motion module: give --motion-module")
+    source = find_source(run.data)
+    if source.kind == "latents":
+        cfg = latents_config(source, cfg)
+    else:
+        check_tables(source)
+    _check_writable(run.storage)
+    done = list_checkpoints(run.run_dir)
+    if done and not run.resume:
+        raise ConfigError(f"run folder {run.run_dir} already has checkpoints (latest {max(done)}); "
+                          "pass --resume to continue it or choose another --name")
+    if run.resume and not done:
+        raise ConfigError(f"--resume: no checkpoint in {run.run_dir} to resume from")
+    return TrainPlan(source, cfg, max(done) if done else None)
+
+
+def latents_config(source: DataSource, cfg: TrainConfig) -> TrainConfig:
+    """Precomputed latents fix the clip shape: take num_frames/size/stride from the ingest metadata."""
+    meta = source.meta
+    for key in ("latent_shape", "text_shape", "num_frames", "size", "stride"):
+        if key not in meta:
+            raise ConfigError(f"--data {source.uri}: ingest metadata lacks {key!r}; re-run jobs.ingest")
+    return replace(cfg, num_frames=int(meta["num_frames"]), size=int(meta["size"]), stride=int(meta["stride"]))
+
+
+def _check_writable(uri: str) -> None:
+    probe = storage.join(uri, f".write-test-{time.time_ns()}")
+    try:
+        storage.write_bytes_atomic(probe, b"")
+        fs, path = storage.fs_and_path(probe)
+        fs.rm(path)
+    except Exception as e:  # any storage backend's permission/network error
+        raise ConfigError(f"--storage {uri}: not writable ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def build_dataset(source: DataSource, cfg: TrainConfig, run: TrainRun, tally=None) -> "ray.data.Dataset":
+    """Rows for the trainer: decoded clips of usable videos (skips counted in `tally`) or precomputed
+    latents (jobs.ingest output)."""
+    if source.kind == "latents":
+        fs, path = storage.fs_and_path(source.uri)
+        return ray.data.read_parquet(path, filesystem=None if storage.is_local(source.uri) else PyFileSystem(FSSpecHandler(fs)),
+                                     ray_remote_args={"num_cpus": run.decode_cpus})
+    rows = read_rows(source, num_cpus=run.decode_cpus)
+    return rows.map_batches(ClipDecoder, fn_constructor_args=(cfg.clip_config(num_threads=1), tally),
+                            batch_format="pandas", batch_size=4, num_cpus=run.decode_cpus,
+                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=run.decoders))
+
+
+def build_trainer(run: TrainRun, cfg: TrainConfig, source: DataSource, tally=None) -> TorchTrainer:
+    use_gpu = run.use_gpu if run.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= 1
+    cpus = run.cpus_per_worker or (1.0 if use_gpu else 0.5)
+    run = replace(run, cpus_per_worker=cpus)
+    fs, path = storage.fs_and_path(run.storage)
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={"run": run, "cfg": cfg, "kind": "latents" if source.kind == "latents" else "clips",
+                           "meta": source.meta, "tally": tally},
+        scaling_config=ScalingConfig(num_workers=run.workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cpus, **({"GPU": 1} if use_gpu else {})}),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        datasets={"train": build_dataset(source, cfg, run, tally)},
+        run_config=RunConfig(
+            name=run.name,
+            storage_path=os.path.abspath(path) if storage.is_local(run.storage) else path,
+            storage_filesystem=None if storage.is_local(run.storage) else PyFileSystem(FSSpecHandler(fs)),
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
+            failure_config=FailureConfig(max_failures=run.max_failures),
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+    )
+
+
+def train(run: TrainRun, plan: TrainPlan) -> TrainSummary:
+    """Train as planned by `check_run`, then summarize. Ray must be initialized (the job does it).
+
+    A run that still fails after `max_failures` worker-group restarts raises AnimateDiffError with
+    the first worker's error in one line.
+    """
+    start = time.time()
+    tally = SkipTally.remote(_skips_at(run.run_dir, plan.resumed_from))
+    try:
+        build_trainer(run, plan.cfg, plan.source, tally).fit()
+    except ray.train.TrainingFailedError as e:
+        raise AnimateDiffError(f"training failed after {run.max_failures} restart(s): {_worker_error(e)}") from None
+    done = list_checkpoints(run.run_dir)
+    last = _last_metrics(storage.join(run.run_dir, METRICS_FILE))
+    return TrainSummary(steps=int(last.get("step", 0)), loss=last.get("loss"),
+                        checkpoint=done[max(done)] if done else None, run_dir=run.run_dir,
+                        skipped_videos=last.get("skipped_videos", {}), seconds=time.time() - start,
+                        resumed_from=plan.resumed_from)
+
+
+def _worker_error(e: Exception) -> str:
+    """The last line of the first worker's error (its exception type and message), else of `e`."""
+    failures = getattr(e, "worker_failures", None) or {}
+    cause = next(iter(failures.values()), e)
+    lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
+    return lines[-1][:500] if lines else type(cause).__name__
+
+
+def _skips_at(run_dir: str, step: int | None) -> dict:
+    """Skip counts recorded in a checkpoint's train_config.json, so resumed runs keep counting."""
+    if step is None:
+        return {}
+    info = json.loads(storage.read_bytes(storage.join(list_checkpoints(run_dir)[step], "train_config.json")))
+    return dict(info.get("extra", {}).get("skipped_videos", {}))
+
+
+def _last_metrics(uri: str) -> dict:
+    if not storage.exists(uri):
+        return {}
+    lines = [ln for ln in storage.read_bytes(uri).decode().splitlines() if ln.strip()]
+    return json.loads(lines[-1]) if lines else {}
