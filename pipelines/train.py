@@ -15,14 +15,12 @@ without it an existing run is refused rather than silently continued.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from dataclasses import dataclass, replace
 
 import ray
 import ray.train
-from pyarrow.fs import FSSpecHandler, PyFileSystem
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -31,6 +29,7 @@ from animatediff_core.errors import AnimateDiffError, ConfigError
 from animatediff_core.pipeline import check_base_folder
 from animatediff_core.trainer import TrainConfig
 from pipelines.decode import ClipDecoder, SkipTally
+from pipelines.ingest import arrow_location
 from pipelines.train_loop import METRICS_FILE, train_worker
 from pipelines.webvid import DataSource, check_tables, find_source, read_rows
 
@@ -112,7 +111,7 @@ def check_run(run: TrainRun, cfg: TrainConfig) -> TrainPlan:
         raise ConfigError("--motion-lora trains LoRA adapters on an existing motion module: give --motion-module")
     source = find_source(run.data)
     if source.kind == "latents":
-        cfg = latents_config(source, cfg)
+        cfg = latents_config(source, cfg, run.base)
     else:
         check_tables(source)
     _check_writable(run.storage)
@@ -125,12 +124,17 @@ def check_run(run: TrainRun, cfg: TrainConfig) -> TrainPlan:
     return TrainPlan(source, cfg, max(done) if done else None)
 
 
-def latents_config(source: DataSource, cfg: TrainConfig) -> TrainConfig:
+def latents_config(source: DataSource, cfg: TrainConfig, base: str) -> TrainConfig:
     """Precomputed latents fix the clip shape: take num_frames/size/stride from the ingest metadata."""
     meta = source.meta
     for key in ("latent_shape", "text_shape", "num_frames", "size", "stride"):
         if key not in meta:
             raise ConfigError(f"--data {source.uri}: ingest metadata lacks {key!r}; re-run jobs.ingest")
+    unet = json.loads(storage.read_bytes(storage.join(base, "unet", "config.json")))
+    found = (meta["latent_shape"][0], meta["text_shape"][-1])
+    if found != (unet["in_channels"], unet["cross_attention_dim"]):
+        raise ConfigError(f"--data {source.uri}: latents/text embeddings of {found[0]} channels / {found[1]} dims do not "
+                          f"fit this base's UNet ({unet['in_channels']} / {unet['cross_attention_dim']}); ingest with this --base")
     return replace(cfg, num_frames=int(meta["num_frames"]), size=int(meta["size"]), stride=int(meta["stride"]))
 
 
@@ -148,8 +152,9 @@ def build_dataset(source: DataSource, cfg: TrainConfig, run: TrainRun, tally=Non
     """Rows for the trainer: decoded clips of usable videos (skips counted in `tally`) or precomputed
     latents (jobs.ingest output)."""
     if source.kind == "latents":
-        fs, path = storage.fs_and_path(source.uri)
-        return ray.data.read_parquet(path, filesystem=None if storage.is_local(source.uri) else PyFileSystem(FSSpecHandler(fs)),
+        path, arrow_fs = arrow_location(source.uri)
+        return ray.data.read_parquet(path, filesystem=arrow_fs, file_extensions=["parquet"],
+                                     columns=["videoid", "caption", "latents", "text_embedding"],
                                      ray_remote_args={"num_cpus": run.decode_cpus})
     rows = read_rows(source, num_cpus=run.decode_cpus)
     return rows.map_batches(ClipDecoder, fn_constructor_args=(cfg.clip_config(num_threads=1), tally),
@@ -161,7 +166,7 @@ def build_trainer(run: TrainRun, cfg: TrainConfig, source: DataSource, tally=Non
     use_gpu = run.use_gpu if run.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= 1
     cpus = run.cpus_per_worker or (1.0 if use_gpu else 0.5)
     run = replace(run, cpus_per_worker=cpus)
-    fs, path = storage.fs_and_path(run.storage)
+    path, arrow_fs = arrow_location(run.storage)
     return TorchTrainer(
         train_worker,
         train_loop_config={"run": run, "cfg": cfg, "kind": "latents" if source.kind == "latents" else "clips",
@@ -172,8 +177,8 @@ def build_trainer(run: TrainRun, cfg: TrainConfig, source: DataSource, tally=Non
         datasets={"train": build_dataset(source, cfg, run, tally)},
         run_config=RunConfig(
             name=run.name,
-            storage_path=os.path.abspath(path) if storage.is_local(run.storage) else path,
-            storage_filesystem=None if storage.is_local(run.storage) else PyFileSystem(FSSpecHandler(fs)),
+            storage_path=path,
+            storage_filesystem=arrow_fs,
             checkpoint_config=CheckpointConfig(num_to_keep=None),
             failure_config=FailureConfig(max_failures=run.max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),

@@ -1,0 +1,123 @@
+"""Precompute training inputs once: video rows -> VAE latents + text embeddings in Parquet shards.
+
+    rows --ClipDecoder (CPU actors)--> clips --LatentEncoder (GPU or CPU actors)--> Parquet shards + _ingest.json
+
+Each output row: `videoid`, `caption`, `latents` (float16 bytes of `(c, f, h/s, w/s)`, already scaled
+by the VAE's scaling factor: one draw from the VAE posterior) and `text_embedding` (float16 bytes of
+`(77, d)`). `_ingest.json`, written last, records the shapes, the clip settings, the base and the skip
+counts; `jobs.train --data` on the folder then trains from these rows without decoding or encoding.
+Caption dropout still happens at training time (the empty prompt's embedding replaces a row's).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import ray
+import torch
+from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+from animatediff_core import storage
+from animatediff_core.clips import ClipConfig
+from animatediff_core.errors import ConfigError
+from animatediff_core.objective import encode_frames, encode_text
+from animatediff_core.pipeline import check_base_folder, load_base
+from pipelines.decode import ClipDecoder, SkipTally, clip_array
+from pipelines.webvid import INGEST_META, DataSource, check_tables, find_source, read_rows
+
+
+@dataclass(frozen=True)
+class IngestRun:
+    data: str
+    base: str
+    out: str
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    decoders: int = 4
+    decode_cpus: float = 0.5
+    encoders: int = 1
+    use_gpu: bool | None = None  # None: one GPU per encoder when the cluster has GPUs
+    encode_batch: int = 8
+
+
+class LatentEncoder:
+    """Ray Data stage: `videoid, caption, clip` rows -> `videoid, caption, latents, text_embedding` rows."""
+
+    def __init__(self, base: str, clip: ClipConfig, threads: int = 1):
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        torch.set_num_threads(threads)
+        parts = load_base(base)
+        self.vae = parts.vae.to(self.device).eval()
+        self.text_encoder = parts.text_encoder.to(self.device).eval()
+        self.tokenizer, self.clip = parts.tokenizer, clip
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        if not len(batch):
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in ("videoid", "caption", "latents", "text_embedding")})
+        frames = torch.from_numpy(np.stack([clip_array(c, self.clip) for c in batch["clip"]]))
+        latents = encode_frames(self.vae, frames.to(self.device)).half().cpu().numpy()
+        text = encode_text(self.tokenizer, self.text_encoder, batch["caption"].tolist()).half().cpu().numpy()
+        return pd.DataFrame({
+            "videoid": batch["videoid"].to_numpy(), "caption": batch["caption"].to_numpy(),
+            "latents": [x.tobytes() for x in latents], "text_embedding": [x.tobytes() for x in text],
+        })
+
+
+def check_ingest(run: IngestRun) -> DataSource:
+    """Fail fast (one line) when the base, the data or the output folder cannot work."""
+    check_base_folder(run.base)
+    source = find_source(run.data)
+    if source.kind == "latents":
+        raise ConfigError(f"--data {run.data}: already a jobs.ingest folder; point --data at the video table")
+    check_tables(source)
+    if storage.exists(storage.join(run.out, INGEST_META)):
+        raise ConfigError(f"--out {run.out}: already holds an ingest ({INGEST_META}); choose another folder")
+    return source
+
+
+def shapes(base: str, clip: ClipConfig) -> tuple[list[int], list[int]]:
+    """(latent shape `(c, f, h/s, w/s)`, text shape `(77, d)`) from the base's config files alone."""
+    vae = json.loads(storage.read_bytes(storage.join(base, "vae", "config.json")))
+    text = json.loads(storage.read_bytes(storage.join(base, "text_encoder", "config.json")))
+    scale = 2 ** (len(vae["block_out_channels"]) - 1)
+    return ([vae["latent_channels"], clip.num_frames, clip.size // scale, clip.size // scale],
+            [text.get("max_position_embeddings", 77), text["hidden_size"]])
+
+
+def arrow_location(uri: str) -> tuple[str, PyFileSystem | None]:
+    """(path, filesystem) for Ray Data's readers and writers: local paths as they are, anything else
+    through fsspec (so s3://, gs://, memory:// behave as in animatediff_core.storage)."""
+    fs, path = storage.fs_and_path(uri)
+    if storage.is_local(uri):
+        return os.path.abspath(path), None
+    return path, PyFileSystem(FSSpecHandler(fs))
+
+
+def run_ingest(run: IngestRun, source: DataSource) -> dict:
+    """Decode, encode and write the shards, then `_ingest.json`; returns that metadata."""
+    use_gpu = run.use_gpu if run.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= 1
+    tally = SkipTally.remote()
+    clips = read_rows(source, num_cpus=run.decode_cpus).map_batches(
+        ClipDecoder, fn_constructor_args=(run.clip, tally), batch_format="pandas", batch_size=4,
+        num_cpus=run.decode_cpus, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=run.decoders))
+    encoded = clips.map_batches(
+        LatentEncoder, fn_constructor_args=(run.base, run.clip), batch_format="pandas", batch_size=run.encode_batch,
+        num_gpus=1 if use_gpu else 0, num_cpus=1 if use_gpu else run.decode_cpus,
+        compute=ray.data.ActorPoolStrategy(size=run.encoders))
+    path, arrow_fs = arrow_location(run.out)
+    encoded.write_parquet(path, filesystem=arrow_fs)
+    try:
+        written = ray.data.read_parquet(path, filesystem=arrow_fs, columns=["videoid"], file_extensions=["parquet"]).count()
+    except (OSError, ValueError):  # no shard written: every video was skipped
+        written = 0
+    if not written:
+        raise ConfigError(f"--data {run.data}: no usable videos (skipped: {ray.get(tally.totals.remote()) or 'none'})")
+    latent_shape, text_shape = shapes(run.base, run.clip)
+    meta = {"base": run.base, "data": run.data, "num_frames": run.clip.num_frames, "stride": run.clip.stride,
+            "size": run.clip.size, "latent_shape": latent_shape, "text_shape": text_shape, "dtype": "float16",
+            "rows": written, "skipped_videos": ray.get(tally.totals.remote())}
+    storage.write_text_atomic(storage.join(run.out, INGEST_META), json.dumps(meta, indent=2))
+    return meta
