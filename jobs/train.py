@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                    decoders=args.decoders, decode_cpus=args.decode_cpus, max_failures=args.max_failures,
                    resume=args.resume)
     plan = check_run(job, cfg)
+    if plan.source.kind == "latents":
+        print(f"training on precomputed latents: {plan.cfg.num_frames} frames at {plan.cfg.size}x{plan.cfg.size} (set by jobs.ingest)")
     ray.init()  # RAY_ADDRESS (ray job submit) joins a cluster; else a local one, with the dashboard Ray Train queries
     ray.data.DataContext.get_current().enable_progress_bars = False
     if plan.resumed_from is not None:

@@ -121,6 +121,9 @@ def check_run(run: TrainRun, cfg: TrainConfig) -> TrainPlan:
                           "pass --resume to continue it or choose another --name")
     if run.resume and not done:
         raise ConfigError(f"--resume: no checkpoint in {run.run_dir} to resume from")
+    if done and max(done) >= cfg.max_steps:
+        raise ConfigError(f"--max-steps {cfg.max_steps}: {run.run_dir} is already at step {max(done)}; "
+                          "raise --max-steps to train further")
     return TrainPlan(source, cfg, max(done) if done else None)
 
 
@@ -155,7 +158,7 @@ def build_dataset(source: DataSource, cfg: TrainConfig, run: TrainRun, tally=Non
         path, arrow_fs = arrow_location(source.uri)
         return ray.data.read_parquet(path, filesystem=arrow_fs, file_extensions=["parquet"],
                                      columns=["videoid", "caption", "latents", "text_embedding"],
-                                     ray_remote_args={"num_cpus": run.decode_cpus})
+                                     num_cpus=run.decode_cpus)
     rows = read_rows(source, num_cpus=run.decode_cpus)
     return rows.map_batches(ClipDecoder, fn_constructor_args=(cfg.clip_config(num_threads=1), tally),
                             batch_format="pandas", batch_size=4, num_cpus=run.decode_cpus,

@@ -192,8 +192,8 @@ def read_rows(source: DataSource, num_cpus: float = 1.0) -> "ray.data.Dataset":
     csv = [p for p in paths if p not in parquet]
     parts = []
     if parquet:
-        parts.append(ray.data.read_parquet(parquet, filesystem=arrow_fs, ray_remote_args={"num_cpus": num_cpus}))
+        parts.append(ray.data.read_parquet(parquet, filesystem=arrow_fs, num_cpus=num_cpus))
     if csv:
-        parts.append(ray.data.read_csv(csv, filesystem=arrow_fs, ray_remote_args={"num_cpus": num_cpus}, **_csv_options()))
+        parts.append(ray.data.read_csv(csv, filesystem=arrow_fs, num_cpus=num_cpus, **_csv_options()))
     ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
     return ds.map_batches(normalize, fn_kwargs={"root": source.root}, batch_format="pandas", num_cpus=num_cpus)
