@@ -15,7 +15,6 @@ safetensors metadata, and other files get the official values (8 heads, 32 group
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 

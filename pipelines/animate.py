@@ -10,8 +10,6 @@ Actors encode the mp4 themselves: only paths and metadata travel through the obj
 from __future__ import annotations
 
 import json
-import os
-import time
 from dataclasses import dataclass, field
 
 import pandas as pd

@@ -2,7 +2,7 @@ import pytest
 import torch
 from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
 
-from animatediff_core.checkpoints import load_state_dict, save_state_dict
+from animatediff_core.checkpoints import save_state_dict
 from animatediff_core.errors import CheckpointError
 from animatediff_core.inflate import MotionModuleConfig, inflate_unet, new_motion_adapter
 from animatediff_core.motion_formats import (

@@ -7,7 +7,7 @@ from animatediff_core.errors import CheckpointError
 from animatediff_core.ldm_keys import align_text_keys, unet_to_ldm
 from animatediff_core.personalize import CheckpointSpec, Personalizer, detect_kind
 from animatediff_core.pipeline import load_pipeline
-from animatediff_core.tiny import TINY_UNET, tiny_unet
+from animatediff_core.tiny import tiny_unet
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,7 @@ from animatediff_core.trainer import (ADAPTER_DIR, LORA_FILE, ORIGINAL_FILE, Bat
                                       drop_captions, read_training_state, step_generator)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; more only contend with other processes on small machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(**kw):

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 import yaml
 
 from animatediff_core.generate import GenerationSettings, Request, generate
@@ -19,13 +18,7 @@ from helpers_video import real_video
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Loading and sampling the tiny models in this process: one thread, so it does not fight Ray's workers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(module, args, env=None, timeout=300):

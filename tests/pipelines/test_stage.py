@@ -6,7 +6,6 @@ import pandas as pd
 import pytest
 
 import pipelines.stage as stage_mod
-from animatediff_core.checkpoints import save_state_dict
 from animatediff_core.generate import GenerationSettings
 from animatediff_core.personalize import CheckpointSpec
 from pipelines.animate import mark_finished

@@ -28,13 +28,7 @@ CFG = TrainConfig.tiny(num_frames=8, stride=4, size=32, max_steps=4, checkpoint_
 BAD = {"not_found": 1, "corrupt": 1, "too_short": 1, "empty_caption": 1, "empty": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Loading and sampling the tiny models in this process: one thread, so it does not fight Ray's workers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
