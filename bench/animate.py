@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 
@@ -49,7 +50,8 @@ def ray_job(models: str, table: str, args, out: str) -> tuple[float, int]:
 
     cfg = AnimateConfig([table], os.path.join(models, "base"), os.path.join(models, "motion_adapter"), out,
                         read_checkpoint_set(None), GenerationSettings(args.frames, args.size, args.size, args.steps, 7.5),
-                        workers=1, cpus_per_worker=1, batch_size=args.batch_size, gif=False, torch_threads=2)
+                        workers=1, cpus_per_worker=1, batch_size=args.batch_size, gif=False, torch_threads=2,
+                        max_batch=args.max_batch)
     start = time.time()
     results = run_animate(cfg)
     return time.time() - start, int((results.status == "ok").sum())
@@ -86,18 +88,26 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--max-batch", type=int, default=None, help="rows per pipeline call in the job (default: 1 on CPU)")
     ap.add_argument("--switch-preset", default="sd15", choices=["sd15", "tiny"],
-                    help="model shapes for the switch-vs-load timing (sd15: random weights at SD-1.5 size, ~6 GB on disk)")
+                    help="model shapes for the switch-vs-load timing (sd15: random weights at SD-1.5 size, ~12 GB on disk)")
     args = ap.parse_args()
     from jobs.config import quiet_libraries
 
     quiet_libraries()
     torch.set_num_threads(2)
+    tmp = tempfile.mkdtemp(prefix="bench-animate-")
+    try:
+        run(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the sd15 model set is ~12 GB
+
+
+def run(args, tmp: str) -> None:
     import ray
 
     from animatediff_core.tiny import write_tiny_models
 
-    tmp = tempfile.mkdtemp(prefix="bench-animate-")
     models = str(write_tiny_models(os.path.join(tmp, "models")))
     prompts = [f"a photo of subject {i}, cinematic lighting" for i in range(args.n)]
     table = os.path.join(tmp, "prompts.parquet")

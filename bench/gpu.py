@@ -12,8 +12,10 @@ safetensors (no Ray, no video codecs), so it runs on a bare GPU machine.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import tempfile
 import time
 
@@ -87,7 +89,9 @@ def main() -> None:
     from animatediff_core.tiny import write_tiny_models
 
     t = time.time()
-    models = str(write_tiny_models(tempfile.mkdtemp(prefix="gpu-bench-"), preset=args.shape))
+    tmp = tempfile.mkdtemp(prefix="gpu-bench-")
+    atexit.register(shutil.rmtree, tmp, True)  # the sd15 model set is ~12 GB
+    models = str(write_tiny_models(tmp, preset=args.shape))
     print(f"{args.shape} models written in {time.time() - t:.0f}s", flush=True)
     ckpts = {"lora": "toon_lora", "peft_lora": "film_peft_lora", "dreambooth": "dreamy"}
     cuda = torch.cuda.is_available()

@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPU actors only; leave a CPU for reading")
     p.add_argument("--torch-threads", type=int, default=None, help="CPU actors: torch threads (default: --cpus-per-worker)")
     p.add_argument("--batch-size", type=int, default=8, help="rows per actor call")
+    p.add_argument("--max-batch", type=int, default=None, help="rows per pipeline call (default 8 on GPU, 1 on CPU)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
     p.add_argument("--no-gif", dest="gif", action="store_false", help="skip GIF previews")
     return p
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     defaults = GenerationSettings(args.num_frames, args.height, args.width, args.steps, args.guidance_scale, args.fps)
     cfg = AnimateConfig(args.prompts, args.base, args.motion_module, args.out, checkpoints, defaults, args.workers,
-                        gpus, args.cpus_per_worker, args.batch_size, args.gif, args.dtype, args.torch_threads)
+                        gpus, args.cpus_per_worker, args.batch_size, args.gif, args.dtype, args.torch_threads, args.max_batch)
     start = time.time()
     results = run_animate(cfg)
     write_metadata(results, args.out)

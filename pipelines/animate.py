@@ -38,6 +38,7 @@ class AnimateConfig:
     gif: bool = True
     dtype: str = "auto"  # float16 on GPU, float32 on CPU
     torch_threads: int | None = None  # CPU actors; default: cpus_per_worker
+    max_batch: int | None = None  # rows per pipeline call; default 8 on GPU, 1 on CPU
 
 
 def read_prompts(uris: list[str]):
@@ -124,7 +125,8 @@ def build_dataset(cfg: AnimateConfig):
     return ds.map_batches(
         AnimateStage,
         fn_constructor_kwargs=dict(base=cfg.base, motion_module=cfg.motion_module, checkpoints=cfg.checkpoints,
-                                   out=cfg.out, gif=cfg.gif, dtype=cfg.dtype, threads=cfg.torch_threads or max(1, int(cfg.cpus_per_worker))),
+                                   out=cfg.out, gif=cfg.gif, dtype=cfg.dtype, threads=cfg.torch_threads or max(1, int(cfg.cpus_per_worker)),
+                                   max_batch=cfg.max_batch),
         batch_format="pandas",
         batch_size=cfg.batch_size,
         compute=ray.data.ActorPoolStrategy(size=cfg.workers),

@@ -50,7 +50,7 @@ def with_types(batch: pd.DataFrame) -> pd.DataFrame:
 
 class AnimateStage:
     def __init__(self, base: str, motion_module: str, checkpoints: dict[str, CheckpointSpec], out: str,
-                 gif: bool = True, dtype: str = "auto", threads: int = 1, max_batch: int = 8):
+                 gif: bool = True, dtype: str = "auto", threads: int = 1, max_batch: int | None = 8):
         quiet_model_libraries()
         cuda = torch.cuda.is_available()
         torch.set_num_threads(threads)
@@ -60,6 +60,9 @@ class AnimateStage:
         self.pipe = load_pipeline(base, motion_module, device=self.device, dtype=dt)
         self.personalizer = Personalizer(self.pipe)
         self.limit = max_frames(self.pipe)
+        # Rows per pipeline call. On CPU a batch of 8 measured 19% slower per video than one at a time
+        # (bench/README.md), so CPU actors default to 1; GPUs gain from batching.
+        max_batch = max_batch or (8 if cuda else 1)
         self.specs, self.out, self.gif, self.motion_module, self.max_batch = checkpoints, out, gif, motion_module, max_batch
         self.failed: dict[str, str] = {}  # checkpoint name -> why it could not load
 
