@@ -31,18 +31,18 @@ class Base:
     tokenizer: CLIPTokenizer
 
 
-def check_base_folder(uri: str) -> str:
-    """Raise CheckpointError unless `uri` is a diffusers SD folder; return a local copy's path."""
+def check_base_folder(uri: str) -> None:
+    """Raise CheckpointError unless `uri` is a diffusers SD-1.x folder (reads no weights)."""
     if not storage.exists(uri) or not storage.isdir(uri):
         raise CheckpointError(f"{uri}: base model folder not found (expected a diffusers SD-1.x folder with {', '.join(BASE_PARTS)})")
     missing = [p for p in BASE_PARTS if not storage.exists(storage.join(uri, p))]
     if missing:
         raise CheckpointError(f"{uri}: not a diffusers SD-1.x folder: missing {', '.join(missing)}/ (expected {', '.join(BASE_PARTS)})")
-    return storage.localize(uri)
 
 
 def load_base(uri: str, dtype: torch.dtype = torch.float32) -> Base:
-    local = check_base_folder(uri)
+    check_base_folder(uri)
+    local = storage.localize(uri)
     try:
         return Base(
             unet=UNet2DConditionModel.from_pretrained(local, subfolder="unet", torch_dtype=dtype, local_files_only=True),

@@ -171,6 +171,7 @@ def _table_shape(uri: str) -> tuple[list[str], int]:
 def preflight(prompts: list[str], base: str, motion_module: str, out: str) -> None:
     """Fail fast, with one line, when nothing can run: missing inputs or an unwritable output."""
     from animatediff_core.errors import CheckpointError, ConfigError
+    from animatediff_core.pipeline import check_base_folder
 
     for uri in prompts:
         if not storage.exists(uri):
@@ -180,9 +181,10 @@ def preflight(prompts: list[str], base: str, motion_module: str, out: str) -> No
             raise ConfigError(f"--prompts {uri}: no 'prompt' column (found {', '.join(columns) or 'none'})")
         if rows == 0:
             raise ConfigError(f"--prompts {uri}: the table has no rows")
-    base_parts = ("unet", "vae", "text_encoder", "tokenizer")
-    if not storage.exists(base) or any(not storage.exists(storage.join(base, p)) for p in base_parts):
-        raise CheckpointError(f"--base {base}: not a diffusers SD-1.x folder (expected {', '.join(base_parts)}/ inside)")
+    try:
+        check_base_folder(base)
+    except CheckpointError as e:
+        raise CheckpointError(f"--base {e}") from None
     if not storage.exists(motion_module):
         raise CheckpointError(f"--motion-module {motion_module}: not found (expected a MotionAdapter folder or .safetensors/.ckpt)")
     probe = storage.join(out, ".write-test")

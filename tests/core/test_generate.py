@@ -63,3 +63,16 @@ def test_validation_messages(pipe):
         with pytest.raises(ConfigError, match=msg):
             validate_request(req, limit, pipe.vae_scale_factor)
     validate_request(Request("x", settings=ok), limit, pipe.vae_scale_factor)
+
+
+def test_incomplete_base_folder_names_what_is_missing(tiny_models, tmp_path):
+    import shutil
+
+    from animatediff_core.errors import CheckpointError
+
+    partial = tmp_path / "base"
+    shutil.copytree(tiny_models / "base", partial, ignore=shutil.ignore_patterns("vae"))
+    with pytest.raises(CheckpointError, match="missing vae/"):
+        load_pipeline(str(partial), str(tiny_models / "motion_adapter"))
+    with pytest.raises(CheckpointError, match="base model folder not found"):
+        load_pipeline(str(tmp_path / "nowhere"), str(tiny_models / "motion_adapter"))

@@ -51,7 +51,7 @@ def test_yaml_config_and_s3_output(tiny_models, s3_env, tmp_path):
 
 
 @pytest.mark.parametrize("args,code,message", [
-    (["--base", "/nonexistent/base"], 1, "--base /nonexistent/base: not a diffusers SD-1.x folder"),
+    (["--base", "/nonexistent/base"], 1, "--base /nonexistent/base: base model folder not found"),
     (["--out", "/dev/null/cannot"], 1, "--out /dev/null/cannot: not writable"),
     (["--prompts", "/nonexistent.parquet"], 1, "--prompts /nonexistent.parquet: not found"),
 ])
