@@ -88,6 +88,18 @@ def write_text_atomic(uri: str, text: str, **storage_options) -> None:
     write_bytes_atomic(uri, text.encode("utf-8"), **storage_options)
 
 
+def arrow_location(uri: str, **storage_options):
+    """``(path, pyarrow filesystem or None)`` for Ray Data's and pyarrow's readers and writers: local
+    paths as they are (None: pyarrow's own local filesystem), anything else through fsspec, so s3://,
+    gs:// and memory:// behave as everywhere else in the project."""
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, path = fs_and_path(uri, **storage_options)
+    if isinstance(fs, LocalFileSystem):
+        return os.path.abspath(path), None
+    return path, PyFileSystem(FSSpecHandler(fs))
+
+
 def isdir(uri: str, **storage_options) -> bool:
     fs, path = fs_and_path(uri, **storage_options)
     return fs.isdir(path)

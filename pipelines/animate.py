@@ -47,8 +47,7 @@ def read_prompts(uris: list[str]):
 
     datasets = []
     for uri in uris:
-        fs, path = storage.fs_and_path(uri)
-        pa_fs = _pyarrow_fs(fs)
+        path, pa_fs = storage.arrow_location(uri)
         reader = ray.data.read_csv if uri.endswith(".csv") else ray.data.read_parquet
         kwargs = {"convert_options": _csv_as_strings()} if uri.endswith(".csv") else {}
         ds = reader(path, filesystem=pa_fs, **kwargs)
@@ -60,13 +59,6 @@ def _csv_as_strings():
     import pyarrow.csv as pacsv
 
     return pacsv.ConvertOptions(strings_can_be_null=True)
-
-
-def _pyarrow_fs(fs):
-    from fsspec.implementations.local import LocalFileSystem
-    from pyarrow.fs import FSSpecHandler, LocalFileSystem as PaLocal, PyFileSystem
-
-    return PaLocal() if isinstance(fs, LocalFileSystem) else PyFileSystem(FSSpecHandler(fs))
 
 
 PROMPT_COLUMNS = ["id", "prompt", "negative_prompt", "seed", "checkpoint", *SETTING_COLUMNS]

@@ -12,14 +12,12 @@ Caption dropout still happens at training time (the empty prompt's embedding rep
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import ray
 import torch
-from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from animatediff_core import storage
 from animatediff_core.clips import ClipConfig
@@ -87,15 +85,6 @@ def shapes(base: str, clip: ClipConfig) -> tuple[list[int], list[int]]:
             [text.get("max_position_embeddings", 77), text["hidden_size"]])
 
 
-def arrow_location(uri: str) -> tuple[str, PyFileSystem | None]:
-    """(path, filesystem) for Ray Data's readers and writers: local paths as they are, anything else
-    through fsspec (so s3://, gs://, memory:// behave as in animatediff_core.storage)."""
-    fs, path = storage.fs_and_path(uri)
-    if storage.is_local(uri):
-        return os.path.abspath(path), None
-    return path, PyFileSystem(FSSpecHandler(fs))
-
-
 def run_ingest(run: IngestRun, source: DataSource) -> dict:
     """Decode, encode and write the shards, then `_ingest.json`; returns that metadata."""
     use_gpu = run.use_gpu if run.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= 1
@@ -107,7 +96,7 @@ def run_ingest(run: IngestRun, source: DataSource) -> dict:
         LatentEncoder, fn_constructor_args=(run.base, run.clip), batch_format="pandas", batch_size=run.encode_batch,
         num_gpus=1 if use_gpu else 0, num_cpus=1 if use_gpu else run.decode_cpus,
         compute=ray.data.ActorPoolStrategy(size=run.encoders))
-    path, arrow_fs = arrow_location(run.out)
+    path, arrow_fs = storage.arrow_location(run.out)
     encoded.write_parquet(path, filesystem=arrow_fs)
     try:
         written = ray.data.read_parquet(path, filesystem=arrow_fs, columns=["videoid"], file_extensions=["parquet"]).count()

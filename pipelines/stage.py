@@ -19,7 +19,7 @@ from animatediff_core.generate import Request, generate, validate_request
 from animatediff_core.personalize import CheckpointSpec, Personalizer
 from animatediff_core.pipeline import load_pipeline, max_frames
 from animatediff_core import storage
-from animatediff_core.video_io import encode_gif, encode_mp4
+from animatediff_core.video_io import write_gif, write_video
 from pipelines.rows import SETTING_COLUMNS, fingerprint, settings_of, video_uri
 
 METADATA_COLUMNS = ["motion_module", "checkpoint_uri", "video_uri", "gif_uri", "seconds", "bytes", "sha256", "skipped"]
@@ -114,17 +114,14 @@ class AnimateStage:
     def _write(self, batch: pd.DataFrame, i: int, frames, gen_seconds: float) -> None:
         row = batch.loc[i].to_dict()
         t0 = time.time()
-        mp4 = encode_mp4(frames, fps=int(row["fps"]))
         uri = video_uri(self.out, row["checkpoint"], row["id"])
-        storage.write_bytes_atomic(uri, mp4)
+        num_bytes, sha256 = write_video(uri, frames, fps=int(row["fps"]))
         gif_uri = ""
         if self.gif:
             gif_uri = video_uri(self.out, row["checkpoint"], row["id"], "gif")
-            storage.write_bytes_atomic(gif_uri, encode_gif(frames, fps=int(row["fps"])))
-        import hashlib
-
+            write_gif(gif_uri, frames, fps=int(row["fps"]))
         meta = {"video_uri": uri, "gif_uri": gif_uri, "seconds": round(gen_seconds + time.time() - t0, 4),
-                "bytes": len(mp4), "sha256": hashlib.sha256(mp4).hexdigest()}
+                "bytes": num_bytes, "sha256": sha256}
         # The sidecar goes last: its presence means the video is complete and matches these settings.
         sidecar = {**meta, "fingerprint": fingerprint(row, self.motion_module, self.specs[row["checkpoint"]])}
         storage.write_bytes_atomic(video_uri(self.out, row["checkpoint"], row["id"], "json"), json.dumps(sidecar).encode())

@@ -29,7 +29,6 @@ from animatediff_core.errors import AnimateDiffError, ConfigError
 from animatediff_core.pipeline import check_base_folder
 from animatediff_core.trainer import TrainConfig
 from pipelines.decode import ClipDecoder, SkipTally
-from pipelines.ingest import arrow_location
 from pipelines.train_loop import METRICS_FILE, train_worker
 from pipelines.webvid import DataSource, check_tables, find_source, read_rows
 
@@ -155,7 +154,7 @@ def build_dataset(source: DataSource, cfg: TrainConfig, run: TrainRun, tally=Non
     """Rows for the trainer: decoded clips of usable videos (skips counted in `tally`) or precomputed
     latents (jobs.ingest output)."""
     if source.kind == "latents":
-        path, arrow_fs = arrow_location(source.uri)
+        path, arrow_fs = storage.arrow_location(source.uri)
         return ray.data.read_parquet(path, filesystem=arrow_fs, file_extensions=["parquet"],
                                      columns=["videoid", "caption", "latents", "text_embedding"],
                                      num_cpus=run.decode_cpus)
@@ -169,7 +168,7 @@ def build_trainer(run: TrainRun, cfg: TrainConfig, source: DataSource, tally=Non
     use_gpu = run.use_gpu if run.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= 1
     cpus = run.cpus_per_worker or (1.0 if use_gpu else 0.5)
     run = replace(run, cpus_per_worker=cpus)
-    path, arrow_fs = arrow_location(run.storage)
+    path, arrow_fs = storage.arrow_location(run.storage)
     return TorchTrainer(
         train_worker,
         train_loop_config={"run": run, "cfg": cfg, "kind": "latents" if source.kind == "latents" else "clips",

@@ -23,7 +23,6 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import ray
-from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from animatediff_core import storage
 from animatediff_core.errors import ConfigError
@@ -185,9 +184,8 @@ def read_rows(source: DataSource, num_cpus: float = 1.0) -> "ray.data.Dataset":
     `num_cpus` per read task)."""
     if source.kind == "folder":
         return ray.data.from_pandas(folder_rows(source))  # a driver-side table: no read tasks
-    fs, _ = storage.fs_and_path(source.tables[0])
-    paths = [storage.fs_and_path(t)[1] for t in source.tables]
-    arrow_fs = None if storage.is_local(source.tables[0]) else PyFileSystem(FSSpecHandler(fs))
+    arrow_fs = storage.arrow_location(source.tables[0])[1]
+    paths = [storage.arrow_location(t)[0] for t in source.tables]
     parquet = [p for p in paths if p.lower().endswith((".parquet", ".pq"))]
     csv = [p for p in paths if p not in parquet]
     parts = []
