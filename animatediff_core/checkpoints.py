@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load, load_file as st_load_file, save as st_save
 
-from . import storage
+from . import hub, storage
 from .errors import CheckpointError
 
 SAFETENSORS_EXT = (".safetensors",)
@@ -61,6 +61,7 @@ def load_state_dict(uri: str) -> dict[str, torch.Tensor]:
     Unwraps the containers training scripts write (`{"state_dict": ...}`) and strips a DDP `module.`
     prefix. Raises CheckpointError for a missing, empty, truncated, unsafe or unrecognized file.
     """
+    uri = hub.resolve(uri)  # Hub ids and https:// files: a local cached copy
     if uri.endswith(SAFETENSORS_EXT) and storage.is_local(uri) and os.path.isfile(storage.fs_and_path(uri)[1]):
         return _unwrap(uri, _load_local_safetensors(uri))
     data = _read(uri)

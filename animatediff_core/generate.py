@@ -7,42 +7,14 @@ a batch are encoded once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from diffusers import AnimateDiffPipeline
 
 from .errors import ConfigError
-
-MAX_SIDE = 2048
-MAX_STEPS = 1000
-MAX_GUIDANCE = 50.0
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """Per-video generation settings. Defaults: AnimateDiff's inference recipe for SD-1.5."""
-
-    num_frames: int = 16
-    height: int = 512
-    width: int = 512
-    steps: int = 25
-    guidance_scale: float = 7.5
-    fps: int = 8
-
-    @classmethod
-    def tiny(cls) -> "GenerationSettings":
-        return cls(num_frames=16, height=64, width=64, steps=2, guidance_scale=7.5)
-
-    def updated(self, **overrides) -> "GenerationSettings":
-        """A copy with the non-None overrides applied (per-row values over job defaults)."""
-        names = {f.name for f in fields(self)}
-        return replace(self, **{k: v for k, v in overrides.items() if k in names and v is not None})
-
-    @property
-    def shape(self) -> tuple:
-        return (self.num_frames, self.height, self.width, self.steps, float(self.guidance_scale))
+from .settings import GenerationSettings, validate_settings  # noqa: F401  (the settings a Request carries)
 
 
 @dataclass(frozen=True)
@@ -64,26 +36,6 @@ class Request:
     seed: int = 0
     settings: GenerationSettings = GenerationSettings()
     conditioning: Conditioning | None = None
-
-
-def validate_settings(s: GenerationSettings, max_frames: int, vae_scale: int = 8) -> None:
-    """Raise ConfigError saying what to fix when a value is non-positive, absurd or unsupported."""
-    def need(ok: bool, msg: str):
-        if not ok:
-            raise ConfigError(msg)
-
-    for name in ("num_frames", "height", "width", "steps", "fps"):
-        v = getattr(s, name)
-        need(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0, f"{name} must be a positive integer, got {v!r}")
-    need(s.num_frames <= max_frames,
-         f"num_frames={s.num_frames} exceeds what the motion module supports ({max_frames}); use at most {max_frames}")
-    for name in ("height", "width"):
-        v = getattr(s, name)
-        need(v <= MAX_SIDE, f"{name}={v} is larger than {MAX_SIDE}")
-        need(v % vae_scale == 0, f"{name}={v} must be a multiple of {vae_scale}")
-    need(s.steps <= MAX_STEPS, f"steps={s.steps} is larger than {MAX_STEPS}")
-    g = s.guidance_scale
-    need(isinstance(g, (int, float)) and 0 <= g <= MAX_GUIDANCE and g == g, f"guidance_scale must be in [0, {MAX_GUIDANCE}], got {g!r}")
 
 
 def validate_request(r: Request, max_frames: int, vae_scale: int = 8) -> None:
@@ -115,6 +67,7 @@ def generate(pipe: AnimateDiffPipeline, requests: list[Request]) -> list[np.ndar
     if any(r.settings.shape != s.shape for r in requests):
         raise ConfigError("generate() needs requests of one shape; group by GenerationSettings.shape first")
     device = pipe._execution_device
+    _use_sampler(pipe, s.sampler)
     prompt_embeds = _encode_unique(pipe, [r.prompt for r in requests], device)
     negative_embeds = _encode_unique(pipe, [r.negative_prompt or "" for r in requests], device)
     generators = [torch.Generator("cpu").manual_seed(int(r.seed)) for r in requests]
@@ -128,6 +81,15 @@ def generate(pipe: AnimateDiffPipeline, requests: list[Request]) -> list[np.ndar
     )
     frames = np.asarray(out.frames)  # (b, f, h, w, 3) float in [0, 1]
     return [np.clip(v * 255.0 + 0.5, 0, 255).astype(np.uint8) for v in frames]
+
+
+def _use_sampler(pipe: AnimateDiffPipeline, name: str) -> None:
+    """Put the sampler `name` on the pipeline (a fresh scheduler when it changes; schedulers keep state)."""
+    from .schedule import ScheduleConfig
+
+    if getattr(pipe.scheduler, "_animatediff_sampler", "ddim") != name:
+        pipe.scheduler = ScheduleConfig().sampler(name)
+        pipe.scheduler._animatediff_sampler = name
 
 
 def _initial_latents(pipe, requests, generators, device) -> torch.Tensor:

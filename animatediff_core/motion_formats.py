@@ -21,7 +21,7 @@ import tempfile
 import torch
 from diffusers import MotionAdapter
 
-from . import storage
+from . import hub, storage
 from .checkpoints import check_keys, load_state_dict, read_safetensors_metadata, save_state_dict
 from .errors import CheckpointError
 from .inflate import MotionModuleConfig
@@ -125,8 +125,77 @@ def load_original_motion_module(uri: str, cfg: MotionModuleConfig | None = None)
     return adapter
 
 
+def _header_shapes(uri: str) -> dict[str, torch.Tensor]:
+    """`{key: meta tensor}` of a checkpoint, read without its data where the format allows (a
+    safetensors header; a zip pickle memory-mapped), so a preflight check costs no weights in memory."""
+    import json
+    import os
+    import struct
+
+    local = storage.localize(uri) if uri.endswith(".safetensors") else None
+    if local is not None and os.path.isfile(local):
+        with open(local, "rb") as f:
+            try:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n)) if 0 < n < 100_000_000 else None
+            except (struct.error, ValueError):
+                header = None
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{uri}: not a readable .safetensors file (bad header)")
+        return {k: torch.empty(v["shape"], device="meta") for k, v in header.items()
+                if k != "__metadata__" and isinstance(v, dict) and "shape" in v}
+    return {k: v.to("meta") for k, v in load_state_dict(uri).items()}
+
+
+def inspect_motion_module(uri: str, unet_config: dict, cfg: MotionModuleConfig | None = None) -> int:
+    """Check, from keys and shapes alone, that `uri` is a motion module that fits a UNet with
+    `unet_config`; returns the most frames it supports. CheckpointError (one line) otherwise."""
+    from .inflate import check_adapter_fits
+
+    uri = hub.resolve(uri)
+    if not storage.exists(uri):
+        raise CheckpointError(f"{uri}: motion module not found (expected a MotionAdapter folder or a .safetensors/.ckpt file)")
+    if storage.isdir(uri):
+        import json
+
+        try:
+            config = json.loads(storage.read_bytes(storage.join(uri, "config.json")))
+            weights = storage.join(uri, "diffusion_pytorch_model.safetensors")
+            found = _header_shapes(weights) if storage.exists(weights) else None
+        except (FileNotFoundError, ValueError) as e:
+            raise CheckpointError(f"{uri}: not a diffusers MotionAdapter folder ({type(e).__name__}: {e})") from None
+        with torch.device("meta"):
+            try:
+                adapter = MotionAdapter(**{k: v for k, v in config.items() if not k.startswith("_")})
+            except TypeError as e:
+                raise CheckpointError(f"{uri}: config.json is not a MotionAdapter config ({e})") from None
+        if found is not None:
+            check_keys({k: tuple(v.shape) for k, v in adapter.state_dict().items()}, found, "AnimateDiff motion module", uri)
+    else:
+        meta = read_safetensors_metadata(uri) if uri.endswith(".safetensors") else {}
+        converted, pe_len = original_to_diffusers(_header_shapes(uri))
+        if not converted:
+            raise CheckpointError(f"{uri}: no motion-module weights found (expected keys like "
+                                  "'down_blocks.0.motion_modules.0.temporal_transformer...'); is this a motion module?")
+        with torch.device("meta"):
+            try:
+                adapter = MotionAdapter(**infer_adapter_kwargs(converted, pe_len, _cfg_from_metadata(meta, cfg)))
+            except (ValueError, TypeError, RuntimeError) as e:
+                raise CheckpointError(f"{uri}: not a valid AnimateDiff motion module: its shapes make none "
+                                      f"({str(e).splitlines()[0][:200]})") from None
+        expected = {k: tuple(v.shape) for k, v in adapter.state_dict().items() if not k.endswith("pos_embed.pe")}
+        check_keys(expected, converted, "AnimateDiff motion module", uri)
+    try:
+        check_adapter_fits(unet_config, adapter)
+    except CheckpointError as e:
+        raise CheckpointError(f"{uri}: {e}") from None
+    return int(adapter.config["motion_max_seq_length"])
+
+
 def load_motion_adapter(uri: str, cfg: MotionModuleConfig | None = None) -> MotionAdapter:
-    """Load a motion module from a diffusers MotionAdapter folder or an original-format file (any fsspec URI)."""
+    """Load a motion module from a diffusers MotionAdapter folder or an original-format file (any fsspec
+    URI or Hub id)."""
+    uri = hub.resolve(uri)
     if not storage.exists(uri):
         raise CheckpointError(f"{uri}: motion module not found (expected a MotionAdapter folder or a .safetensors/.ckpt file)")
     if storage.isdir(uri):

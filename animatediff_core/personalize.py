@@ -14,8 +14,6 @@ base weights untouched; leaving a DreamBooth restores the base from an in-memory
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from diffusers import AnimateDiffPipeline
 from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint
@@ -24,19 +22,9 @@ from .checkpoints import check_keys, load_state_dict
 from .errors import CheckpointError
 from .inflate import is_motion_param
 from .ldm_keys import align_text_keys
+from .settings import CheckpointSpec
 
-KINDS = ("dreambooth", "lora")
 BASE = "base"
-
-
-@dataclass(frozen=True)
-class CheckpointSpec:
-    """One personalized checkpoint: `uri` None means the base model itself."""
-
-    name: str
-    uri: str | None = None
-    kind: str | None = None  # dreambooth | lora | None (detect from keys)
-    scale: float = 1.0
 
 
 def detect_kind(state: dict[str, torch.Tensor], uri: str = "") -> str:

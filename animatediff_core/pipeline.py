@@ -12,13 +12,16 @@ import torch
 from diffusers import AnimateDiffPipeline, AutoencoderKL, MotionAdapter, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from . import storage
+from . import hub, storage
 from .errors import CheckpointError
 from .inflate import MotionModuleConfig, inflate_unet
 from .motion_formats import load_motion_adapter
 from .schedule import ScheduleConfig
 
 BASE_PARTS = ("unet", "vae", "text_encoder", "tokenizer")
+# What a base model needs from a Hub repo (not its .bin duplicates, fp16/EMA variants or safety checker).
+BASE_FILES = [f"{part}/{pattern}" for part in (*BASE_PARTS, "scheduler") for pattern in ("*.json", "*.txt", "*.safetensors")]
+BASE_CONFIGS = [f"{part}/*.json" for part in (*BASE_PARTS, "scheduler")]
 
 
 @dataclass(frozen=True)
@@ -31,18 +34,28 @@ class Base:
     tokenizer: CLIPTokenizer
 
 
-def check_base_folder(uri: str) -> None:
-    """Raise CheckpointError unless `uri` is a diffusers SD-1.x folder (reads no weights)."""
+def check_base_folder(uri: str) -> str:
+    """Raise CheckpointError unless `uri` is a diffusers SD-1.x folder (reads no weights); returns
+    where its files are (a Hub id resolves to its cached snapshot, configs only)."""
+    uri = hub.resolve(uri, BASE_CONFIGS)
     if not storage.exists(uri) or not storage.isdir(uri):
         raise CheckpointError(f"{uri}: base model folder not found (expected a diffusers SD-1.x folder with {', '.join(BASE_PARTS)})")
     missing = [p for p in BASE_PARTS if not storage.exists(storage.join(uri, p))]
     if missing:
         raise CheckpointError(f"{uri}: not a diffusers SD-1.x folder: missing {', '.join(missing)}/ (expected {', '.join(BASE_PARTS)})")
+    return uri
+
+
+def read_unet_config(base: str) -> dict:
+    """The base UNet's config.json (for checks that need shapes, not weights)."""
+    import json
+
+    return json.loads(storage.read_bytes(storage.join(check_base_folder(base), "unet", "config.json")))
 
 
 def load_base(uri: str, dtype: torch.dtype = torch.float32) -> Base:
     check_base_folder(uri)
-    local = storage.localize(uri)
+    local = storage.localize(hub.resolve(uri, BASE_FILES))
     try:
         return Base(
             unet=UNet2DConditionModel.from_pretrained(local, subfolder="unet", torch_dtype=dtype, local_files_only=True),

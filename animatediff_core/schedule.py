@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, LCMScheduler
 
 
 @dataclass(frozen=True)
@@ -34,3 +34,19 @@ class ScheduleConfig:
             timestep_spacing="linspace",
             set_alpha_to_one=False,
         )
+
+    def sampler(self, name: str):
+        """The scheduler for a sampler name (`settings.SAMPLERS`), over the same linear betas:
+        - ddim: AnimateDiff's own (above);
+        - euler_trailing: AnimateDiff-Lightning's 2/4/8-step motion modules (ByteDance/AnimateDiff-Lightning:
+          EulerDiscreteScheduler, trailing timestep spacing, linear betas; guidance 1.0);
+        - lcm: AnimateLCM's motion module + LCM LoRA (wangfuyun/AnimateLCM: LCMScheduler, linear betas;
+          4-8 steps, guidance 1-2).
+        """
+        if name == "ddim":
+            return self.inference_scheduler()
+        if name == "euler_trailing":
+            return EulerDiscreteScheduler(**asdict(self), timestep_spacing="trailing")
+        if name == "lcm":
+            return LCMScheduler(**asdict(self), clip_sample=False)
+        raise ValueError(f"unknown sampler {name!r}")  # validated upstream: settings.validate_settings

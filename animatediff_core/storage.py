@@ -39,6 +39,13 @@ def read_bytes(uri: str, **storage_options) -> bytes:
     return fs.cat_file(path)
 
 
+def read_small(uri: str, **storage_options) -> bytes:
+    """Read a whole small file (a sidecar, a config) in one request: an open range (`start=0`) keeps
+    object stores from asking for its size first (s3fs would send a HEAD before the GET)."""
+    fs, path = fs_and_path(uri, **storage_options)
+    return fs.cat_file(path, start=0)
+
+
 def exists(uri: str, **storage_options) -> bool:
     fs, path = fs_and_path(uri, **storage_options)
     return fs.exists(path)

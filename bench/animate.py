@@ -44,17 +44,15 @@ def plain_loop(models: str, prompts: list[str], args, out: str) -> float:
 
 
 def ray_job(models: str, table: str, args, out: str) -> tuple[float, int]:
-    from animatediff_core.generate import GenerationSettings
-    from pipelines.animate import AnimateConfig, run_animate
-    from pipelines.rows import read_checkpoint_set
+    from pipelines.animate.job import AnimateConfig, preflight, run_animate
 
-    cfg = AnimateConfig([table], os.path.join(models, "base"), os.path.join(models, "motion_adapter"), out,
-                        read_checkpoint_set(None), GenerationSettings(args.frames, args.size, args.size, args.steps, 7.5),
+    cfg = AnimateConfig(prompts=[table], base=os.path.join(models, "base"), motion_module=[os.path.join(models, "motion_adapter")],
+                        out=out, num_frames=args.frames, height=args.size, width=args.size, steps=args.steps,
                         workers=1, cpus_per_worker=1, batch_size=args.batch_size, gif=False, torch_threads=2,
                         max_batch=args.max_batch)
     start = time.time()
-    results = run_animate(cfg)
-    return time.time() - start, int((results.status == "ok").sum())
+    result = run_animate(preflight(cfg))
+    return time.time() - start, result.summary.total("ok")
 
 
 def switch_vs_load(models: str, repeats: int = 2) -> dict[str, float]:
@@ -92,9 +90,9 @@ def main() -> None:
     ap.add_argument("--switch-preset", default="sd15", choices=["sd15", "tiny"],
                     help="model shapes for the switch-vs-load timing (sd15: random weights at SD-1.5 size, ~12 GB on disk)")
     args = ap.parse_args()
-    from jobs.config import quiet_libraries
+    from jobs.config import setup_logging
 
-    quiet_libraries()
+    setup_logging("WARNING")
     torch.set_num_threads(2)
     tmp = tempfile.mkdtemp(prefix="bench-animate-")
     try:

@@ -1,36 +1,87 @@
-"""Job configuration: flags, optionally from a YAML file (`--config`), with unknown keys rejected.
+"""Job configuration: flags and YAML keys generated from a config dataclass, and the job's logging.
 
-Flags given on the command line win over the YAML file; YAML keys use the flag names with
-underscores or dashes (`num_frames` or `num-frames`).
+A job's config dataclass (e.g. `pipelines.animate.job.AnimateConfig`) is the one place its keys,
+types, defaults and help live. `parse_config` turns its fields into flags (`num_frames` ->
+`--num-frames`; booleans get `--x/--no-x`; lists take several values), reads `--config YAML` with
+the same keys (dashes or underscores), rejects unknown keys by name, and builds the dataclass:
+defaults < YAML < flags. Types and values are checked by the dataclass itself (`__post_init__`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
-import warnings
 from typing import Callable
 
 import yaml
 
-from animatediff_core.errors import AnimateDiffError
+from animatediff_core.configs import field_types
+from animatediff_core.errors import AnimateDiffError, ConfigError
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# Libraries whose INFO/WARNING chatter (progress bars, optional-dependency notices) is not for operators.
+NOISY_LOGGERS = ("diffusers", "transformers", "huggingface_hub", "urllib3", "botocore", "s3fs", "fsspec", "py.warnings")
 
 
-def parse(parser: argparse.ArgumentParser, argv: list[str] | None, required: tuple[str, ...] = ()) -> argparse.Namespace:
-    parser.add_argument("--config", help="YAML file with the same keys as the flags")
-    first, _ = parser.parse_known_args(argv)
-    if first.config:
-        parser.set_defaults(**load_yaml(first.config, parser))
+def build_parser(cls, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML file with the same keys as the flags (flags win)")
+    p.add_argument("--log-level", default="INFO", choices=LOG_LEVELS, help="job log level (default %(default)s)")
+    types_ = field_types(cls)
+    for f in dataclasses.fields(cls):
+        tp, optional, elem = types_[f.name]
+        meta = f.metadata or {}
+        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        help_ = meta.get("help", "") + (" (required)" if required else f" (default: {default})" if default not in (None, "", []) else "")
+        kw = dict(dest=f.name, default=argparse.SUPPRESS, help=help_)
+        if tp is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif tp in (list, tuple):
+            p.add_argument(flag, nargs="+", type=elem, **kw)
+        else:
+            p.add_argument(flag, type=tp, choices=meta.get("choices"), **kw)
+    return p
+
+
+def parse_config(cls, argv: list[str] | None, description: str = ""):
+    """(config instance, parsed args) from flags over `--config` YAML over the dataclass defaults."""
+    parser = build_parser(cls, description)
     args = parser.parse_args(argv)
-    missing = [f"--{n.replace('_', '-')}" for n in required if getattr(args, n) in (None, "", [])]
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = load_yaml(args.config, names, parser) if args.config else {}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    missing = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(cls)
+               if f.name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         parser.error(f"missing {', '.join(missing)} (give it as a flag or a key in --config)")
-    return args
+    try:
+        return cls(**_coerce(cls, values)), args
+    except ConfigError as e:
+        parser.error(str(e))
 
 
-def load_yaml(path: str, parser: argparse.ArgumentParser) -> dict:
+def _coerce(cls, values: dict) -> dict:
+    """YAML conveniences: a single value for a list key, an int for a float key."""
+    types_ = field_types(cls)
+    out = dict(values)
+    for k, v in values.items():
+        tp = types_[k][0]
+        if tp in (list, tuple) and isinstance(v, (str, int, float)):
+            out[k] = tp([v])
+        elif tp in (list, tuple) and isinstance(v, list):
+            out[k] = tp(v)
+        elif tp is float and isinstance(v, int) and not isinstance(v, bool):
+            out[k] = float(v)
+    return out
+
+
+def load_yaml(path: str, known: list[str], parser: argparse.ArgumentParser) -> dict:
     from animatediff_core import storage
 
     try:
@@ -40,24 +91,32 @@ def load_yaml(path: str, parser: argparse.ArgumentParser) -> dict:
     except yaml.YAMLError as e:
         parser.error(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})")
     if not isinstance(data, dict):
-        parser.error(f"--config {path}: expected a mapping of flag names to values, found {type(data).__name__}")
-    known = {a.dest for a in parser._actions} - {"help", "config"}
-    data = {k.replace("-", "_"): v for k, v in data.items()}
-    unknown = sorted(set(data) - known)
+        parser.error(f"--config {path}: expected a mapping of keys to values, found {type(data).__name__}")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - set(known))
     if unknown:
         parser.error(f"--config {path}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
     return data
 
 
-def quiet_libraries() -> None:
-    """Keep library chatter (progress bars, optional-dependency notices) out of job output."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+def dump_config(cfg) -> str:
+    """The resolved config as YAML: `--config` on this file repeats the run."""
+    return yaml.safe_dump({k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()},
+                          sort_keys=False)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """The job's own loggers at `level`, on stderr; library chatter turned down by logger, not by
+    process-wide warning filters (warnings go to the `py.warnings` logger)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    logging.getLogger("diffusers").setLevel(logging.ERROR)
-    logging.getLogger("transformers").setLevel(logging.ERROR)
+    for lib in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):  # their own handlers, set from these at import
+        os.environ.setdefault(lib, "debug" if level == "DEBUG" else "error")
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True)
+    logging.captureWarnings(True)
+    quiet = logging.DEBUG if level == "DEBUG" else logging.ERROR
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(quiet)
 
 
 def run(main: Callable[[list[str] | None], int]) -> None:

@@ -26,7 +26,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from animatediff_core import storage
 from animatediff_core.errors import AnimateDiffError, ConfigError
-from animatediff_core.pipeline import check_base_folder
+from animatediff_core.pipeline import check_base_folder, read_unet_config
 from animatediff_core.trainer import TrainConfig
 from pipelines.decode import ClipDecoder, SkipTally
 from pipelines.train_loop import METRICS_FILE, train_worker
@@ -132,7 +132,7 @@ def latents_config(source: DataSource, cfg: TrainConfig, base: str) -> TrainConf
     for key in ("latent_shape", "text_shape", "num_frames", "size", "stride"):
         if key not in meta:
             raise ConfigError(f"--data {source.uri}: ingest metadata lacks {key!r}; re-run jobs.ingest")
-    unet = json.loads(storage.read_bytes(storage.join(base, "unet", "config.json")))
+    unet = read_unet_config(base)
     found = (meta["latent_shape"][0], meta["text_shape"][-1])
     if found != (unet["in_channels"], unet["cross_attention_dim"]):
         raise ConfigError(f"--data {source.uri}: latents/text embeddings of {found[0]} channels / {found[1]} dims do not "

@@ -6,13 +6,16 @@ from animatediff_core.generate import GenerationSettings, Request, generate, val
 from animatediff_core.pipeline import load_pipeline, max_frames
 
 
+TINY = GenerationSettings(num_frames=16, height=64, width=64, steps=2, guidance_scale=7.5)
+
+
 @pytest.fixture(scope="module")
 def pipe(tiny_models):
     return load_pipeline(str(tiny_models / "base"), str(tiny_models / "motion_module.safetensors"))
 
 
 def test_frames_shape_and_determinism(pipe):
-    s = GenerationSettings.tiny()
+    s = TINY
     reqs = [Request("a photo of a cat", "blurry", seed=7, settings=s)]
     a = generate(pipe, reqs)[0]
     b = generate(pipe, reqs)[0]
@@ -48,7 +51,7 @@ def test_identical_prompts_encoded_once(pipe, monkeypatch):
 
 def test_validation_messages(pipe):
     limit = max_frames(pipe)
-    ok = GenerationSettings.tiny()
+    ok = TINY
     cases = [
         (Request("", settings=ok), "prompt is empty"),
         (Request("x", settings=ok.updated(num_frames=limit + 1)), f"at most {limit}"),
@@ -76,3 +79,16 @@ def test_incomplete_base_folder_names_what_is_missing(tiny_models, tmp_path):
         load_pipeline(str(partial), str(tiny_models / "motion_adapter"))
     with pytest.raises(CheckpointError, match="base model folder not found"):
         load_pipeline(str(tmp_path / "nowhere"), str(tiny_models / "motion_adapter"))
+
+
+@pytest.mark.parametrize("sampler", ["euler_trailing", "lcm"])
+def test_few_step_samplers_run_and_differ_from_ddim(pipe, sampler):
+    s = GenerationSettings(num_frames=8, height=32, width=32, steps=4, guidance_scale=1.0)
+    ddim = generate(pipe, [Request("a cat", seed=3, settings=s)])[0]
+    other = generate(pipe, [Request("a cat", seed=3, settings=s.updated(sampler=sampler))])[0]
+    assert other.shape == (8, 32, 32, 3) and not np.array_equal(ddim, other)
+    assert type(pipe.scheduler).__name__ == {"euler_trailing": "EulerDiscreteScheduler", "lcm": "LCMScheduler"}[sampler]
+    again = generate(pipe, [Request("a cat", seed=3, settings=s)])[0]
+    assert np.array_equal(ddim, again)  # back on DDIM exactly
+    with pytest.raises(ConfigError, match="sampler must be one of ddim, euler_trailing, lcm"):
+        validate_request(Request("a cat", settings=s.updated(sampler="dpm")), 32)

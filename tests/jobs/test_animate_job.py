@@ -1,21 +1,32 @@
-"""`python -m jobs.animate` end to end through the CLI, with outputs on a real local S3 server."""
+"""`python -m jobs.animate` end to end through the CLI: YAML, S3 outputs on a real local server,
+hostile tables, exit codes, a killed driver, a rerun that lists instead of probing."""
 
 import io
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
+from helpers_s3 import CountingProxy
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SMALL = ["--num-frames", "4", "--height", "32", "--width", "32", "--steps", "1", "--cpus-per-worker", "0.5"]
 
 
 def _run(args, env=None, timeout=300):
     full_env = {**os.environ, **(env or {}), "PYTHONPATH": ROOT}
     return subprocess.run([sys.executable, "-m", "jobs.animate", *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=ROOT)
+
+
+def _models(tiny_models):
+    return ["--base", str(tiny_models / "base"), "--motion-module", str(tiny_models / "motion_adapter")]
 
 
 def test_yaml_config_and_s3_output(tiny_models, s3_env, tmp_path):
@@ -48,21 +59,29 @@ def test_yaml_config_and_s3_output(tiny_models, s3_env, tmp_path):
     assert len(meta) == 7 and (meta.status == "ok").all()
     assert set(meta.video_uri) == {f"s3://{v}" for v in videos}
     assert fs.cat_file("animate-bucket/run/index.html").count(b"<img") == 7
+    saved = yaml.safe_load(fs.cat_file("animate-bucket/run/job.yaml"))
+    assert saved["steps"] == 1 and saved["motion_module"] == [config["motion_module"]] and saved["precision"] == "auto"
 
 
-@pytest.mark.parametrize("args,code,message", [
-    (["--base", "/nonexistent/base"], 1, "--base /nonexistent/base: base model folder not found"),
-    (["--out", "/dev/null/cannot"], 1, "--out /dev/null/cannot: not writable"),
-    (["--prompts", "/nonexistent.parquet"], 1, "--prompts /nonexistent.parquet: not found"),
+@pytest.mark.parametrize("args,message", [
+    (["--base", "/nonexistent/base"], "--base /nonexistent/base: base model folder not found"),
+    (["--out", "/dev/null/cannot"], "--out /dev/null/cannot: not writable"),
+    (["--prompts", "/nonexistent.parquet"], "--prompts /nonexistent.parquet: not found"),
+    (["--motion-module", "BAD"], "unrelated.safetensors: not a valid AnimateDiff motion module"),
 ])
-def test_clear_one_line_errors_when_nothing_can_run(tiny_models, tmp_path, args, code, message):
+def test_clear_one_line_errors_when_nothing_can_run(tiny_models, tmp_path, args, message):
+    bad = tmp_path / "unrelated.safetensors"
+    from safetensors.torch import save_file
+    import torch
+
+    save_file({"some.other.weight": torch.zeros(2, 2), "down_blocks.0.motion_modules.0.proj_in.weight": torch.zeros(3, 3)}, str(bad))
     defaults = {"--prompts": os.path.join(ROOT, "jobs", "data", "demo_prompts.csv"), "--base": str(tiny_models / "base"),
                 "--motion-module": str(tiny_models / "motion_adapter"), "--out": str(tmp_path / "out")}
-    defaults.update(dict(zip(args[::2], args[1::2])))
+    defaults.update({k: (str(bad) if v == "BAD" else v) for k, v in zip(args[::2], args[1::2])})
     done = _run([x for kv in defaults.items() for x in kv], timeout=120)
-    assert done.returncode == code
-    assert message in done.stderr and "Traceback" not in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
+    assert done.returncode == 1
+    assert message in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 def test_prompt_tables_without_prompts_or_rows_are_refused(tiny_models, tmp_path):
@@ -70,13 +89,139 @@ def test_prompt_tables_without_prompts_or_rows_are_refused(tiny_models, tmp_path
     pd.DataFrame({"prompt": pd.Series([], dtype=str)}).to_parquet(empty)
     wrong.write_text("text,seed\na cat,1\n")
     for table, message in ((empty, "the table has no rows"), (wrong, "no 'prompt' column (found text, seed)")):
-        done = _run(["--prompts", str(table), "--base", str(tiny_models / "base"), "--motion-module",
-                     str(tiny_models / "motion_adapter"), "--out", str(tmp_path / "out")], timeout=120)
+        done = _run(["--prompts", str(table), *_models(tiny_models), "--out", str(tmp_path / "out")], timeout=120)
         assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr
 
 
-def test_unknown_yaml_key_is_named(tmp_path):
+def test_unknown_yaml_keys_and_wrong_types_are_named(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("prompts: [a.csv]\nnum_framez: 8\n")
     done = _run(["--config", str(cfg)], timeout=60)
     assert done.returncode == 2 and "unknown key(s) num_framez" in done.stderr
+    cfg.write_text("prompts: [a.csv]\nbase: b\nmotion_module: m\nnum_frames: many\n")
+    done = _run(["--config", str(cfg)], timeout=60)
+    assert done.returncode == 2 and "num_frames: expected int, found 'many'" in done.stderr
+
+
+def _tree(root: Path) -> set:
+    return {p.relative_to(root) for p in root.rglob("*")}
+
+
+def test_hostile_table_good_rows_finish_nothing_escapes_and_exit_codes(tiny_models, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    escape = tmp_path / "abs-escape"
+    rows = [
+        {"id": "good-1", "prompt": "a cat"},
+        {"id": "../../escape1", "prompt": "x"},
+        {"id": str(escape), "prompt": "x"},
+        {"id": "a" * 300, "prompt": "x"},
+        {"id": "nan-guidance", "prompt": "x", "guidance_scale": "nan"},
+        {"id": "huge-seed", "prompt": "x", "seed": str(2**70)},
+        {"id": "frames", "prompt": "x", "num_frames": str(10**12)},
+        {"id": "good-2", "prompt": " ".join(["long"] * 2000)},
+        {"id": "dup", "prompt": "one"},
+        {"id": "dup", "prompt": "two"},
+    ]
+    table = tmp_path / "hostile.csv.gz"
+    pd.DataFrame(rows).to_csv(table, index=False, compression="gzip")
+    before = _tree(tmp_path)
+    out = work / "out"
+    done = _run(["--prompts", str(table), *_models(tiny_models), "--out", str(out), *SMALL])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _tree(tmp_path) - before <= {Path("work") / p for p in _tree(work)} | {Path("work")}
+    assert _tree(work) == {Path("out")} | {Path("out") / p for p in _tree(out)}
+    assert not escape.exists() and not (tmp_path / "escape1.mp4").exists()
+    from pipelines.animate.report import read_metadata
+
+    meta = read_metadata(str(out)).set_index("id", drop=False)
+    assert len(meta) == len(rows)
+    assert meta.loc["good-1", "status"] == "ok" and meta.loc["good-2", "status"] == "ok"
+    assert bool(meta.loc["good-2", "prompt_truncated"]) and "were truncated" in done.stdout
+    assert "guidance_scale must be a finite number" in meta.loc["nan-guidance", "error"]
+    assert "supports (32 frames)" in meta.loc["frames", "error"]
+    assert (meta.status == "error").sum() == len(rows) - 2
+
+    # A table whose rows all fail exits 1 with one line (the error budget itself: tests/pipelines/animate).
+    bad = tmp_path / "bad.csv"
+    bad.write_text("prompt,seed\n,1\nx,-5\n")
+    failed = _run(["--prompts", str(bad), *_models(tiny_models), "--out", str(tmp_path / "bad-out"), *SMALL])
+    assert failed.returncode == 1 and "error: every row failed (2 rows)" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_killed_driver_loses_no_finished_metadata(tiny_models, tmp_path):
+    table = tmp_path / "many.csv"
+    pd.DataFrame({"prompt": [f"prompt {i}" for i in range(10)], "checkpoint": "toon_lora"}).to_csv(table, index=False)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "jobs.animate", "--prompts", str(table), "--base", str(tiny_models / "base"),
+            "--motion-module", str(tiny_models / "motion_adapter"), "--checkpoints", str(tiny_models / "checkpoints"),
+            "--out", str(out), *SMALL, "--batch-size", "1"]
+    proc = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": ROOT}, cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(out.glob("videos/toon_lora/*.json"))) < 3:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+    proc.wait()
+    time.sleep(1)
+    finished = {p.stem for p in out.glob("videos/toon_lora/*.json")}
+    assert 3 <= len(finished) < 10, "the driver was not killed mid-job"
+    from pipelines.animate.report import read_metadata
+
+    ok = read_metadata(str(out))
+    assert finished <= set(ok[ok.status == "ok"].id)
+    done = _run(args[3:])  # the rerun reconciles: one metadata row per row, the finished ones skipped
+    assert done.returncode == 0, done.stderr[-2000:]
+    meta = read_metadata(str(out))
+    assert len(meta) == 10 and meta.id.is_unique and (meta.status == "ok").all()
+    assert set(meta[meta.skipped].id) >= finished
+    shards = list((out / "metadata").glob("*.parquet"))
+    assert len({s.name.rsplit("-", 1)[0] for s in shards}) == 1
+
+
+def test_rerun_on_s3_lists_folders_instead_of_probing_rows(tiny_models, s3_server, tmp_path, monkeypatch):
+    import s3fs
+
+    from helpers_s3 import write_finished
+    from pipelines.animate.report import read_metadata
+
+    motion = str(tiny_models / "motion_adapter")
+    with CountingProxy(s3_server["AWS_ENDPOINT_URL"]) as proxy:
+        env = {**s3_server, "AWS_ENDPOINT_URL": proxy.endpoint, "AWS_ENDPOINT_URL_S3": proxy.endpoint}
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        s3fs.S3FileSystem.clear_instance_cache()
+        s3fs.S3FileSystem().mkdir("rerun-bucket")
+        finished = [f"p{i}" for i in range(8)]
+        assert write_finished("s3://rerun-bucket/run", finished, motion) == 8
+        table = tmp_path / "p.csv"
+        pd.DataFrame({"prompt": finished + [""] * 40}).to_csv(table, index=False)
+        proxy.reset()
+        again = _run(["--prompts", str(table), "--base", str(tiny_models / "base"), "--motion-module", motion,
+                      "--out", "s3://rerun-bucket/run", "--no-gif"], env=env)
+        assert again.returncode == 0, again.stderr[-2000:]
+        # One listing of the output folder, one sidecar read per finished video, no probe of any video.
+        assert proxy.count("GET", ".json") == 8, proxy.summary()
+        assert proxy.count("HEAD", ".mp4") == 0 and proxy.count("GET", ".mp4") == 0 and proxy.count("HEAD", ".json") == 0
+        assert proxy.count("GET", query="list-type=2") <= 6, proxy.summary()
+        assert len(proxy.requests) < 40, proxy.summary()  # fewer requests than rows
+        meta = read_metadata("s3://rerun-bucket/run")
+    assert len(meta) == 48 and int(meta.skipped.sum()) == 8 and (meta.status == "error").sum() == 40
+
+
+def test_models_by_hub_id_from_the_cache_offline(tiny_models, tmp_path):
+    from helpers_hub import add_to_hf_cache
+
+    home = tmp_path / "hf"
+    add_to_hf_cache(home, "tiny-org/sd-tiny", {p: tiny_models / "base" / p for p in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")})
+    add_to_hf_cache(home, "tiny-org/motion", {"motion_module.safetensors": tiny_models / "motion_module.safetensors"})
+    add_to_hf_cache(home, "tiny-org/loras", {"toon_lora.safetensors": tiny_models / "checkpoints" / "toon_lora.safetensors"})
+    table = tmp_path / "set.csv"
+    table.write_text("name,uri\ntoon,tiny-org/loras/toon_lora.safetensors\n")
+    prompts = tmp_path / "p.csv"
+    prompts.write_text("prompt\na cat\n")
+    done = _run(["--prompts", str(prompts), "--base", "tiny-org/sd-tiny", "--motion-module", "hf://tiny-org/motion/motion_module.safetensors",
+                 "--checkpoints", str(table), "--out", str(tmp_path / "out"), *SMALL],
+                env={"HF_HOME": str(home), "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list((tmp_path / "out" / "videos" / "toon").glob("*.mp4"))) == 1

@@ -4,14 +4,15 @@ import os
 
 import yaml
 
-from jobs.animate import build_parser
-from jobs.config import load_yaml
+from jobs.config import build_parser, load_yaml
+from pipelines.animate.job import AnimateConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_example_job_config_keys_are_known():
-    data = load_yaml(os.path.join(ROOT, "cluster", "animate-sd15.yaml"), build_parser())
+    parser = build_parser(AnimateConfig, "")
+    data = load_yaml(os.path.join(ROOT, "cluster", "animate-sd15.yaml"), [a.dest for a in parser._actions], parser)
     assert data["num_gpus_per_worker"] == 1 and data["out"].startswith("s3://")
 
 

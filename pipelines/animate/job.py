@@ -1,0 +1,272 @@
+"""Batch animation on Ray Data: prompt tables -> videos across checkpoints and motion modules.
+
+    read tables (tasks) -> expand the sweep + resume check (tasks) -> materialized plan
+        -> rows that need no generation (error rows, finished rows): metadata shards (tasks)
+        -> pending rows: AnimateStage actor pool (one loaded pipeline per actor) -> videos + shards
+        -> metadata rows stream past the driver into a bounded summary
+
+Planning never funnels rows through the driver: tables are read by Ray Data tasks, the resume check
+lists each output folder once, and metadata is written by the tasks and actors that produce it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from animatediff_core import storage
+from animatediff_core.configs import check_fields, need, option
+from animatediff_core.errors import CheckpointError, ConfigError
+from animatediff_core.settings import SAMPLERS, CheckpointSpec, GenerationSettings
+from pipelines import tables
+from pipelines.ray_session import has_gpus
+from pipelines.animate import schema
+from pipelines.animate.layout import OutputLayout, new_run_id
+from pipelines.animate.plan import MotionSpec, Plan, is_done, is_pending, mark_conflicts, plan_block, read_checkpoint_set, read_motion_set
+from pipelines.animate.report import Summary, drop_older_shards, write_index, write_shard
+from pipelines.animate.resume import list_finished
+
+log = logging.getLogger(__name__)
+_GEN = GenerationSettings()
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnimateConfig:
+    """The batch job's settings: the only place their names, types, defaults and help are written."""
+
+    prompts: list[str] = option(help="prompt tables (.csv, .csv.gz, .parquet, or folders of them), any fsspec URI")
+    base: str = option(help="diffusers SD-1.x folder")
+    motion_module: list[str] = option(help="motion module(s): MotionAdapter folders or original .safetensors/.ckpt "
+                                           "files, folders of them, or a jobs.train run folder; several = a sweep")
+    checkpoints: str | None = option(None, help="folder of .safetensors or a table (name, uri, [kind], [scale]); default: the base alone")
+    out: str = option("outputs/animate", help="output folder or URI")
+    num_frames: int = option(_GEN.num_frames, help="frames per video (rows may override)")
+    height: int = option(_GEN.height, help="pixels (rows may override)")
+    width: int = option(_GEN.width, help="pixels (rows may override)")
+    steps: int = option(_GEN.steps, help="sampler steps (rows may override)")
+    guidance_scale: float = option(_GEN.guidance_scale, help="classifier-free guidance (rows may override)")
+    fps: int = option(_GEN.fps, help="frames per second of the mp4/GIF (rows may override)")
+    sampler: str = option(_GEN.sampler, choices=SAMPLERS, help="ddim: AnimateDiff's DDIM; euler_trailing: AnimateDiff-Lightning "
+                          "(2/4/8 steps, guidance 1.0); lcm: AnimateLCM (4-8 steps, guidance 1-2) (rows may override)")
+    workers: int = option(1, help="actors, each holding one loaded pipeline")
+    num_gpus_per_worker: float | None = option(None, help="default: 1 if the cluster has GPUs, else 0")
+    cpus_per_worker: float = option(1.0, help="CPU actors only; leave a CPU for reading")
+    torch_threads: int | None = option(None, help="CPU actors: torch threads (default: cpus_per_worker)")
+    batch_size: int = option(8, help="rows per actor call")
+    max_batch: int | None = option(None, help="rows per pipeline call (default 8 on GPU, 1 on CPU)")
+    precision: str = option("auto", help="weights' precision (auto: fp16 on GPU, fp32 on CPU)", choices=PRECISIONS)
+    gif: bool = option(True, help="write GIF previews beside the mp4s")
+    max_error_fraction: float = option(1.0, help="exit non-zero when more than this fraction of rows failed "
+                                                 "(1.0: only when every row failed)")
+
+    def __post_init__(self):
+        check_fields(self)
+        need(bool(self.prompts), "prompts: give at least one prompt table")
+        need(bool(self.motion_module), "motion_module: give at least one motion module")
+        need(self.workers >= 1, f"workers must be >= 1, found {self.workers}")
+        need(self.batch_size >= 1, f"batch_size must be >= 1, found {self.batch_size}")
+        need(self.max_batch is None or self.max_batch >= 1, f"max_batch must be >= 1, found {self.max_batch}")
+        need(self.cpus_per_worker > 0, f"cpus_per_worker must be > 0, found {self.cpus_per_worker}")
+        need(0.0 <= self.max_error_fraction <= 1.0, f"max_error_fraction must be in [0, 1], found {self.max_error_fraction}")
+
+    @property
+    def defaults(self) -> GenerationSettings:
+        return GenerationSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(GenerationSettings)})
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What preflight established: every input exists and fits; the sets, the layout, the table files."""
+
+    cfg: AnimateConfig
+    files: list[str]
+    checkpoints: dict[str, CheckpointSpec]
+    motions: dict[str, MotionSpec]
+    layout: OutputLayout
+
+
+def preflight(cfg: AnimateConfig) -> Prepared:
+    """Fail fast, with one line, when nothing can run: missing or unfit inputs, an unwritable output."""
+    from animatediff_core.motion_formats import inspect_motion_module
+    from animatediff_core.pipeline import read_unet_config
+
+    files = [f for uri in cfg.prompts for f in tables.list_tables(uri, "--prompts")]
+    has_rows = False
+    for f in files:
+        columns, rows = tables.header(f, "--prompts")
+        need("prompt" in columns, f"--prompts {f}: no 'prompt' column (found {', '.join(columns) or 'none'})")
+        has_rows = has_rows or rows
+    need(has_rows, f"--prompts {' '.join(cfg.prompts)}: the table has no rows")
+    checkpoints = read_checkpoint_set(cfg.checkpoints)
+    try:
+        unet_config = read_unet_config(cfg.base)
+    except CheckpointError as e:
+        raise CheckpointError(f"--base {e}") from None
+    motions = {}
+    for name, spec in read_motion_set(cfg.motion_module).items():
+        try:
+            frames = inspect_motion_module(spec.uri, unet_config)
+        except CheckpointError as e:
+            raise CheckpointError(f"--motion-module {e}") from None
+        motions[name] = dataclasses.replace(spec, max_frames=frames)
+    layout = OutputLayout(cfg.out, by_motion=len(motions) > 1)
+    probe = storage.join(cfg.out, ".write-test")
+    try:
+        storage.write_bytes_atomic(probe, b"ok")
+        storage.fs_and_path(probe)[0].rm(storage.fs_and_path(probe)[1])
+    except Exception as e:
+        raise ConfigError(f"--out {cfg.out}: not writable ({type(e).__name__}: {e})") from None
+    log.info("planned: %d prompt table file(s), %d checkpoint(s) (%s), %d motion module(s) (%s)", len(files),
+             len(checkpoints), ", ".join(checkpoints), len(motions), ", ".join(motions))
+    return Prepared(cfg, files, checkpoints, motions, layout)
+
+
+def _cell(v, nan_is_missing: bool = False):
+    """Any cell -> text or None: prompt tables differ in types, and a hostile cell must not fail a block.
+    NaN and inf stay visible ("nan"), so a row asking for them fails with a message instead of
+    silently getting the default; only a missing cell (Arrow null) means "use the default"."""
+    if v is None:
+        return None
+    if isinstance(v, float):
+        if v != v:
+            return None if nan_is_missing else "nan"
+        return str(int(v)) if v.is_integer() and abs(v) < 2**63 else repr(v)
+    if isinstance(v, (np.integer, np.floating, np.bool_)):
+        return _cell(v.item(), nan_is_missing)
+    if isinstance(v, (str, int, bool)):
+        return str(v)
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    try:
+        return None if pd.isna(v) else str(v)
+    except (TypeError, ValueError):  # lists, arrays: not a scalar cell
+        return str(v)
+
+
+def normalize(batch) -> pd.DataFrame:
+    """A prompt-table block -> the schema's readable columns, all text (rows parse them later).
+
+    From Arrow (the job), nulls are missing and NaN is a value; from pandas (which cannot tell them
+    apart), NaN is missing."""
+    import pyarrow as pa
+
+    if isinstance(batch, pa.Table):
+        names, n = batch.column_names, batch.num_rows
+        return pd.DataFrame({c: [_cell(v) for v in batch.column(c).to_pylist()] if c in names else [None] * n
+                             for c in schema.READ})
+    n = len(batch)
+    return pd.DataFrame({c: [_cell(v, True) for v in batch[c]] if c in batch.columns else [None] * n for c in schema.READ})
+
+
+PLAN_BLOCK_ROWS = 20_000  # rows per planning task: a big single-file table still plans on every core
+
+
+def read_prompts(files: list[str]):
+    ds = tables.read_ray(files, strings=tuple(schema.READ))
+    return ds.repartition(target_num_rows_per_block=PLAN_BLOCK_ROWS).map_batches(normalize, batch_format="pyarrow")
+
+
+def find_conflicts(planned) -> tuple[dict[int, dict[int, str]], int]:
+    """Output slots (motion module, checkpoint, id) that rows with different content claim, with the
+    prompts that claim each (their rows become error rows naming the other row), and the number of
+    rows to generate. One pass over three small columns of the plan (~17 bytes a row), and a second
+    over the plan only when conflicts exist."""
+    slots, contents, pending = [], [], 0
+    for b in planned.select_columns(["_slot", "_content", "_pending"]).iter_batches(batch_format="numpy", batch_size=100_000):
+        slots.append(b["_slot"])
+        contents.append(b["_content"])
+        pending += int(b["_pending"].sum())
+    if not slots:
+        return {}, 0
+    pairs = np.unique(np.stack([np.concatenate(slots), np.concatenate(contents)], axis=1), axis=0)
+    slot_values, counts = np.unique(pairs[:, 0], return_counts=True)
+    bad = set(slot_values[counts > 1].tolist())
+    if not bad:
+        return {}, pending
+    claims: dict[int, dict[int, str]] = {}
+    hits = planned.map_batches(lambda b: b[b["_slot"].isin(bad)][["_slot", "_content", "prompt"]], batch_format="pandas")
+    for b in hits.iter_batches(batch_format="pandas", batch_size=None):
+        for slot, content, prompt in zip(b["_slot"], b["_content"], b["prompt"]):
+            claims.setdefault(int(slot), {}).setdefault(int(content), str(prompt)[:60])
+    return claims, pending
+
+
+@dataclass
+class Result:
+    summary: Summary
+    seconds: float
+    index: str
+    run_id: str
+
+
+def run_animate(prep: Prepared) -> Result:
+    """Run the planned job; metadata is written as it is produced. Ray must be initialized."""
+    cfg, layout = prep.cfg, prep.layout
+    start, run_id = time.time(), new_run_id()
+    plan = Plan(tuple(prep.checkpoints), {n: m.max_frames for n, m in prep.motions.items()}, cfg.defaults)
+    finished = list_finished(layout, list(prep.motions), list(prep.checkpoints))
+    planned = read_prompts(prep.files).map_batches(
+        plan_block, batch_format="pandas",
+        fn_kwargs=dict(plan=plan, finished=finished, layout=layout, motions=prep.motions, specs=prep.checkpoints),
+    ).materialize()
+    conflicts, pending = find_conflicts(planned)
+    if conflicts:
+        log.warning("%d output slot(s) claimed by rows with different content: those rows become error rows", len(conflicts))
+        planned = planned.map_batches(mark_conflicts, batch_format="pandas", fn_kwargs={"conflicts": conflicts})
+    planned = planned.drop_columns(["_slot", "_content", "_pending"])
+    done = planned.map_batches(is_done, batch_format="pandas").map_batches(
+        write_shard, batch_format="pandas", fn_kwargs={"layout": layout, "run_id": run_id})
+    log.info("%d row(s) to generate", pending)
+    if pending:  # no actor (and no model load) for a plan with nothing to generate
+        done = done.union(_generation(planned, prep, layout, run_id))
+    summary = Summary()
+    for batch in done.iter_batches(batch_format="pandas", batch_size=None):
+        summary.add(batch)
+    seconds = time.time() - start
+    index = write_index(summary, layout)
+    dropped = drop_older_shards(layout, run_id)
+    log.info("run %s: %d rows, %d ok, %d error, %d skipped in %.1fs%s", run_id, summary.rows, summary.total("ok"),
+             summary.total("error"), summary.total("skipped"), seconds,
+             f"; {dropped} metadata shard(s) of earlier runs replaced" if dropped else "")
+    return Result(summary, seconds, index, run_id)
+
+
+def _generation(planned, prep: Prepared, layout: OutputLayout, run_id: str):
+    """The pending rows through the actor pool (one loaded pipeline per actor, GPU-pinned where GPUs exist)."""
+    import ray
+
+    cfg = prep.cfg
+    todo = planned.map_batches(is_pending, batch_format="pandas")
+    gpu = cfg.num_gpus_per_worker if cfg.num_gpus_per_worker is not None else (1.0 if has_gpus() else 0.0)
+    from pipelines.animate.stage import AnimateStage  # the model stack: imported by the actors, not the planners
+
+    return todo.map_batches(
+        AnimateStage,
+        fn_constructor_kwargs=dict(base=cfg.base, motions=prep.motions, checkpoints=prep.checkpoints, layout=layout,
+                                   run_id=run_id, gif=cfg.gif, precision=cfg.precision, max_batch=cfg.max_batch,
+                                   threads=cfg.torch_threads or max(1, int(cfg.cpus_per_worker))),
+        batch_format="pandas",
+        batch_size=cfg.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=cfg.workers),
+        num_gpus=gpu or None,
+        num_cpus=1 if gpu else cfg.cpus_per_worker,
+        # Ray Data's actor pools default to max_restarts=-1 and max_task_retries=-1: a dead actor (node lost,
+        # OOM-killed) is restarted and its in-flight batch retried; its shard name makes the retry idempotent.
+    )
+
+
+def exit_code(summary: Summary, max_error_fraction: float) -> tuple[int, str]:
+    """0 when the failures are within `max_error_fraction`; 1 with one line when every row failed or
+    more than that fraction did."""
+    errors, rows = summary.total("error"), summary.rows
+    if rows and errors == rows:
+        return 1, f"every row failed ({errors} rows); the commonest reason: {summary.reasons.most_common(1)[0][0]}"
+    if rows and errors / rows > max_error_fraction:
+        return 1, f"{errors} of {rows} rows failed ({errors / rows:.1%}), more than --max-error-fraction {max_error_fraction}"
+    return 0, ""

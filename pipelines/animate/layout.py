@@ -1,0 +1,85 @@
+"""The batch job's output folder, one function per path: nothing else spells these names.
+
+    OUT/videos/[MOTION/]CHECKPOINT/ID.mp4   the video (.gif preview, .json sidecar beside it)
+    OUT/metadata/RUN-KEY.parquet            metadata shards, each written atomically as rows finish
+    OUT/index.html                          the summary page
+    OUT/job.yaml                            the resolved job config
+
+The MOTION level appears only when a job sweeps more than one motion module. Every name that
+becomes a path part (ids, checkpoint and motion-module names) passes one rule, and every path is
+checked to lie under OUT, locally and on object stores alike.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+from animatediff_core import storage
+from animatediff_core.errors import ConfigError
+
+NAME_RULE = "1 to 128 characters from A-Z a-z 0-9 . _ - (not '.' or '..')"
+_SAFE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def is_safe_name(value: str) -> bool:
+    return isinstance(value, str) and bool(_SAFE.fullmatch(value)) and value not in (".", "..")
+
+
+def check_name(value: str, what: str) -> str:
+    """`value` if it is safe as one path part, else ConfigError naming the rule."""
+    if not is_safe_name(value):
+        shown = value if len(str(value)) <= 60 else str(value)[:57] + "..."
+        raise ConfigError(f"{what} {shown!r} is not a safe file name: use {NAME_RULE}")
+    return value
+
+
+def new_run_id() -> str:
+    """Sorts by start time: later runs' metadata shards win over earlier ones for the same row."""
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    out: str
+    by_motion: bool = False  # several motion modules: one more folder level
+
+    def folder(self, motion: str, checkpoint: str) -> str:
+        parts = ([check_name(motion, "motion module name")] if self.by_motion else []) + [check_name(checkpoint, "checkpoint name")]
+        return self._under("videos", *parts)
+
+    def video(self, motion: str, checkpoint: str, rid: str, ext: str = "mp4") -> str:
+        return storage.join(self.folder(motion, checkpoint), f"{check_name(rid, 'id')}.{ext}")
+
+    def sidecar(self, motion: str, checkpoint: str, rid: str) -> str:
+        return self.video(motion, checkpoint, rid, "json")
+
+    @property
+    def metadata(self) -> str:
+        return self._under("metadata")
+
+    def shard(self, run_id: str, key: str) -> str:
+        return storage.join(self.metadata, f"{check_name(run_id, 'run id')}-{check_name(key, 'shard key')}.parquet")
+
+    @property
+    def index(self) -> str:
+        return self._under("index.html")
+
+    @property
+    def job_config(self) -> str:
+        return self._under("job.yaml")
+
+    def _under(self, *parts: str) -> str:
+        rel = posixpath.normpath("/".join(parts))
+        if rel.startswith(("..", "/")):  # unreachable with checked names; kept as the last line of defence
+            raise ConfigError(f"refusing to write {rel!r}: outside --out {self.out}")
+        return storage.join(self.out, *rel.split("/"))
+
+
+def shard_run_id(name: str) -> str:
+    """The run id a shard's file name starts with (`RUN-KEY.parquet`)."""
+    base = name.rsplit("/", 1)[-1].removesuffix(".parquet")
+    return base.rsplit("-", 1)[0]

@@ -1,0 +1,174 @@
+"""What the batch job tells its user: a running summary, `index.html`, and the metadata table.
+
+The summary is built incrementally from the metadata rows as they stream past the driver (counts,
+error reasons, the first previews of each checkpoint), so its memory does not grow with the number
+of rows, and `index.html` stays small at any size: per checkpoint a count line and the first
+`PREVIEWS` previews, then the error reasons with counts, and links to the metadata shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import io
+import re
+from collections import Counter, defaultdict
+
+import pandas as pd
+
+from animatediff_core import storage
+from pipelines.animate import schema
+from pipelines.animate.layout import OutputLayout, shard_run_id
+
+PREVIEWS = 12  # preview cards per checkpoint on index.html
+MAX_REASONS = 200  # distinct error reasons kept; the rest are counted as "other"
+_VALUES = re.compile(r"'[^']*'|\"[^\"]*\"|-?\d+(\.\d+)?(e[+-]?\d+)?|/[^\s,;)]+")
+
+
+def reason(message: str) -> str:
+    """An error message with its row-specific values (quoted text, numbers, paths) blanked, so
+    messages that differ only in the value count as one reason."""
+    return _VALUES.sub("…", message)[:200]
+
+
+_CALLS: Counter = Counter()  # shards written so far by each Ray task (actor task) in this process
+
+
+def _shard_key(batch: pd.DataFrame, source: str) -> str:
+    """A name unique to this batch and stable under retries: the Ray task's id (a retried task keeps
+    it), the how-many-th batch of that task this is, and the batch's rows. Two batches with the same
+    rows (identical duplicate rows in a table) still get two shards."""
+    import ray
+
+    task = ""
+    if ray.is_initialized():
+        ctx = ray.get_runtime_context()
+        task = ctx.get_task_id() if ctx.worker.mode == ray.WORKER_MODE else ""  # "" outside Ray tasks
+    _CALLS[task] += 1
+    ids = "\n".join(batch["motion_module"] + "/" + batch["checkpoint"] + "/" + batch["id"])
+    return f"{source}_" + hashlib.sha256(f"{task}/{_CALLS[task]}/{ids}".encode()).hexdigest()[:20]
+
+
+def write_shard(batch: pd.DataFrame, layout: OutputLayout, run_id: str, source: str = "plan") -> pd.DataFrame:
+    """Write `batch` (schema rows) as one metadata shard, atomically; `source` (plan: rows that needed
+    no generation; actor: generated rows) starts its key. A retried batch rewrites its own shard."""
+    batch = schema.typed(batch)
+    if len(batch):
+        buf = io.BytesIO()
+        batch.to_parquet(buf, index=False, schema=schema.ARROW_SCHEMA)
+        storage.write_bytes_atomic(layout.shard(run_id, _shard_key(batch, source)), buf.getvalue())
+    return batch
+
+
+class Summary:
+    """Counts by (motion module, checkpoint) and status, error reasons, the first previews."""
+
+    def __init__(self):
+        self.counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
+        self.reasons: Counter = Counter()
+        self.previews: dict[tuple[str, str], list[dict]] = defaultdict(list)
+        self.rows = 0
+        self.truncated = 0
+
+    def add(self, batch: pd.DataFrame) -> None:
+        if batch.empty:
+            return
+        self.rows += len(batch)
+        self.truncated += int(batch["prompt_truncated"].astype(bool).sum())
+        skipped = batch["skipped"].astype(bool)
+        kind = batch["status"].where(~skipped, "skipped")
+        for (m, c, k), n in batch.assign(kind=kind).groupby(["motion_module", "checkpoint", "kind"]).size().items():
+            self.counts[(m, c)][k] += int(n)
+        for msg, n in batch.loc[batch["status"] == "error", "error"].map(reason).value_counts().items():
+            key = msg if msg in self.reasons or len(self.reasons) < MAX_REASONS else "other"
+            self.reasons[key] += int(n)
+        ok = batch[batch["status"] == "ok"]
+        for (m, c), group in ok.groupby(["motion_module", "checkpoint"]):
+            room = PREVIEWS - len(self.previews[(m, c)])
+            if room > 0:
+                self.previews[(m, c)] += group.head(room)[[*schema.CARD, "id", "video_uri", "gif_uri"]].to_dict("records")
+
+    def total(self, kind: str) -> int:
+        return sum(c[kind] for c in self.counts.values())
+
+    def text(self, seconds: float) -> str:
+        if not self.rows:
+            return "no rows"
+        several = len({m for m, _ in self.counts}) > 1
+        label = lambda m, c: f"{m}/{c}" if several else c  # noqa: E731
+        lines = [f"{'checkpoint':<32}{'ok':>8}{'error':>8}{'skipped':>9}"]
+        for (m, c), n in sorted(self.counts.items()):
+            lines.append(f"{label(m, c)[:31]:<32}{n['ok']:>8}{n['error']:>8}{n['skipped']:>9}")
+        ok = self.total("ok")
+        lines.append(f"{'total':<32}{ok:>8}{self.total('error'):>8}{self.total('skipped'):>9}")
+        lines.append(f"{self.rows} rows in {seconds:.1f}s, {ok / max(seconds, 1e-9):.2f} videos/s")
+        if self.truncated:
+            lines.append(f"{self.truncated} prompt(s) longer than the text encoder reads (77 tokens) were truncated; "
+                         "see the prompt_truncated column")
+        lines += [f"  error x{n}: {msg}" for msg, n in self.reasons.most_common(5)]
+        return "\n".join(lines)
+
+
+def _rel(uri: str, out: str) -> str:
+    return uri[len(out.rstrip("/")) + 1 :] if uri.startswith(out.rstrip("/")) else uri
+
+
+def write_index(summary: Summary, layout: OutputLayout) -> str:
+    """`OUT/index.html`: per checkpoint its counts and first previews; error reasons with counts; links
+    to the metadata shards. Relative links, so it opens offline; its size does not grow with rows."""
+    out, e = layout.out, html.escape
+    sections = []
+    for (m, c), n in sorted(summary.counts.items()):
+        cards = []
+        for r in summary.previews.get((m, c), []):
+            media = (f'<img src="{e(_rel(r["gif_uri"], out))}" alt="preview">' if r.get("gif_uri") else
+                     f'<video src="{e(_rel(r["video_uri"], out))}" autoplay loop muted></video>')
+            rows = "".join(f"<tr><th>{k}</th><td>{e(str(r.get(k, '')))}</td></tr>" for k in schema.CARD
+                           if r.get(k) not in ("", None) and k not in ("checkpoint", "motion_module", "status"))
+            cards.append(f'<div class="card"><a href="{e(_rel(r["video_uri"], out))}">{media}</a><table>{rows}</table>'
+                         f'<code>{e(str(r["id"]))}</code></div>')
+        shown = f"first {len(cards)} shown" if cards else "no videos"
+        title = f"{e(m)} / {e(c)}" if len({k[0] for k in summary.counts}) > 1 else e(c)
+        sections.append(f'<h2>{title}</h2><p>{n["ok"]} ok ({n["skipped"]} from earlier runs), {n["error"]} error; {shown}</p>'
+                        f'<div class="grid">{"".join(cards)}</div>')
+    reasons = "".join(f"<tr><td>{n}</td><td>{e(msg)}</td></tr>" for msg, n in summary.reasons.most_common())
+    errors = f"<h2>Errors</h2><table class='reasons'><tr><th>rows</th><th>reason</th></tr>{reasons}</table>" if reasons else ""
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>animatediff-ray results</title>
+<style>body{{font-family:sans-serif;margin:1em}}.grid{{display:flex;flex-wrap:wrap;gap:12px}}
+.card{{border:1px solid #ccc;padding:6px;width:280px;font-size:12px}}.reasons td{{padding:2px 8px;vertical-align:top}}
+.card img,.card video{{width:256px;image-rendering:pixelated}}th{{text-align:left;vertical-align:top}}</style>
+</head><body><h1>animatediff-ray: {summary.rows} rows ({summary.total("ok")} ok, {summary.total("error")} error)</h1>
+<p>Every row is in the metadata table: <a href="metadata/">metadata/*.parquet</a> (one row per prompt row x checkpoint;
+columns {e(", ".join(schema.NAMES))}).</p>{"".join(sections)}{errors}</body></html>"""
+    storage.write_text_atomic(layout.index, page)
+    return layout.index
+
+
+def list_shards(layout: OutputLayout) -> list[str]:
+    fs, path = storage.fs_and_path(layout.metadata)
+    try:
+        names = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
+    return sorted(storage.join(layout.metadata, p.rstrip("/").rsplit("/", 1)[-1]) for p in names if p.endswith(".parquet"))
+
+
+def read_metadata(out: str) -> pd.DataFrame:
+    """The job's metadata table: one row per (prompt row, motion module, checkpoint). Where a rerun
+    wrote a row again (its shards stay until it completes), the latest run's rows win."""
+    shards = list_shards(OutputLayout(out))
+    if not shards:
+        return schema.empty()
+    parts = [pd.read_parquet(io.BytesIO(storage.read_bytes(s))).assign(_run=shard_run_id(s)) for s in shards]
+    table = pd.concat(parts, ignore_index=True)
+    latest = table.groupby(["motion_module", "checkpoint", "id"])["_run"].transform("max")
+    return table[table["_run"] == latest].drop(columns="_run").reset_index(drop=True)
+
+
+def drop_older_shards(layout: OutputLayout, run_id: str) -> int:
+    """After a run completed: remove the shards of earlier runs (every row of this run has its own)."""
+    old = [s for s in list_shards(layout) if shard_run_id(s) != run_id]
+    for s in old:
+        fs, path = storage.fs_and_path(s)
+        fs.rm(path)
+    return len(old)

@@ -1,0 +1,99 @@
+"""The batch-animation row: every column, its type and its role, declared once.
+
+Roles: `input` columns are read from prompt tables (as text, parsed by `plan.py`); `setting` columns
+are per-row overrides of the job's generation defaults (also read from prompt tables); `result`
+columns are filled by planning, the resume check or the actor. Reading, expansion, the actor, the
+metadata shards and the index all take their column lists from here: a new column is one line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # "string" | "int64" | "float64" | "bool"
+    role: str  # "input" | "setting" | "result"
+    card: bool = False  # shown on the index page's preview cards
+    help: str = ""
+
+
+COLUMNS = (
+    Column("id", "string", "input", help="the table's id, else a uuid5 of the row content and checkpoint"),
+    Column("prompt", "string", "input", card=True),
+    Column("negative_prompt", "string", "input", card=True),
+    Column("seed", "int64", "input", card=True, help="the table's seed, else a hash of the row content"),
+    Column("checkpoint", "string", "input", card=True, help="a name from the checkpoint set; empty: every one"),
+    Column("motion_module", "string", "input", card=True, help="a name from the motion-module set; empty: every one"),
+    Column("num_frames", "int64", "setting", card=True),
+    Column("height", "int64", "setting", card=True),
+    Column("width", "int64", "setting", card=True),
+    Column("steps", "int64", "setting", card=True),
+    Column("guidance_scale", "float64", "setting", card=True),
+    Column("fps", "int64", "setting"),
+    Column("sampler", "string", "setting", card=True, help="ddim (default), euler_trailing (Lightning) or lcm (AnimateLCM)"),
+    Column("status", "string", "result", card=True, help="pending (planning only), ok or error"),
+    Column("error", "string", "result", card=True, help="why the row failed, saying what to fix"),
+    Column("skipped", "bool", "result", help="ok from an earlier run: found finished, not regenerated"),
+    Column("prompt_truncated", "bool", "result", help="the prompt is longer than the text encoder reads (77 tokens)"),
+    Column("checkpoint_uri", "string", "result"),
+    Column("motion_module_uri", "string", "result"),
+    Column("video_uri", "string", "result"),
+    Column("gif_uri", "string", "result"),
+    Column("seconds", "float64", "result", card=True, help="generation and writing time of this video"),
+    Column("bytes", "int64", "result"),
+    Column("sha256", "string", "result"),
+)
+
+NAMES = [c.name for c in COLUMNS]
+INPUTS = [c.name for c in COLUMNS if c.role == "input"]
+SETTINGS = [c.name for c in COLUMNS if c.role == "setting"]
+READ = INPUTS + SETTINGS  # what a prompt table may hold
+CARD = [c.name for c in COLUMNS if c.card]
+# Rows that share these run as one batched pipeline call on one loaded checkpoint and motion module.
+GROUP = ["motion_module", "checkpoint", *SETTINGS]
+
+_PA = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
+ARROW_SCHEMA = pa.schema([(c.name, _PA[c.type]) for c in COLUMNS])
+_EMPTY = {"string": "", "int64": -1, "float64": float("nan"), "bool": False}
+
+
+def typed(batch: pd.DataFrame) -> pd.DataFrame:
+    """Every column of the schema, in order, with its declared type (missing values: "", -1, NaN, False).
+
+    Blocks from different tasks and actors then concatenate into one metadata table, whatever a
+    hostile cell held: a value that does not convert becomes the column's empty value, never an error.
+    """
+    n = len(batch)
+    out = {}
+    for c in COLUMNS:
+        col = batch[c.name] if c.name in batch.columns else pd.Series([None] * n, index=batch.index, dtype=object)
+        if c.type == "string":
+            if col.dtype != object or not col.map(type).eq(str).all():
+                col = col.map(lambda v: "" if v is None or (isinstance(v, float) and v != v) else str(v))
+            out[c.name] = col.astype(object)
+        elif c.type == "bool":
+            out[c.name] = col.map(lambda v: v is True or (hasattr(v, "item") and bool(v.item()) is True)).astype(bool) \
+                if col.dtype != bool else col
+        else:
+            num = pd.to_numeric(col.map(_small_number) if col.dtype == object else col, errors="coerce")
+            out[c.name] = num.fillna(_EMPTY[c.type]).astype(c.type) if c.type == "int64" else num.astype("float64")
+    return pd.DataFrame(out, index=batch.index)
+
+
+def _small_number(v):
+    """A number that fits int64/float64 columns, else None (an overflowing seed must not fail the block)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return v if abs(f) < 2**63 else None
+
+
+def empty() -> pd.DataFrame:
+    return typed(pd.DataFrame())

@@ -1,0 +1,177 @@
+"""The batch-animation actor: one loaded AnimateDiff pipeline, many personalized checkpoints and
+motion modules, switched in place.
+
+`__init__` loads the base, a motion module, VAE and tokenizer once per actor; `__call__(batch)` runs
+each group of rows that share motion module, checkpoint and shape as batched `generate` calls,
+hands each video to a small writer pool (mp4, GIF, sidecar: off the generation path), writes the
+batch's metadata shard, and returns the metadata rows. Nothing in one row can fail another row or
+the actor: every exception becomes error rows for the rows it touched; bugs are logged with their
+traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pandas as pd
+import torch
+
+from animatediff_core import storage
+from animatediff_core.errors import AnimateDiffError, CheckpointError
+from animatediff_core.generate import Request, generate, validate_request
+from animatediff_core.motion_formats import load_motion_adapter
+from animatediff_core.personalize import CheckpointSpec, Personalizer
+from animatediff_core.pipeline import load_pipeline
+from animatediff_core.video_io import write_gif, write_video
+from pipelines.animate import schema
+from pipelines.animate.layout import OutputLayout
+from pipelines.animate.plan import MotionSpec, fingerprint, settings_of
+from pipelines.animate.report import write_shard
+
+log = logging.getLogger(__name__)
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def quiet_model_libraries() -> None:
+    """No per-actor progress bars or optional-dependency notices in the job log."""
+    from diffusers.utils import logging as dl
+    from transformers.utils import logging as tl
+
+    for lib in (dl, tl):
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+
+
+class AnimateStage:
+    def __init__(self, base: str, motions: dict[str, MotionSpec], checkpoints: dict[str, CheckpointSpec],
+                 layout: OutputLayout, run_id: str, gif: bool = True, precision: str = "auto", threads: int = 1,
+                 max_batch: int | None = None, writers: int = 2):
+        quiet_model_libraries()
+        cuda = torch.cuda.is_available()
+        torch.set_num_threads(threads)
+        self.device = "cuda" if cuda else "cpu"
+        dtype = DTYPES.get(precision) or (torch.float16 if cuda else torch.float32)  # auto: fp16 on GPU
+        self.motions, self.specs, self.layout, self.run_id, self.gif = motions, checkpoints, layout, run_id, gif
+        first = next(iter(motions.values()))
+        self.pipe = load_pipeline(base, first.uri, device=self.device, dtype=dtype)
+        self.motion = first.name
+        self.personalizer = Personalizer(self.pipe)
+        # Rows per pipeline call. On CPU a batch of 8 measured 19% slower per video than one at a time
+        # (bench/README.md), so CPU actors default to 1; GPUs batch up to 8.
+        self.max_batch = max_batch or (8 if cuda else 1)
+        self.failed: dict[tuple[str, str], str] = {}  # (kind, name) -> why it could not load
+        self.writers = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="animate-writer")
+        self.text_limit = int(self.pipe.tokenizer.model_max_length)
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        batch = schema.typed(batch.reset_index(drop=True))
+        batch["checkpoint_uri"] = [self.specs[c].uri or "" if c in self.specs else "" for c in batch["checkpoint"]]
+        batch["motion_module_uri"] = [self.motions[m].uri if m in self.motions else "" for m in batch["motion_module"]]
+        pending = batch.index[batch["status"] == "pending"]
+        writes = []
+        for _, group in batch.loc[pending].groupby(schema.GROUP, sort=False):
+            try:
+                writes += self._run_group(batch, group)
+            except Exception as e:  # a bug, not bad data: keep the traceback for whoever runs the job
+                log.exception("internal error on %d row(s) of checkpoint %r", len(group), group["checkpoint"].iloc[0])
+                self._fail(batch, group.index, f"internal error: {type(e).__name__}: {e}")
+        for i, future in writes:
+            try:
+                meta = future.result()
+                for k, v in meta.items():
+                    batch.at[i, k] = v
+                batch.at[i, "status"] = "ok"
+            except Exception as e:
+                log.warning("writing row %s failed: %s: %s", batch.at[i, "id"], type(e).__name__, e)
+                self._fail(batch, [i], f"writing the video failed: {type(e).__name__}: {str(e)[:300]}")
+        batch.loc[batch["status"] == "pending", ["status", "error"]] = ["error", "internal error: row was not generated"]
+        return write_shard(batch, self.layout, self.run_id, source="actor")
+
+    def _fail(self, batch: pd.DataFrame, index, message: str) -> None:
+        batch.loc[index, ["status", "error"]] = ["error", message]
+        batch.loc[index, ["video_uri", "gif_uri", "sha256"]] = ""
+
+    def _run_group(self, batch: pd.DataFrame, group: pd.DataFrame) -> list:
+        first = group.iloc[0]
+        for kind, name, activate in (("motion module", first["motion_module"], self._motion),
+                                     ("checkpoint", first["checkpoint"], self._checkpoint)):
+            if not self._activate(kind, name, activate):
+                self._fail(batch, group.index, f"{kind} {name!r} failed to load: {self.failed[(kind, name)]}")
+                return []
+        ready = []
+        for i, row in group.iterrows():
+            req = Request(row["prompt"], row["negative_prompt"], int(row["seed"]), settings_of(row))
+            try:
+                validate_request(req, self.limit, self.pipe.vae_scale_factor)
+                ready.append((i, req))
+                batch.at[i, "prompt_truncated"] = self._too_long(req.prompt) or self._too_long(req.negative_prompt)
+            except AnimateDiffError as e:
+                self._fail(batch, [i], str(e))
+        writes = []
+        for start in range(0, len(ready), self.max_batch):
+            chunk = ready[start : start + self.max_batch]
+            t0 = time.time()
+            try:
+                videos = generate(self.pipe, [r for _, r in chunk])
+            except Exception as e:  # one failed call (e.g. out of memory) fails its rows, not the batch
+                log.warning("generation failed for %d row(s): %s: %s", len(chunk), type(e).__name__, e)
+                self._fail(batch, [i for i, _ in chunk], f"generation failed: {type(e).__name__}: {str(e)[:300]}")
+                continue
+            per_video = (time.time() - t0) / len(chunk)
+            for (i, _), frames in zip(chunk, videos):
+                writes.append((i, self.writers.submit(self._write, batch.loc[i].to_dict(), frames, per_video)))
+        return writes
+
+    @property
+    def limit(self) -> int:
+        return int(self.pipe.unet.config["motion_max_seq_length"])
+
+    def _too_long(self, text: str) -> bool:
+        return bool(text) and len(text) >= self.text_limit - 2 and len(self.pipe.tokenizer(text).input_ids) > self.text_limit
+
+    def _activate(self, kind: str, name: str, activate) -> bool:
+        if (kind, name) in self.failed:
+            return False
+        try:
+            activate(name)
+            return True
+        except AnimateDiffError as e:
+            self.failed[(kind, name)] = str(e)
+            log.warning("%s %r failed to load: %s", kind, name, e)
+            return False
+
+    def _checkpoint(self, name: str) -> None:
+        self.personalizer.apply(self.specs[name])
+
+    def _motion(self, name: str) -> None:
+        """Swap the motion-module weights in place (the base stays loaded; personalization is kept)."""
+        if name == self.motion:
+            return
+        spec = self.motions[name]
+        adapter = load_motion_adapter(spec.uri).to(dtype=self.pipe.unet.dtype)
+        try:
+            self.pipe.unet.load_motion_modules(adapter)
+        except RuntimeError as e:
+            raise CheckpointError(f"{spec.uri}: does not have the shape of the motion module loaded first "
+                                  f"({str(e).splitlines()[0][:200]}); sweep modules of one version per job") from None
+        self.motion = name
+        log.info("motion module %r active", name)
+
+    def _write(self, row: dict, frames, gen_seconds: float) -> dict:
+        t0 = time.time()
+        motion, ckpt, rid = row["motion_module"], row["checkpoint"], row["id"]
+        uri = self.layout.video(motion, ckpt, rid)
+        num_bytes, sha256 = write_video(uri, frames, fps=int(row["fps"]))
+        gif_uri = ""
+        if self.gif:
+            gif_uri = self.layout.video(motion, ckpt, rid, "gif")
+            write_gif(gif_uri, frames, fps=int(row["fps"]))
+        meta = {"video_uri": uri, "gif_uri": gif_uri, "seconds": round(gen_seconds + time.time() - t0, 4),
+                "bytes": num_bytes, "sha256": sha256}
+        # The sidecar goes last: its presence means the video is complete and matches these settings.
+        sidecar = {**meta, "fingerprint": fingerprint(row, self.motions[motion].uri, self.specs[ckpt])}
+        storage.write_bytes_atomic(self.layout.sidecar(motion, ckpt, rid), json.dumps(sidecar).encode())
+        return meta

@@ -1,0 +1,118 @@
+"""Tables, read by one rule for every job: `.csv`, `.csv.gz`, `.parquet` (`.pq`), or a folder of them.
+
+Prompt tables, checkpoint tables, WebVid tables and evaluation suites all come through here, on the
+driver (`read_pandas`, small tables; `header`, a file's columns without reading its rows) or as a Ray
+Dataset (`read_ray`, streaming, for tables of any size). Folders are searched two levels deep (as
+video2dataset and Spark lay out shards); names starting with `.` or `_` are ignored. Any fsspec URI.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from animatediff_core import storage
+from animatediff_core.errors import ConfigError
+
+CSV_EXTS = (".csv", ".csv.gz")
+PARQUET_EXTS = (".parquet", ".pq")
+TABLE_EXTS = CSV_EXTS + PARQUET_EXTS
+KINDS_TEXT = ".csv, .csv.gz or .parquet"
+
+
+def is_table(uri: str) -> bool:
+    return uri.lower().endswith(TABLE_EXTS)
+
+
+def is_parquet(uri: str) -> bool:
+    return uri.lower().endswith(PARQUET_EXTS)
+
+
+def list_files(uri: str) -> list[str]:
+    """Files under folder `uri` (two levels deep), as URIs spelled like `uri`; hidden names skipped."""
+    fs, root = storage.fs_and_path(uri)
+    root = root.rstrip("/")
+    found = sorted(p for p in fs.find(root, maxdepth=2) if not p.rsplit("/", 1)[-1].startswith((".", "_")))
+    return [storage.join(uri, p[len(root):].lstrip("/")) for p in found]
+
+
+def list_tables(uri: str, flag: str) -> list[str]:
+    """The table files `uri` names: itself, or the tables in a folder. ConfigError (naming `flag`) when none."""
+    if not storage.exists(uri):
+        raise ConfigError(f"{flag} {uri}: not found (expected a {KINDS_TEXT} table or a folder of them)")
+    if not storage.isdir(uri):
+        if not is_table(uri):
+            raise ConfigError(f"{flag} {uri}: not a table (expected a file ending in {KINDS_TEXT})")
+        return [uri]
+    tables = [f for f in list_files(uri) if is_table(f)]
+    if not tables:
+        raise ConfigError(f"{flag} {uri}: the folder holds no {KINDS_TEXT} table")
+    return tables
+
+
+def header(uri: str, flag: str) -> tuple[list[str], bool]:
+    """(column names, has at least one row) of one table file, reading only its CSV header or Parquet footer."""
+    fs, path = storage.fs_and_path(uri)
+    try:
+        with fs.open(path, "rb", compression="infer") as f:
+            if is_parquet(uri):
+                meta = pq.ParquetFile(f).metadata
+                return list(meta.schema.names), meta.num_rows > 0
+            head = f.read(1 << 16)
+    except (OSError, EOFError, pa.ArrowInvalid) as e:
+        raise ConfigError(f"{flag} {uri}: not a readable table ({type(e).__name__}: {str(e)[:200]})") from None
+    lines = [ln for ln in head.decode("utf-8", "replace").splitlines() if ln.strip()]
+    if not lines:
+        return [], False
+    try:
+        names = pacsv.read_csv(io.BytesIO(lines[0].encode() + b"\n")).column_names
+    except pa.ArrowInvalid as e:
+        raise ConfigError(f"{flag} {uri}: not a readable CSV header ({str(e)[:200]})") from None
+    return names, len(lines) > 1
+
+
+def csv_options(strings: tuple[str, ...] = ()) -> dict:
+    """pyarrow CSV options: quoted newlines allowed; `strings` columns kept as text exactly as written
+    (a seed of 2**70 or an id of 007 must not be turned into a float or an int); only an empty cell
+    is missing ("nan", "NA" or "null" are values, which rows then reject or accept)."""
+    return dict(parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in strings},
+                                                     null_values=[""], strings_can_be_null=True))
+
+
+def read_pandas(uri: str, strings: tuple[str, ...] = (), flag: str = "table") -> pd.DataFrame:
+    """A whole (small) table, or every table of a folder concatenated, as pandas."""
+    parts = []
+    for f in list_tables(uri, flag):
+        fs, path = storage.fs_and_path(f)
+        try:
+            with fs.open(path, "rb", compression="infer") as fh:
+                table = pq.read_table(fh) if is_parquet(f) else pacsv.read_csv(fh, **csv_options(strings))
+        except (OSError, EOFError, pa.ArrowInvalid) as e:
+            raise ConfigError(f"{flag} {f}: not a readable table ({type(e).__name__}: {str(e)[:200]})") from None
+        parts.append(table.to_pandas())
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+
+def read_ray(files: list[str], strings: tuple[str, ...] = (), num_cpus: float | None = None):
+    """A streaming Ray Dataset over table files (Parquet and CSV may be mixed: read apart, then unioned).
+
+    Callers normalize each batch to one schema afterwards (`map_batches`), since tables differ in types."""
+    import ray.data
+
+    arrow_fs = storage.arrow_location(files[0])[1]
+    paths = [storage.arrow_location(f)[0] for f in files]
+    kw = {} if num_cpus is None else {"num_cpus": num_cpus}
+    parquet = [p for p in paths if is_parquet(p)]
+    csv = [p for p in paths if not is_parquet(p)]
+    parts = []
+    if parquet:
+        parts.append(ray.data.read_parquet(parquet, filesystem=arrow_fs, **kw))
+    if csv:
+        # Ray Data's CSV reader picks compression from the extension (.csv.gz); it needs no option here.
+        parts.append(ray.data.read_csv(csv, filesystem=arrow_fs, file_extensions=["csv", "gz"], **csv_options(strings), **kw))
+    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])

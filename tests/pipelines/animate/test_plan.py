@@ -1,0 +1,145 @@
+"""Sweep expansion, ids, seeds and bad rows: pure pandas, no Ray."""
+
+import pandas as pd
+import pytest
+
+from animatediff_core.errors import ConfigError
+from animatediff_core.settings import GenerationSettings
+from pipelines.animate import schema
+from pipelines.animate.job import normalize
+from pipelines.animate.plan import Plan, expand_rows, read_checkpoint_set, read_motion_set
+
+CKPTS = ("dreamy", "toon")
+DEFAULTS = GenerationSettings(num_frames=16, height=64, width=64, steps=2, guidance_scale=7.5)
+PLAN = Plan(CKPTS, {"mm": 32}, DEFAULTS)
+
+
+def _expand(rows, plan=PLAN):
+    return expand_rows(normalize(pd.DataFrame(rows)), plan)
+
+
+def test_empty_checkpoint_sweeps_every_checkpoint_with_shared_seed():
+    out = _expand([{"prompt": "a cat", "checkpoint": None}, {"prompt": "a dog", "checkpoint": "toon"}])
+    assert list(zip(out.prompt, out.checkpoint)) == [("a cat", "dreamy"), ("a cat", "toon"), ("a dog", "toon")]
+    cat = out[out.prompt == "a cat"]
+    assert cat.seed.nunique() == 1 and cat.id.nunique() == 2  # same noise across the sweep, distinct videos
+    assert (out.status == "pending").all()
+
+
+def test_ids_and_seeds_are_deterministic_and_given_values_win():
+    a = _expand([{"prompt": "a cat"}])
+    b = _expand([{"prompt": "a cat"}])
+    assert a.id.tolist() == b.id.tolist() and a.seed.tolist() == b.seed.tolist()
+    c = _expand([{"prompt": "a cat", "negative_prompt": "blurry"}])
+    assert set(c.id) .isdisjoint(a.id)
+    given = _expand([{"prompt": "a cat", "id": "cat-1", "seed": "42", "checkpoint": "dreamy"}])
+    assert given.id.tolist() == ["cat-1"] and given.seed.tolist() == [42]
+
+
+def test_per_row_overrides_and_defaults():
+    out = _expand([{"prompt": "x", "checkpoint": "dreamy", "num_frames": "8", "steps": 3.0, "guidance_scale": "5.5"},
+                   {"prompt": "y", "checkpoint": "dreamy"}])
+    assert out.iloc[0][["num_frames", "steps", "guidance_scale", "height"]].tolist() == [8, 3, 5.5, DEFAULTS.height]
+    assert out.iloc[1][["num_frames", "steps", "guidance_scale"]].tolist() == [DEFAULTS.num_frames, DEFAULTS.steps, DEFAULTS.guidance_scale]
+
+
+@pytest.mark.parametrize("row,message", [
+    ({"prompt": "  "}, "prompt is empty"),
+    ({"prompt": None}, "prompt is empty"),
+    ({"prompt": "x", "num_frames": "-4"}, "num_frames must be a positive integer"),
+    ({"prompt": "x", "steps": "2.5"}, "steps must be an integer"),
+    ({"prompt": "x", "height": "abc"}, "height must be an integer"),
+    ({"prompt": "x", "width": "100000"}, "larger than"),
+    ({"prompt": "x", "guidance_scale": "lots"}, "guidance_scale must be a number"),
+    ({"prompt": "x", "seed": "-3"}, "seed must be an integer in"),
+    ({"prompt": "x", "checkpoint": "nope"}, "unknown checkpoint 'nope'"),
+    ({"prompt": "x", "motion_module": "nope"}, "unknown motion module 'nope'"),
+    ({"prompt": "x", "guidance_scale": "nan"}, "guidance_scale must be a finite number"),
+    ({"prompt": "x", "guidance_scale": float("inf")}, "guidance_scale must be a finite number"),
+    ({"prompt": "x", "seed": str(2**70)}, "seed must be an integer in [0, 2**63)"),
+    ({"prompt": "x", "num_frames": "1000000000000"}, "supports (32 frames); use at most 32"),
+    ({"prompt": "x", "id": "../../escape"}, "is not a safe file name"),
+    ({"prompt": "x", "id": "/abs/path"}, "is not a safe file name"),
+    ({"prompt": "x", "id": "a" * 300}, "is not a safe file name"),
+    ({"prompt": "x", "id": ".."}, "is not a safe file name"),
+    ({"prompt": "x", "sampler": "dpm"}, "sampler must be one of ddim, euler_trailing, lcm, got 'dpm'"),
+])
+def test_bad_rows_become_error_rows(row, message):
+    out = _expand([row, {"prompt": "fine", "checkpoint": "dreamy"}])
+    bad, good = out[out.prompt != "fine"].iloc[0], out[out.prompt == "fine"].iloc[0]
+    assert bad.status == "error" and message in bad.error
+    assert good.status == "pending" and good.error == ""
+
+
+def test_checkpoint_set_from_folder_and_table(tiny_models, tmp_path):
+    folder = read_checkpoint_set(str(tiny_models / "checkpoints"))
+    assert sorted(folder) == ["dreamy", "film_peft_lora", "toon_lora"]
+    assert read_checkpoint_set(str(tiny_models / "checkpoints"))["toon_lora"].kind is None
+    assert folder["dreamy"].uri.endswith("dreamy.safetensors")
+    table = tmp_path / "set.csv"
+    table.write_text(f"name,uri,kind,scale\nsoft,{tiny_models}/checkpoints/toon_lora.safetensors,lora,0.5\n"
+                     f"db,{tiny_models}/checkpoints/dreamy.safetensors,,\n")
+    specs = read_checkpoint_set(str(table))
+    assert specs["soft"].scale == 0.5 and specs["soft"].kind == "lora" and specs["db"].kind is None and specs["db"].scale == 1.0
+    assert list(read_checkpoint_set(None)) == ["base"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,path\na,b\n")
+    with pytest.raises(ConfigError, match="needs columns name, uri"):
+        read_checkpoint_set(str(bad))
+    with pytest.raises(ConfigError, match="not found"):
+        read_checkpoint_set(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("name", ["../evil", "x/y", "", "a b", ".."])
+def test_unsafe_checkpoint_names_fail_the_job_with_the_rule(tmp_path, name):
+    table = tmp_path / "set.csv"
+    table.write_text(f"name,uri\n\"{name}\",/models/x.safetensors\n")
+    with pytest.raises(ConfigError, match="not a safe file name: use 1 to 128 characters"):
+        read_checkpoint_set(str(table))
+
+
+def test_gzipped_csv_and_folders_of_tables_read_by_one_rule(tmp_path):
+    import gzip
+
+    from pipelines import tables
+
+    (tmp_path / "t").mkdir()
+    with gzip.open(tmp_path / "t" / "a.csv.gz", "wt") as f:
+        f.write("prompt,seed\na cat,007\n")
+    pd.DataFrame({"prompt": ["a dog"]}).to_parquet(tmp_path / "t" / "b.parquet")
+    files = tables.list_tables(str(tmp_path / "t"), "--prompts")
+    assert [f.rsplit("/", 1)[-1] for f in files] == ["a.csv.gz", "b.parquet"]
+    assert tables.header(files[0], "--prompts") == (["prompt", "seed"], True)
+    both = tables.read_pandas(str(tmp_path / "t"), strings=("seed",))
+    assert both.prompt.tolist() == ["a cat", "a dog"] and both.seed.tolist()[0] == "007"
+
+
+def test_motion_module_set_from_files_folders_and_a_training_run(tiny_models, tmp_path):
+    one = read_motion_set([str(tiny_models / "motion_module.safetensors"), str(tiny_models / "motion_adapter")])
+    assert list(one) == ["motion_module", "motion_adapter"]
+    run = tmp_path / "mm-run"
+    for step in ("000002", "000004"):
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+        (run / f"checkpoint-{step}" / "motion_module.safetensors").write_bytes(b"x")
+    curve = read_motion_set([str(run)])
+    assert list(curve) == ["mm-run-000002", "mm-run-000004"]
+    with pytest.raises(ConfigError, match="two modules are named"):
+        read_motion_set([str(tiny_models / "motion_module.safetensors")] * 2)
+
+
+def test_sweep_over_motion_modules_and_checkpoints():
+    plan = Plan(CKPTS, {"v2": 32, "v1": 24}, DEFAULTS)
+    out = _expand([{"prompt": "a cat"}, {"prompt": "a dog", "motion_module": "v1", "checkpoint": "toon"},
+                   {"prompt": "long", "num_frames": "28", "checkpoint": "toon"}], plan)
+    assert len(out) == 4 + 1 + 2
+    long = out[out.prompt == "long"].set_index("motion_module")
+    assert long.loc["v2", "status"] == "pending" and long.loc["v1", "status"] == "error"
+    assert "supports (24 frames)" in long.loc["v1", "error"]
+    cat = out[out.prompt == "a cat"]
+    assert cat.seed.nunique() == 1 and cat.groupby("motion_module").id.nunique().tolist() == [2, 2]
+
+
+def test_expanded_rows_carry_the_declared_schema():
+    out = _expand([{"prompt": "a", "seed": 2**70}, {"prompt": "b", "id": object()}, {"prompt": ["a", "list"]}])
+    assert list(out.columns) == schema.NAMES
+    assert str(out.seed.dtype) == "int64" and str(out.guidance_scale.dtype) == "float64"

@@ -1,0 +1,201 @@
+"""The actor's logic, called in-process: grouping, isolation of bad rows and cells, outputs, resume."""
+
+import json
+
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import pipelines.animate.stage as stage_mod
+from animatediff_core.settings import CheckpointSpec, GenerationSettings
+from pipelines.animate.job import normalize
+from pipelines.animate.layout import OutputLayout
+from pipelines.animate.plan import MotionSpec, Plan, expand_rows, read_checkpoint_set
+from pipelines.animate.report import read_metadata
+from pipelines.animate.resume import list_finished, mark_finished
+
+SMALL = GenerationSettings(num_frames=4, height=32, width=32, steps=1, guidance_scale=2.0)
+
+
+@pytest.fixture(scope="module")
+def specs(tiny_models, tmp_path_factory):
+    s = read_checkpoint_set(str(tiny_models / "checkpoints"))
+    broken = tmp_path_factory.mktemp("broken") / "broken.safetensors"
+    broken.write_bytes(b"\x00" * 100)
+    s["broken"] = CheckpointSpec("broken", str(broken))
+    return s
+
+
+@pytest.fixture(scope="module")
+def motions(tiny_models):
+    return {"mm": MotionSpec("mm", str(tiny_models / "motion_module.safetensors"), 32)}
+
+
+@pytest.fixture(scope="module")
+def stage(tiny_models, specs, motions, tmp_path_factory):
+    layout = OutputLayout(str(tmp_path_factory.mktemp("out")))
+    return stage_mod.AnimateStage(str(tiny_models / "base"), motions, specs, layout, "20260101T000000-aaaaaa")
+
+
+def _batch(stage, rows):
+    plan = Plan(tuple(stage.specs), {n: m.max_frames for n, m in stage.motions.items()}, SMALL)
+    b = expand_rows(normalize(pd.DataFrame(rows)), plan)
+    finished = list_finished(stage.layout, list(stage.motions), list(stage.specs))
+    return mark_finished(b, finished, stage.layout, stage.motions, stage.specs)
+
+
+def test_groups_run_as_one_call_per_checkpoint_and_shape(stage, monkeypatch):
+    calls, applied = [], []
+    real_generate, real_apply = stage_mod.generate, stage.personalizer.apply
+    monkeypatch.setattr(stage_mod, "generate", lambda pipe, reqs: calls.append(len(reqs)) or real_generate(pipe, reqs))
+    monkeypatch.setattr(stage.personalizer, "apply", lambda spec: applied.append(spec.name) or real_apply(spec))
+    monkeypatch.setattr(stage, "max_batch", 8)
+    rows = [{"prompt": f"p{i}", "checkpoint": c} for i, c in enumerate(["dreamy", "dreamy", "toon_lora", "dreamy", "toon_lora"])]
+    rows.append({"prompt": "tall", "checkpoint": "dreamy", "height": "64"})
+    out = stage(_batch(stage, rows))
+    assert (out.status == "ok").all(), out.error.tolist()
+    assert sorted(calls) == [1, 2, 3]  # dreamy 32x32 (3 rows), toon_lora (2), dreamy 64x32 (1)
+    assert applied.count("toon_lora") == 1
+    for r in out.itertuples():
+        side = json.loads(open(r.video_uri[:-4] + ".json").read())
+        assert side["sha256"] == r.sha256 and side["bytes"] == r.bytes > 0
+        assert open(r.video_uri, "rb").read()[4:8] == b"ftyp" and open(r.gif_uri, "rb").read()[:4] == b"GIF8"
+    # The actor wrote this batch's metadata shard itself.
+    assert set(out.id) <= set(read_metadata(stage.layout.out).id)
+
+
+def test_bad_rows_and_broken_checkpoint_do_not_stop_the_batch(stage):
+    rows = [
+        {"prompt": "ok", "checkpoint": "dreamy"},
+        {"prompt": "", "checkpoint": "dreamy"},
+        {"prompt": "too long", "checkpoint": "dreamy", "num_frames": "64"},
+        {"prompt": "odd", "checkpoint": "dreamy", "width": "33"},
+        {"prompt": "lost", "checkpoint": "nope"},
+        {"prompt": "broken", "checkpoint": "broken"},
+        {"prompt": "after", "checkpoint": "toon_lora"},
+    ]
+    out = stage(_batch(stage, rows)).set_index("prompt")
+    assert out.loc["ok", "status"] == "ok" and out.loc["after", "status"] == "ok"
+    assert "prompt is empty" in out.loc["", "error"]
+    assert "at most 32" in out.loc["too long", "error"]
+    assert "multiple of" in out.loc["odd", "error"]
+    assert "unknown checkpoint 'nope'" in out.loc["lost", "error"]
+    assert "failed to load" in out.loc["broken", "error"] and "broken.safetensors" in out.loc["broken", "error"]
+    assert set(out.status) == {"ok", "error"} and (out.loc[out.status == "error", "video_uri"] == "").all()
+
+
+def test_an_exception_in_generation_or_writing_fails_only_its_rows(stage, monkeypatch):
+    real_write = stage._write
+
+    def flaky_write(row, frames, seconds):
+        if row["prompt"] == "upload fails":
+            raise OSError("disk full")
+        return real_write(row, frames, seconds)
+
+    real_generate = stage_mod.generate
+
+    def flaky_generate(pipe, reqs):
+        if any(r.prompt == "bug" for r in reqs):
+            raise IndexError("a bug deep inside")
+        return real_generate(pipe, reqs)
+
+    monkeypatch.setattr(stage, "_write", flaky_write)
+    monkeypatch.setattr(stage_mod, "generate", flaky_generate)
+    out = stage(_batch(stage, [{"prompt": p, "checkpoint": "dreamy"} for p in ("fine", "upload fails", "bug", "also fine")]))
+    out = out.set_index("prompt")
+    assert out.loc["fine", "status"] == "ok" and out.loc["also fine", "status"] == "ok"
+    assert "writing the video failed: OSError: disk full" in out.loc["upload fails", "error"]
+    assert "generation failed: IndexError" in out.loc["bug", "error"]
+
+
+def test_long_prompts_are_generated_and_flagged(stage):
+    words = " ".join(["word"] * 2000)
+    out = stage(_batch(stage, [{"prompt": words, "checkpoint": "dreamy"}, {"prompt": "short", "checkpoint": "dreamy"}]))
+    out = out.set_index("prompt")
+    assert out.loc[words, "status"] == "ok" and bool(out.loc[words, "prompt_truncated"])
+    assert not bool(out.loc["short", "prompt_truncated"])
+
+
+def test_finished_rows_are_marked_skipped(stage):
+    rows = [{"prompt": "again", "checkpoint": "dreamy"}]
+    first = stage(_batch(stage, rows))
+    second = _batch(stage, rows)
+    assert second.status.tolist() == ["ok"] and bool(second.skipped.iloc[0])
+    assert second.sha256.iloc[0] == first.sha256.iloc[0]
+    changed = _batch(stage, [{"prompt": "again", "checkpoint": "dreamy", "steps": "2"}])
+    assert changed.status.tolist() == ["pending"]  # other settings: a new id, not a reuse
+
+
+def test_same_row_gives_the_same_bytes_whatever_else_is_in_the_batch(stage, monkeypatch):
+    monkeypatch.setattr(stage, "max_batch", 8)
+    alone = stage(_batch(stage, [{"prompt": "stable", "checkpoint": "toon_lora", "id": "s1"}]))
+    crowd = stage(_batch(stage, [{"prompt": "other", "checkpoint": "dreamy"}, {"prompt": "x y z", "checkpoint": "toon_lora"},
+                                 {"prompt": "stable", "checkpoint": "toon_lora", "id": "s1"}]))
+    assert crowd.set_index("id").loc["s1", "sha256"] == alone.sha256.iloc[0]
+
+
+# Hostile prompt tables, generated: planning and the actor's per-row path never raise, never write
+# outside --out, and give exactly one metadata row per input row and checkpoint.
+
+_numbers = st.one_of(st.none(), st.integers(-2**80, 2**80), st.floats(allow_nan=True, allow_infinity=True),
+                     st.text(max_size=6), st.sampled_from(["nan", "inf", "-1", "0", "1e3", "3.5"]))
+_small = {"num_frames": ["4", "2"], "height": ["32"], "width": ["32", "40"], "steps": ["1"], "guidance_scale": ["2", "0"]}
+_row = st.fixed_dictionaries(
+    {"id": st.one_of(st.none(), st.text(max_size=12), st.sampled_from(["../../escape", "/abs/x", ".", "..", "a/b", "x" * 1000, "ok"])),
+     "prompt": st.one_of(st.just(""), st.text(max_size=20), st.just("word " * 600))},
+    optional={"seed": _numbers, "negative_prompt": st.one_of(st.none(), st.text(max_size=10)),
+              "checkpoint": st.sampled_from([None, "", "dreamy", "toon_lora", "../evil", "nope"]),
+              **{k: st.one_of(_numbers, st.sampled_from(v)) for k, v in _small.items()}})
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(rows=st.lists(_row, min_size=1, max_size=5))
+def test_hostile_tables_never_escape_or_raise(stage, rows):
+    import pyarrow as pa
+
+    from pipelines.animate.plan import is_pending
+
+    root = __import__("pathlib").Path(stage.layout.out).parent
+    before = {p.name for p in root.iterdir()}
+    columns = sorted({k for r in rows for k in r})
+    table = pa.table({c: [None if r.get(c) is None else str(r[c]) for r in rows] for c in columns})
+    plan = Plan(("dreamy", "toon_lora"), {"mm": 32}, SMALL)
+    planned = expand_rows(normalize(table), plan)
+    expected = sum(1 if r.get("checkpoint") not in (None, "") else 2 for r in rows)
+    assert len(planned) == expected
+    out = stage(is_pending(planned).reset_index(drop=True)) if (planned.status == "pending").any() else planned.iloc[:0]
+    assert set(out.status) <= {"ok", "error"}
+    assert {p.name for p in root.iterdir()} == before  # nothing new beside --out
+    for uri in out.video_uri[out.status == "ok"]:
+        assert uri.startswith(stage.layout.out + "/videos/")
+
+
+def test_motion_module_sweep_switches_in_place_without_reloading_the_base(tiny_models, specs, tmp_path, monkeypatch):
+    import torch
+
+    from animatediff_core.motion_formats import load_motion_adapter, save_motion_adapter
+
+    other = load_motion_adapter(str(tiny_models / "motion_module.safetensors"))
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    save_motion_adapter(other, str(tmp_path / "other.safetensors"), fmt="original")
+    motions = {"mm": MotionSpec("mm", str(tiny_models / "motion_module.safetensors"), 32),
+               "other": MotionSpec("other", str(tmp_path / "other.safetensors"), 32)}
+    loads = []
+    real_load = stage_mod.load_pipeline
+    monkeypatch.setattr(stage_mod, "load_pipeline", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    layout = OutputLayout(str(tmp_path / "out"), by_motion=True)
+    stage = stage_mod.AnimateStage(str(tiny_models / "base"), motions, specs, layout, "20260101T000000-bbbbbb")
+    spatial = {k: v.clone() for k, v in stage.pipe.unet.state_dict().items() if "motion_modules" not in k}
+    plan = Plan(("dreamy", "toon_lora"), {"mm": 32, "other": 32}, SMALL)
+    rows = expand_rows(normalize(pd.DataFrame([{"prompt": "a cat", "id": "cat", "steps": 3}, {"prompt": "a dog", "id": "dog"}])), plan)
+    out = stage(rows)
+    assert len(loads) == 1 and (out.status == "ok").all(), out.error.tolist()
+    assert stage.motion == "other"
+    by = out.set_index(["motion_module", "checkpoint", "id"]).sha256
+    assert by[("mm", "toon_lora", "cat")] != by[("other", "toon_lora", "cat")]
+    assert (tmp_path / "out" / "videos" / "other" / "toon_lora" / "cat.mp4").exists()
+    stage.personalizer.reset()
+    after = {k: v for k, v in stage.pipe.unet.state_dict().items() if "motion_modules" not in k}
+    assert all(torch.equal(spatial[k], after[k]) for k in spatial)
