@@ -26,13 +26,33 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 NOISY_LOGGERS = ("diffusers", "transformers", "huggingface_hub", "urllib3", "botocore", "s3fs", "fsspec", "py.warnings")
 
 
-def build_parser(cls, description: str) -> argparse.ArgumentParser:
+def _fields(classes) -> list[tuple[type, dataclasses.Field]]:
+    """(class, field) of every configurable field: nested dataclasses (Python-only settings) have no flag."""
+    out = []
+    for cls in classes:
+        types_ = field_types(cls)
+        out += [(cls, f) for f in dataclasses.fields(cls) if not dataclasses.is_dataclass(types_[f.name][0])]
+    return out
+
+
+def _aliases(classes) -> dict[str, str]:
+    """YAML key -> field name: the field's name, and the name of its flag where that differs."""
+    out = {}
+    for _, f in _fields(classes):
+        out[f.name] = f.name
+        flag = (f.metadata or {}).get("flag")
+        if flag:
+            out[flag.lstrip("-").replace("-", "_")] = f.name
+    return out
+
+
+def build_parser(classes, description: str) -> argparse.ArgumentParser:
+    classes = classes if isinstance(classes, tuple) else (classes,)
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML file with the same keys as the flags (flags win)")
     p.add_argument("--log-level", default="INFO", choices=LOG_LEVELS, help="job log level (default %(default)s)")
-    types_ = field_types(cls)
-    for f in dataclasses.fields(cls):
-        tp, optional, elem = types_[f.name]
+    for cls, f in _fields(classes):
+        tp, optional, elem = field_types(cls)[f.name]
         meta = f.metadata or {}
         flag = meta.get("flag") or "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else (
@@ -49,21 +69,28 @@ def build_parser(cls, description: str) -> argparse.ArgumentParser:
     return p
 
 
-def parse_config(cls, argv: list[str] | None, description: str = ""):
-    """(config instance, parsed args) from flags over `--config` YAML over the dataclass defaults."""
-    parser = build_parser(cls, description)
+def parse_config(classes, argv: list[str] | None, description: str = ""):
+    """(config instance, parsed args) from flags over `--config` YAML over the dataclass defaults.
+    `classes` may be a tuple of dataclasses whose fields together make the job's flags; then the first
+    item is a tuple of instances."""
+    many = isinstance(classes, tuple)
+    classes = classes if many else (classes,)
+    parser = build_parser(classes, description)
     args = parser.parse_args(argv)
-    names = [f.name for f in dataclasses.fields(cls)]
-    values = load_yaml(args.config, names, parser) if args.config else {}
-    values.update({k: v for k, v in vars(args).items() if k in names})
-    missing = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(cls)
+    aliases = _aliases(classes)
+    values = load_yaml(args.config, list(aliases), parser) if args.config else {}
+    values = {aliases[k]: v for k, v in values.items()}
+    values.update({k: v for k, v in vars(args).items() if k in aliases.values()})
+    missing = [(f.metadata or {}).get("flag") or f"--{f.name.replace('_', '-')}" for _, f in _fields(classes)
                if f.name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         parser.error(f"missing {', '.join(missing)} (give it as a flag or a key in --config)")
     try:
-        return cls(**_coerce(cls, values)), args
+        built = tuple(cls(**_coerce(cls, {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}))
+                      for cls in classes)
     except ConfigError as e:
         parser.error(str(e))
+    return (built if many else built[0]), args
 
 
 def _coerce(cls, values: dict) -> dict:
@@ -99,10 +126,16 @@ def load_yaml(path: str, known: list[str], parser: argparse.ArgumentParser) -> d
     return data
 
 
-def dump_config(cfg) -> str:
-    """The resolved config as YAML: `--config` on this file repeats the run."""
-    return yaml.safe_dump({k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()},
-                          sort_keys=False)
+def dump_config(*configs) -> str:
+    """The resolved config(s) as YAML: `--config` on this file repeats the run."""
+    data = {}
+    for cfg in configs:
+        types_ = field_types(type(cfg))
+        for f in dataclasses.fields(cfg):
+            if not dataclasses.is_dataclass(types_[f.name][0]):
+                v = getattr(cfg, f.name)
+                data[f.name] = list(v) if isinstance(v, tuple) else v
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def setup_logging(level: str = "INFO") -> None:

@@ -12,7 +12,7 @@ Caption dropout still happens at training time (the empty prompt's embedding rep
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -21,24 +21,41 @@ import torch
 
 from animatediff_core import storage
 from animatediff_core.clips import ClipConfig
+from animatediff_core.configs import check_fields, need, option
 from animatediff_core.errors import ConfigError
 from animatediff_core.objective import encode_frames, encode_text
 from animatediff_core.pipeline import check_base_folder, load_base
 from pipelines.decode import ClipDecoder, SkipTally, clip_array
+from pipelines.ray_session import has_gpus
 from pipelines.webvid import INGEST_META, DataSource, check_tables, find_source, read_rows
 
 
-@dataclass(frozen=True)
+_CLIP = ClipConfig()
+
+
+@dataclass(frozen=True, kw_only=True)
 class IngestRun:
-    data: str
-    base: str
-    out: str
-    clip: ClipConfig = field(default_factory=ClipConfig)
-    decoders: int = 4
-    decode_cpus: float = 0.5
-    encoders: int = 1
-    use_gpu: bool | None = None  # None: one GPU per encoder when the cluster has GPUs
-    encode_batch: int = 8
+    """The ingest job's settings: the only place their names, types, defaults and help are written."""
+
+    data: str = option(help="WebVid-format table (CSV/Parquet), a folder of them, or a folder of videos with captions.csv")
+    base: str = option(help="diffusers SD-1.x folder or Hub id whose VAE and text encoder encode the clips")
+    out: str = option(help="output folder (local or fsspec URI) for the Parquet shards and _ingest.json")
+    num_frames: int = option(_CLIP.num_frames, help="frames per clip")
+    stride: int = option(_CLIP.stride, help="frame stride of a clip")
+    size: int = option(_CLIP.size, help="clip side after resize and center crop")
+    decoders: int = option(4, help="most video-decoding actors")
+    decode_cpus: float = option(0.5, help="CPUs per decoding actor")
+    encoders: int = option(1, help="VAE/text-encoder actors (one GPU each when there are GPUs)")
+    encode_batch: int = option(8, help="clips per encoder call")
+
+    def __post_init__(self):
+        check_fields(self)
+        for name in ("num_frames", "stride", "size", "decoders", "encoders", "encode_batch"):
+            need(getattr(self, name) >= 1, f"{name} must be an integer >= 1, found {getattr(self, name)!r}")
+
+    @property
+    def clip(self) -> ClipConfig:
+        return ClipConfig(num_frames=self.num_frames, stride=self.stride, size=self.size, num_threads=1)
 
 
 class LatentEncoder:
@@ -87,7 +104,7 @@ def shapes(base: str, clip: ClipConfig) -> tuple[list[int], list[int]]:
 
 def run_ingest(run: IngestRun, source: DataSource) -> dict:
     """Decode, encode and write the shards, then `_ingest.json`; returns that metadata."""
-    use_gpu = run.use_gpu if run.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= 1
+    use_gpu = has_gpus()
     tally = SkipTally.remote()
     clips = read_rows(source, num_cpus=run.decode_cpus).map_batches(
         ClipDecoder, fn_constructor_args=(run.clip, tally), batch_format="pandas", batch_size=4,

@@ -25,32 +25,40 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from animatediff_core import storage
+from animatediff_core.configs import check_fields, need, option
 from animatediff_core.errors import AnimateDiffError, ConfigError
 from animatediff_core.pipeline import check_base_folder, read_unet_config
 from animatediff_core.trainer import TrainConfig
 from pipelines.decode import ClipDecoder, SkipTally
+from pipelines.ray_session import has_gpus
 from pipelines.train_loop import METRICS_FILE, train_worker
 from pipelines.webvid import DataSource, check_tables, find_source, read_rows
 
 CHECKPOINT_RE = re.compile(r"checkpoint-(\d{6,})$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainRun:
     """Where and how a training run executes (the recipe itself is a TrainConfig)."""
 
-    data: str
-    base: str
-    storage: str
-    name: str = "motion-module"
-    motion_module: str | None = None  # start from this module (required for motion LoRA)
-    workers: int = 1
-    use_gpu: bool | None = None  # None: one GPU per worker when the cluster has GPUs
-    cpus_per_worker: float | None = None  # None: 1 with GPUs, 0.5 on CPU (leaves cores to decoding)
-    decoders: int = 4  # most decode actors
-    decode_cpus: float = 0.5
-    max_failures: int = 2  # worker-group restarts from the latest checkpoint
-    resume: bool = False
+    data: str = option(help="WebVid-format table (CSV/Parquet), a folder of them, a folder of videos with "
+                            "captions.csv, or a jobs.ingest folder; any fsspec URI")
+    base: str = option(help="diffusers SD-1.x folder or Hub id (frozen)")
+    storage: str = option(help="where runs go (local folder or fsspec URI); the run is STORAGE/NAME")
+    name: str = option("motion-module", help="run name")
+    motion_module: str | None = option(None, help="start from this motion module (required for --motion-lora)")
+    workers: int = option(1, help="training workers (one GPU each when the cluster has GPUs)")
+    cpus_per_worker: float | None = option(None, help="default: 1 with GPUs, 0.5 on CPU (leaves cores to decoding)")
+    decoders: int = option(4, help="most video-decoding actors")
+    decode_cpus: float = option(0.5, help="CPUs per decoding actor")
+    max_failures: int = option(2, help="worker-group restarts from the latest checkpoint")
+    resume: bool = option(False, help="continue the run STORAGE/NAME from its latest checkpoint")
+
+    def __post_init__(self):
+        check_fields(self)
+        need(self.workers >= 1, f"workers must be an integer >= 1, found {self.workers!r}")
+        need(self.decoders >= 1, f"decoders must be an integer >= 1, found {self.decoders!r}")
+        need(self.max_failures >= 0, f"max_failures must be >= 0, found {self.max_failures!r}")
 
     @property
     def run_dir(self) -> str:
@@ -101,8 +109,6 @@ def check_run(run: TrainRun, cfg: TrainConfig) -> TrainPlan:
     Precomputed latents (jobs.ingest) fix num_frames, size and stride: the plan's config takes theirs.
     """
     cfg.validate()
-    if not isinstance(run.workers, int) or run.workers < 1:
-        raise ConfigError(f"--workers must be an integer >= 1, found {run.workers!r}")
     check_base_folder(run.base)
     if run.motion_module and not storage.exists(run.motion_module):
         raise ConfigError(f"--motion-module {run.motion_module}: not found")
@@ -165,7 +171,7 @@ def build_dataset(source: DataSource, cfg: TrainConfig, run: TrainRun, tally=Non
 
 
 def build_trainer(run: TrainRun, cfg: TrainConfig, source: DataSource, tally=None) -> TorchTrainer:
-    use_gpu = run.use_gpu if run.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= 1
+    use_gpu = has_gpus()
     cpus = run.cpus_per_worker or (1.0 if use_gpu else 0.5)
     run = replace(run, cpus_per_worker=cpus)
     path, arrow_fs = storage.arrow_location(run.storage)

@@ -107,7 +107,7 @@ def test_mixed_precision_and_gradient_checkpointing(tiny_models):
     p, c = plain.unet.state_dict(), ckpt.unet.state_dict()
     assert all(torch.allclose(p[k], c[k], atol=1e-6) for k in p)
     for mode in ("bf16", "fp16"):
-        loss = _run(_trainer(tiny_models, _cfg(mixed_precision=mode)), 1)[0]
+        loss = _run(_trainer(tiny_models, _cfg(precision=mode)), 1)[0]
         assert loss == loss and 0 < loss < 10
 
 
@@ -149,7 +149,7 @@ def test_fresh_lora_is_a_no_op_and_configs_are_checked(tiny_models):
         assert torch.equal(ref, unet(x, t, encoder_hidden_states=text).sample)
     with pytest.raises(ConfigError, match="motion LoRA adapts an existing motion module"):
         _trainer(tiny_models, _cfg(motion_lora_rank=4))
-    for bad in (dict(lr=0), dict(caption_dropout=1.0), dict(size=60), dict(mixed_precision="fp8"),
+    for bad in (dict(lr=0), dict(caption_dropout=1.0), dict(size=60), dict(precision="fp8"),
                 dict(num_frames=0), dict(motion_lora_rank=0)):
         with pytest.raises(ConfigError):
             _cfg(**bad).validate()
