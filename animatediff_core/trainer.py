@@ -27,6 +27,7 @@ from diffusers import AnimateDiffPipeline, MotionAdapter
 
 from . import storage
 from .clips import ClipConfig
+from .configs import check_fields, need, option
 from .errors import CheckpointError, ConfigError
 from .generate import GenerationSettings, Request, generate
 from .inflate import MotionModuleConfig, extract_motion_adapter, freeze_base, inflate_unet, is_motion_param
@@ -43,7 +44,7 @@ VALIDATION_PROMPTS = (
     "Robot dancing in times square.",
     "Pacific coast, carmel by the sea ocean and waves.",
 )
-MIXED_PRECISION = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtypes
 # Files inside one checkpoint folder.
 ADAPTER_DIR = "motion_adapter"  # diffusers MotionAdapter folder
 ORIGINAL_FILE = "motion_module.safetensors"  # original AnimateDiff keys
@@ -54,29 +55,35 @@ CONFIG_FILE = "train_config.json"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """AnimateDiff's motion-module training recipe. `batch_size` is clips per worker per step."""
+    """AnimateDiff's motion-module training recipe. `batch_size` is clips per worker per step.
 
-    lr: float = 1e-4
-    weight_decay: float = 1e-2
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    caption_dropout: float = 0.1
-    num_frames: int = 16
-    stride: int = 4
-    size: int = 256
-    batch_size: int = 4
-    max_steps: int = 10_000
-    checkpoint_every: int = 1_000
-    validate_every: int = 1_000  # 0: no validation GIFs
-    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (autocast; fp16 adds a gradient scaler)
-    gradient_checkpointing: bool = False
-    motion_lora_rank: int | None = None  # set: train only motion LoRA adapters of this rank
-    motion_config: MotionModuleConfig = MotionModuleConfig()  # shape of a fresh motion module
-    seed: int = 0
-    validation_prompts: tuple[str, ...] = VALIDATION_PROMPTS
-    validation_steps: int = 25
-    validation_guidance: float = 7.5
+    The only place the recipe's keys, defaults and help are written: `jobs.train` makes its flags and
+    YAML keys from these fields, and `__post_init__` checks every value."""
+
+    lr: float = option(1e-4, help="AdamW learning rate")
+    weight_decay: float = option(1e-2, help="AdamW weight decay")
+    adam_betas: tuple[float, ...] = option((0.9, 0.999), help="AdamW betas")
+    adam_epsilon: float = option(1e-8, help="AdamW epsilon")
+    max_grad_norm: float = option(1.0, help="gradient clipping")
+    caption_dropout: float = option(0.1, help="fraction of captions replaced by the empty prompt")
+    num_frames: int = option(16, help="frames per clip")
+    stride: int = option(4, help="frame stride of a clip")
+    size: int = option(256, help="clip side after resize and center crop (a multiple of 8)")
+    batch_size: int = option(4, help="clips per worker per step")
+    max_steps: int = option(10_000, help="train up to this step")
+    checkpoint_every: int = option(1_000, help="steps between checkpoints")
+    validate_every: int = option(1_000, help="steps between validation GIFs (0: none)")
+    precision: str = option("fp32", choices=tuple(PRECISION), help="autocast precision (fp16 adds a gradient scaler)")
+    gradient_checkpointing: bool = option(False, help="recompute activations in the backward pass (less memory)")
+    motion_lora_rank: int | None = option(None, flag="--motion-lora", help="train only LoRA adapters of this rank on the motion module")
+    motion_config: MotionModuleConfig = MotionModuleConfig()  # shape of a fresh motion module (Python only)
+    seed: int = option(0, help="seed of every step's randomness")
+    validation_prompts: tuple[str, ...] = option(VALIDATION_PROMPTS, help="prompts sampled to GIFs at each validation")
+    validation_steps: int = option(25, help="sampler steps of the validation GIFs")
+    validation_guidance: float = option(7.5, help="guidance of the validation GIFs")
+
+    def __post_init__(self):
+        self.validate()
 
     @classmethod
     def tiny(cls, **overrides) -> "TrainConfig":
@@ -98,25 +105,20 @@ class TrainConfig:
         return ClipConfig(num_frames=self.num_frames, stride=self.stride, size=self.size, num_threads=num_threads)
 
     def validate(self) -> None:
-        """Raise ConfigError naming the first value out of range."""
-        def need(ok: bool, msg: str):
-            if not ok:
-                raise ConfigError(msg)
-
+        """Raise ConfigError naming the first value of the wrong type or out of range."""
+        check_fields(self)
         for name in ("num_frames", "stride", "size", "batch_size", "max_steps", "checkpoint_every", "validation_steps"):
             v = getattr(self, name)
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{name} must be an integer >= 1, found {v!r}")
-        need(isinstance(self.validate_every, int) and self.validate_every >= 0, f"validate_every must be >= 0, found {self.validate_every!r}")
+            need(v >= 1, f"{name} must be an integer >= 1, found {v!r}")
+        need(self.validate_every >= 0, f"validate_every must be >= 0, found {self.validate_every!r}")
         need(self.size % 8 == 0, f"size must be a multiple of 8 (the VAE downsamples by 8), found {self.size}")
         need(self.lr > 0, f"lr must be > 0, found {self.lr}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, found {self.weight_decay}")
         need(self.max_grad_norm > 0, f"max_grad_norm must be > 0, found {self.max_grad_norm}")
         need(0 <= self.caption_dropout < 1, f"caption_dropout must be in [0, 1), found {self.caption_dropout}")
-        need(self.mixed_precision in MIXED_PRECISION,
-             f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, found {self.mixed_precision!r}")
+        need(len(self.adam_betas) == 2, f"adam_betas must be two numbers, found {self.adam_betas!r}")
         rank = self.motion_lora_rank
-        need(rank is None or (isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1),
-             f"motion_lora_rank must be an integer >= 1 or unset, found {rank!r}")
+        need(rank is None or rank >= 1, f"motion_lora_rank must be an integer >= 1 or unset, found {rank!r}")
         need(bool(self.validation_prompts) or self.validate_every == 0, "validation needs at least one prompt")
 
     def to_json(self) -> dict:
@@ -184,12 +186,12 @@ class MotionTrainer:
         self.params = [p for p in self.unet.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.adam_betas),
                                            eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.mixed_precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.step = 0
         self._null_text: torch.Tensor | None = None
 
     def autocast(self):
-        dtype = MIXED_PRECISION[self.cfg.mixed_precision]
+        dtype = PRECISION[self.cfg.precision]
         return torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
     def train_step(self, batch: Batch, generator: torch.Generator) -> StepResult:

@@ -48,7 +48,7 @@ def train_check(models: str, args, dev: str) -> dict:
             continue
         base = load_base(os.path.join(models, "base"))
         motion = MotionModuleConfig.sd15() if args.shape == "sd15" else MotionModuleConfig.tiny()
-        cfg = TrainConfig(num_frames=args.frames, size=size, batch_size=args.train_batch, mixed_precision=mp,
+        cfg = TrainConfig(num_frames=args.frames, size=size, batch_size=args.train_batch, precision=mp,
                           gradient_checkpointing=ckpt, motion_config=motion)
         trainer = MotionTrainer(base, cfg, device=dev)
         before = {n: p.detach().clone() for n, p in trainer.unet.named_parameters()}
