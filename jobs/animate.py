@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.ray_session import init_ray
 
     storage.write_text_atomic(prep.layout.job_config, dump_config(cfg))
-    init_ray()
+    init_ray(include_dashboard=False)
     result = run_animate(prep)
     print(result.summary.text(result.seconds))
     print(f"videos: {storage.join(cfg.out, 'videos')}\nmetadata: {prep.layout.metadata}\nindex: {result.index}")

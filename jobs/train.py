@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     if plan.source.kind == "latents":
         print(f"training on precomputed latents: {plan.cfg.num_frames} frames at {plan.cfg.size}x{plan.cfg.size} (set by jobs.ingest)")
     storage.write_text_atomic(storage.join(job.run_dir, "job.yaml"), dump_config(job, cfg))
-    init_ray(include_dashboard=True)  # Ray Train queries the dashboard; RAY_ADDRESS (ray job submit) joins a cluster
+    init_ray()  # Ray's default dashboard setting: Ray Train uses it where its packages are installed
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -9,7 +9,8 @@ log = logging.getLogger(__name__)
 
 
 def init_ray(**kwargs) -> None:
-    """Join the cluster named by RAY_ADDRESS (`ray job submit` sets it), else start an embedded one."""
+    """Join the cluster named by RAY_ADDRESS (`ray job submit` sets it), else start an embedded one
+    (`kwargs` go to `ray.init`, e.g. include_dashboard=False where nothing needs it)."""
     import ray
 
     if ray.is_initialized():
@@ -18,7 +19,7 @@ def init_ray(**kwargs) -> None:
         ray.init(**kwargs)
         log.info("joined Ray cluster at %s", os.environ["RAY_ADDRESS"])
     else:
-        ray.init(include_dashboard=kwargs.pop("include_dashboard", False), **kwargs)
+        ray.init(**kwargs)
         log.info("started an embedded Ray (%s CPUs, %s GPUs)", *(ray.cluster_resources().get(k, 0) for k in ("CPU", "GPU")))
 
 

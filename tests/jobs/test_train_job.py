@@ -98,7 +98,6 @@ def _config(tiny_models, video_folder, tmp_path, **change) -> str:
     ({"storage": "/dev/null/runs"}, "--storage /dev/null/runs: not writable"),
     ({"motion_lora": 4}, "--motion-lora trains LoRA adapters on an existing motion module"),
     ({"resume": True}, "--resume: no checkpoint in"),
-    ({"num_frames": 0}, "num_frames must be an integer >= 1"),
 ])
 def test_config_checked_before_ray_starts(tiny_models, video_folder, tmp_path, change, message):
     from animatediff_core.errors import AnimateDiffError
@@ -111,6 +110,8 @@ def test_config_checked_before_ray_starts(tiny_models, video_folder, tmp_path, c
 @pytest.mark.parametrize("change,code,message", [
     ({"base": "/nonexistent/base"}, 1, "error: /nonexistent/base: base model folder not found"),
     ({"learning_rate": 1}, 2, "unknown key(s) learning_rate"),
+    ({"num_frames": 0}, 2, "num_frames must be an integer >= 1"),
+    ({"lr": "fast"}, 2, "lr: expected float, found 'fast'"),
 ])
 def test_one_clear_line_when_nothing_can_run(tiny_models, video_folder, tmp_path, change, code, message):
     done = _run("jobs.train", ["--config", _config(tiny_models, video_folder, tmp_path, **change)])
