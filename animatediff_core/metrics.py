@@ -52,11 +52,17 @@ class Clip:
         return next(self.model.parameters()).device
 
 
+def check_clip_folder(uri: str) -> None:
+    """Raise CheckpointError unless `uri` looks like a CLIPModel folder (reads no weights)."""
+    missing = [f for f in ("config.json", "preprocessor_config.json") if not storage.exists(storage.join(uri, f))]
+    if missing:
+        raise CheckpointError(f"--clip {uri}: not a transformers CLIPModel folder (missing {', '.join(missing)}); "
+                              "give a local copy of e.g. openai/clip-vit-large-patch14")
+
+
 def load_clip(uri: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Clip:
     """Load a transformers CLIPModel folder (local or any fsspec URI, copied to a local cache once)."""
-    if not storage.exists(storage.join(uri, "config.json")):
-        raise CheckpointError(f"--clip {uri}: not a transformers CLIPModel folder (no config.json); "
-                              "give a local copy of e.g. openai/clip-vit-large-patch14")
+    check_clip_folder(uri)
     local = storage.localize(uri)
     try:
         model = CLIPModel.from_pretrained(local, torch_dtype=dtype, local_files_only=True).to(device).eval()

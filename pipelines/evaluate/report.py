@@ -172,3 +172,13 @@ Click a column header to sort.</p>
     uri = storage.join(out, "report.html")
     storage.write_text_atomic(uri, page)
     return uri
+
+
+def summary(scored: pd.DataFrame, board: pd.DataFrame, seconds: float, report_uri: str) -> str:
+    """The job's closing lines: the leaderboard's main columns and where the outputs are."""
+    cols = ["rank", "checkpoint", "motion_module_label", "n", "errors", "text_alignment_mean",
+            "frame_consistency_mean", "motion_pixel_mean", "domain_similarity_mean"]
+    out = report_uri[: -len("report.html")].rstrip("/")
+    return "\n".join([board[cols].to_string(index=False, float_format="%.3f"),
+                      f"{len(scored)} videos ({int(board['errors'].sum())} errors) evaluated in {seconds:.1f}s",
+                      f"leaderboard: {storage.join(out, 'leaderboard.csv')}", f"report: {report_uri}"])

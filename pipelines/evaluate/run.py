@@ -40,6 +40,20 @@ class EvaluateConfig:
     torch_threads: int | None = None
 
 
+def connect(num_gpus_per_worker: float | None) -> float:
+    """Join the cluster at RAY_ADDRESS (or start a local one) unless connected; GPUs per actor (default:
+    1 where the cluster has GPUs, else 0)."""
+    import os
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init() if os.environ.get("RAY_ADDRESS") else ray.init(include_dashboard=False)
+    if num_gpus_per_worker is not None:
+        return num_gpus_per_worker
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
 def find_runs(uris: list[str]) -> list[str]:
     """Batch-job output folders: each URI that has metadata/, else its subfolders that do."""
     runs = []
