@@ -23,9 +23,9 @@ import pandas as pd
 from animatediff_core import storage
 from animatediff_core.metrics import METRICS
 
-TITLES = {"text_alignment": "text alignment (CLIPScore, 0-100)", "frame_consistency": "frame consistency (consecutive, cosine)",
-          "frame_consistency_all_pairs": "frame consistency (all pairs, cosine)", "temporal_flicker": "temporal flicker score (1 = still)",
-          "motion_pixel": "motion: mean absolute pixel change (0-255)", "domain_similarity": "domain similarity to the still (cosine)"}
+TITLES = {"text_alignment": "text alignment (CLIPScore, 0-100)", "frame_consistency": "frame consistency (consecutive)",
+          "frame_consistency_all_pairs": "frame consistency (all pairs)", "temporal_flicker": "temporal flicker (1 = still)",
+          "motion_pixel": "motion: mean abs. pixel change (0-255)", "domain_similarity": "domain similarity to the still"}
 
 
 def write_tables(scored: pd.DataFrame, board: pd.DataFrame, out: str) -> None:
@@ -60,7 +60,7 @@ def write_plots(board: pd.DataFrame, out: str) -> list[str]:
         ax.barh(range(len(board)), np.nan_to_num(mean), xerr=err, color="#4c72b0", capsize=3)
         ax.set_yticks(range(len(board)), names)
         ax.invert_yaxis()
-        ax.set_title(f"{TITLES[m]}: mean, 95% CI")
+        ax.set_title(f"{TITLES[m]}\nmean, 95% CI", fontsize=10)
         paths.append(_save(fig, out, f"plots/{m}.png"))
         if curve:
             fig, ax = plt.subplots(figsize=(7, 4))
@@ -70,7 +70,7 @@ def write_plots(board: pd.DataFrame, out: str) -> list[str]:
                 ax.plot(steps, g[f"{m}_mean"], marker="o", label=str(ckpt))
                 ax.fill_between(steps, g[f"{m}_ci_low"].to_numpy(float), g[f"{m}_ci_high"].to_numpy(float), alpha=0.2)
             ax.set_xlabel("training step")
-            ax.set_title(f"{TITLES[m]} over training")
+            ax.set_title(f"{TITLES[m]} over training", fontsize=10)
             ax.legend(fontsize=8)
             paths.append(_save(fig, out, f"plots/{m}_curve.png"))
     return paths

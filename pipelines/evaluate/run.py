@@ -80,11 +80,12 @@ def read_runs(uris: list[str]) -> pd.DataFrame:
         meta["run"] = run
         parts.append(meta)
     rows = pd.concat(parts, ignore_index=True)
-    described = {u: describe(u) for u in rows["motion_module"].fillna("").unique()}
+    for col in ("checkpoint_uri", "gif_uri", "motion_module", "negative_prompt"):  # older tables may lack them
+        rows[col] = rows[col].fillna("").astype(str) if col in rows.columns else ""
+    described = {u: describe(u) for u in rows["motion_module"].unique()}
     labels = [m.label for m in described.values()]
-    rows["motion_module_label"] = [described[u].label if labels.count(described[u].label) == 1 else u
-                                   for u in rows["motion_module"].fillna("")]
-    rows["step"] = [float("nan") if described[u].step is None else float(described[u].step) for u in rows["motion_module"].fillna("")]
+    rows["motion_module_label"] = [described[u].label if labels.count(described[u].label) == 1 else u for u in rows["motion_module"]]
+    rows["step"] = [float("nan") if described[u].step is None else float(described[u].step) for u in rows["motion_module"]]
     log.info("%d videos from %d folder(s): %d failed to generate (counted as errors, not scored)",
              len(rows), len(parts), int((rows["status"] != "ok").sum()))
     return rows
