@@ -39,7 +39,8 @@ def generate(models: str, table: str, args, out: str) -> float:
 
 
 def stages(models: str, folder: str, out: str) -> dict[str, float]:
-    from pipelines.evaluate.run import EvaluateConfig, read_runs, render_stills, score
+    from pipelines.evaluate.run import EvaluateConfig, render_stills, score
+    from pipelines.evaluate.runs import read_runs
 
     cfg = EvaluateConfig(clip=os.path.join(models, "clip"), out=out, base=os.path.join(models, "base"), workers=1,
                          cpus_per_worker=1, torch_threads=2)

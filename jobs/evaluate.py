@@ -72,14 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.score_only and not (args.base and args.motion_module):
         parser.error("give --base and --motion-module to generate, or --score-only FOLDER to score existing videos")
     quiet_libraries()
+    from pipelines.evaluate import runs
+
+    folders = runs.find_runs(args.score_only) if args.score_only else None  # checked before the heavy imports
     from animatediff_core.metrics import check_clip_folder
     from pipelines.evaluate import leaderboard, prompts, report, run as ev
     from pipelines.rows import read_checkpoint_set
 
     check_clip_folder(args.clip)
     tables, start = prompts.read_prompt_tables(args.prompts), time.time()
-    folders = ev.find_runs(args.score_only) if args.score_only else _generate(
-        args, prompts.write_seeded(tables, args.seeds_per_prompt, args.out))
+    folders = folders or _generate(args, prompts.write_seeded(tables, args.seeds_per_prompt, args.out))
     cfg = ev.EvaluateConfig(args.clip, args.out, args.base if args.domain_similarity else None,
                             read_checkpoint_set(args.checkpoints) if args.checkpoints else None, args.workers,
                             ev.connect(args.num_gpus_per_worker), args.cpus_per_worker, args.videos_per_call,

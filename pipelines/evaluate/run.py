@@ -14,13 +14,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from animatediff_core import storage
-from animatediff_core.errors import ConfigError
 from animatediff_core.personalize import CheckpointSpec
-from pipelines.evaluate.modules import describe
+from pipelines.evaluate.runs import add_categories, read_runs
 from pipelines.evaluate.stage import MetricsStage
 from pipelines.evaluate.stills import STILL_KEYS, StillStage, still_key
-from pipelines.report import read_metadata
 
 log = logging.getLogger(__name__)
 
@@ -52,52 +49,6 @@ def connect(num_gpus_per_worker: float | None) -> float:
     if num_gpus_per_worker is not None:
         return num_gpus_per_worker
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-
-
-def find_runs(uris: list[str]) -> list[str]:
-    """Batch-job output folders: each URI that has metadata/, else its subfolders that do."""
-    runs = []
-    for uri in uris:
-        if storage.exists(storage.join(uri, "metadata")):
-            runs.append(uri)
-            continue
-        subs = []
-        if storage.isdir(uri):
-            fs, path = storage.fs_and_path(uri)
-            names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
-            subs = [storage.join(uri, n) for n in names if storage.exists(storage.join(uri, n, "metadata"))]
-        if not subs:
-            raise ConfigError(f"{uri}: not a batch-job output folder (no metadata/ in it or in its subfolders)")
-        runs += subs
-    return runs
-
-
-def read_runs(uris: list[str]) -> pd.DataFrame:
-    """The metadata rows of every run, with `run`, `motion_module_label` and `step` (None outside training runs)."""
-    parts = []
-    for run in find_runs(uris):
-        meta = read_metadata(run)
-        meta["run"] = run
-        parts.append(meta)
-    rows = pd.concat(parts, ignore_index=True)
-    for col in ("checkpoint_uri", "gif_uri", "motion_module", "negative_prompt"):  # older tables may lack them
-        rows[col] = rows[col].fillna("").astype(str) if col in rows.columns else ""
-    described = {u: describe(u) for u in rows["motion_module"].unique()}
-    labels = [m.label for m in described.values()]
-    rows["motion_module_label"] = [described[u].label if labels.count(described[u].label) == 1 else u for u in rows["motion_module"]]
-    rows["step"] = [float("nan") if described[u].step is None else float(described[u].step) for u in rows["motion_module"]]
-    log.info("%d videos from %d folder(s): %d failed to generate (counted as errors, not scored)",
-             len(rows), len(parts), int((rows["status"] != "ok").sum()))
-    return rows
-
-
-def add_categories(rows: pd.DataFrame, tables: list[pd.DataFrame]) -> pd.DataFrame:
-    """`category` from prompt tables that have one, matched on the prompt text ("" where none matches)."""
-    cats = {}
-    for t in tables:
-        if "category" in t.columns:
-            cats.update(dict(zip(t["prompt"].astype(str), t["category"].fillna("").astype(str))))
-    return rows.assign(category=[cats.get(p, "") for p in rows["prompt"]])
 
 
 def _pool(cfg: EvaluateConfig) -> dict:

@@ -85,7 +85,7 @@ def test_text_alignment_matches_torchmetrics_clipscore(clip, tiny_models):
     reference = CLIPScore(model_name_or_path=lambda: (Features(CLIPModel.from_pretrained(folder)), CLIPProcessor.from_pretrained(folder)))
     for seed, prompt in ((0, "a red sports car drifting"), (1, "a corgi running on the beach at sunset")):
         video = _crossfade(f=5, h=36, w=52, seed=seed)
-        expected = float(reference(torch.from_numpy(video).permute(0, 3, 1, 2), [prompt] * len(video)))
+        expected = float(reference(torch.from_numpy(video).permute(0, 3, 1, 2), [prompt] * len(video)).detach())
         reference.reset()
         assert _score(clip, video, prompt)["text_alignment"] == pytest.approx(expected, rel=1e-4, abs=1e-4)
 

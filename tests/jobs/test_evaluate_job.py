@@ -47,6 +47,7 @@ def test_generate_and_evaluate(generated):
     assert sorted(board.checkpoint) == ["dreamy", "toon_lora"] and board.n.tolist() == [3, 3] and board.errors.tolist() == [0, 0]
     assert {"text_alignment_mean", "frame_consistency_mean", "motion_pixel_mean", "domain_similarity_ci_high"} <= set(board.columns)
     assert len(list((out / "generated").rglob("*.mp4"))) == 6 and len(list((out / "stills").rglob("*.png"))) == 6
+    assert (board.domain_similarity_ci_low <= board.domain_similarity_mean).all() and (board.domain_similarity_n == 3).all()
     assert (out / "report.html").read_text().count('<td class="cell">') == 3 * 2
 
 
@@ -66,10 +67,11 @@ def test_score_only_regenerates_nothing(generated, tiny_models, tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--score-only", "/nonexistent/run"], "/nonexistent/run: not a batch-job output folder"),
-    (["--score-only", "/tmp", "--clip", "/nonexistent/clip"], "--clip /nonexistent/clip: not a transformers CLIPModel folder"),
+    (["--score-only", "GENERATED", "--clip", "/nonexistent/clip"], "--clip /nonexistent/clip: not a transformers CLIPModel folder"),
     (["--base", "/b"], "give --base and --motion-module to generate, or --score-only"),
 ])
-def test_one_line_errors(tiny_models, tmp_path, args, message):
+def test_one_line_errors(generated, tiny_models, tmp_path, args, message):
+    args = [str(generated[0] / "generated") if a == "GENERATED" else a for a in args]
     argv = ["--clip", str(tiny_models / "clip"), "--out", str(tmp_path / "o"), *args]
     done = _run(argv, timeout=120)
     assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr
