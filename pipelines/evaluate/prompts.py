@@ -28,6 +28,10 @@ def read_prompt_tables(uris: list[str]) -> list[pd.DataFrame]:
     return tables
 
 
+def _text(v) -> str:
+    return "" if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v)
+
+
 def _seed_of(prompt: str) -> int:
     return int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) % 2**31
 
@@ -46,8 +50,8 @@ def expand_seeds(tables: list[pd.DataFrame], seeds_per_prompt: int) -> pd.DataFr
             for k in range(seeds_per_prompt):
                 rid = r.get("id")
                 rid = None if rid is None or pd.isna(rid) else (f"{rid}-s{k}" if seeds_per_prompt > 1 else str(rid))
-                rows.append({"id": rid, "category": r.get("category") or "", "prompt": prompt,
-                             "negative_prompt": r.get("negative_prompt") or "", "seed": seed + k})
+                rows.append({"id": rid, "category": _text(r.get("category")), "prompt": prompt,
+                             "negative_prompt": _text(r.get("negative_prompt")), "seed": seed + k})
     out = pd.DataFrame(rows)
     if out["id"].isna().all():
         out = out.drop(columns="id")

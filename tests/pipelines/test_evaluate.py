@@ -161,3 +161,18 @@ def test_learning_curve_plots(tmp_path):
     report = Path(write_report(scored, board, str(tmp_path)))
     curves = re.findall(r'src="(plots/\w+_curve\.png)"', report.read_text())
     assert len(curves) == 6 and all((tmp_path / c).is_file() for c in curves)
+
+
+def test_prompt_suite_and_seeds(tmp_path):
+    from pipelines.evaluate.prompts import expand_seeds, read_prompt_tables
+
+    suite = read_prompt_tables([os.path.join(os.path.dirname(__file__), "..", "..", "jobs", "data", "eval_prompts.csv")])[0]
+    assert len(suite) >= 40 and suite.id.is_unique and suite.seed.notna().all()
+    assert set(suite.category) == {"people", "animals", "nature", "vehicles", "camera", "styles"}
+    rows = expand_seeds([suite], 2)
+    assert len(rows) == 2 * len(suite) and rows.id.is_unique and (rows.negative_prompt != "").all()
+    assert rows.seed.tolist()[:2] == [suite.seed[0], suite.seed[0] + 1]
+    own = pd.DataFrame({"prompt": ["a cat", "a dog"], "negative_prompt": [None, "blurry"]})
+    mine = expand_seeds([own], 1)
+    assert "id" not in mine and mine.negative_prompt.tolist() == ["", "blurry"] and mine.seed.nunique() == 2
+    assert expand_seeds([own], 1).seed.tolist() == mine.seed.tolist()  # derived from the text: stable
