@@ -180,5 +180,6 @@ def summary(scored: pd.DataFrame, board: pd.DataFrame, seconds: float, report_ur
             "frame_consistency_mean", "motion_pixel_mean", "domain_similarity_mean"]
     out = report_uri[: -len("report.html")].rstrip("/")
     return "\n".join([board[cols].to_string(index=False, float_format="%.3f"),
-                      f"{len(scored)} videos ({int(board['errors'].sum())} errors) evaluated in {seconds:.1f}s",
+                      f"{len(scored)} videos ({int(board['errors'].sum())} errors) evaluated in {seconds:.1f}s; "
+                      f"{int(board['truncated_prompts'].sum())} videos had prompts past CLIP's 77 tokens (truncated)",
                       f"leaderboard: {storage.join(out, 'leaderboard.csv')}", f"report: {report_uri}"])
