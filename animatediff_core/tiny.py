@@ -7,6 +7,8 @@
   out/motion_module.safetensors    the same module in the original AnimateDiff layout
   out/checkpoints/                 personalized checkpoints: a DreamBooth-style single-file LDM
                                    .safetensors, a kohya LoRA and a diffusers/peft LoRA
+  out/clip/                        a random CLIP (transformers CLIPModel folder with tokenizer and
+                                   image-processor config) for the evaluation metrics
 The shapes follow SD-1.x (cross-attention UNet, 4-channel latents, CLIP text encoder) at toy width.
 """
 
@@ -18,7 +20,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
 from diffusers.utils import logging as diffusers_logging
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPTextModel
 from transformers.utils import logging as transformers_logging
 
 from .checkpoints import save_state_dict
@@ -65,6 +67,13 @@ SD15_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("Down
 SD15_TEXT = dict(TINY_TEXT, hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
                  projection_dim=768)
 PRESETS = {"tiny": (TINY_UNET, TINY_VAE, TINY_TEXT), "sd15": (SD15_UNET, SD15_VAE, SD15_TEXT)}
+# The evaluation CLIP: a 32-px toy, or OpenAI CLIP ViT-L/14's shapes for benchmarks.
+CLIP_PRESETS = {
+    "tiny": dict(text_config=dict(TINY_TEXT, num_hidden_layers=2), projection_dim=32, vision_config=dict(
+        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=32, patch_size=8)),
+    "sd15": dict(text_config=SD15_TEXT, projection_dim=768, vision_config=dict(
+        hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=24, image_size=224, patch_size=14)),
+}
 LORA_TARGETS_UNET = ("to_q", "to_k", "to_v", "to_out.0")
 LORA_TARGETS_TEXT = ("q_proj", "k_proj", "v_proj", "out_proj")
 
@@ -119,6 +128,20 @@ def write_tiny_models(out: str | Path, seed: int = 0, preset: str = "tiny") -> P
     rank = 4 if preset == "tiny" else 32
     save_state_dict(_kohya_lora_state(unet, text, g, rank=rank, alpha=rank / 2), str(ckpts / "toon_lora.safetensors"))
     save_state_dict(_peft_lora_state(unet, g, rank=rank), str(ckpts / "film_peft_lora.safetensors"))
+    torch.manual_seed(seed + 2)  # the CLIP is written last, from its own seed: the files above do not depend on it
+    write_clip(out / "clip", preset)
+    return out
+
+
+def write_clip(out: str | Path, preset: str = "tiny") -> Path:
+    """A random CLIPModel folder with CLIP's BPE tokenizer and image-processor config (OpenAI's mean/std,
+    bicubic resize of the short side and center crop to the vision model's size), loadable offline."""
+    out = Path(out)
+    model = CLIPModel(CLIPConfig(**CLIP_PRESETS[preset]))
+    model.save_pretrained(out)
+    write_clip_tokenizer(out)
+    side = model.config.vision_config.image_size
+    CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}).save_pretrained(out)
     return out
 
 

@@ -15,7 +15,6 @@ without it an existing run is refused rather than silently continued.
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, replace
 
@@ -31,10 +30,11 @@ from animatediff_core.pipeline import check_base_folder, read_unet_config
 from animatediff_core.trainer import TrainConfig
 from pipelines.decode import ClipDecoder, SkipTally
 from pipelines.ray_session import has_gpus
-from pipelines.train_loop import METRICS_FILE, train_worker
+from pipelines import run_folder
+from pipelines.run_folder import list_checkpoints
+from pipelines.train_loop import train_worker
 from pipelines.webvid import DataSource, check_tables, find_source, read_rows
 
-CHECKPOINT_RE = re.compile(r"checkpoint-(\d{6,})$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,20 +78,6 @@ class TrainSummary:
     skipped_videos: dict
     seconds: float
     resumed_from: int | None
-
-
-def list_checkpoints(run_dir: str) -> dict[int, str]:
-    """{step: uri} of the checkpoint folders in a run folder (complete ones: training_state.pt present)."""
-    if not storage.exists(run_dir):
-        return {}
-    fs, path = storage.fs_and_path(run_dir)
-    found = {}
-    for entry in fs.ls(path, detail=False):
-        m = CHECKPOINT_RE.search(entry.rstrip("/"))
-        uri = storage.join(run_dir, entry.rstrip("/").rsplit("/", 1)[-1])
-        if m and storage.exists(storage.join(uri, "training_state.pt")):
-            found[int(m.group(1))] = uri
-    return found
 
 
 @dataclass(frozen=True)
@@ -207,7 +193,7 @@ def train(run: TrainRun, plan: TrainPlan) -> TrainSummary:
     except ray.train.TrainingFailedError as e:
         raise AnimateDiffError(f"training failed after {run.max_failures} restart(s): {_worker_error(e)}") from None
     done = list_checkpoints(run.run_dir)
-    last = _last_metrics(storage.join(run.run_dir, METRICS_FILE))
+    last = _last_metrics(run_folder.metrics(run.run_dir))
     return TrainSummary(steps=int(last.get("step", 0)), loss=last.get("loss"),
                         checkpoint=done[max(done)] if done else None, run_dir=run.run_dir,
                         skipped_videos=last.get("skipped_videos", {}), seconds=time.time() - start,

@@ -31,14 +31,9 @@ from animatediff_core.motion_formats import load_motion_adapter
 from animatediff_core.pipeline import load_base
 from animatediff_core.trainer import Batch, MotionTrainer, TrainConfig, step_generator
 from animatediff_core.video_io import write_gif
+from pipelines import run_folder
 from pipelines.decode import clip_array
-
-METRICS_FILE = "metrics.jsonl"
-VALIDATION_DIR = "validation"
-
-
-def checkpoint_name(step: int) -> str:
-    return f"checkpoint-{step:06d}"
+from pipelines.run_folder import checkpoint_name
 
 
 class ClipStream:
@@ -148,7 +143,7 @@ def build(config: dict, device: torch.device) -> MotionTrainer:
 
 def validate(trainer: MotionTrainer, run_dir: str) -> None:
     """GIFs of the fixed prompt list from the current weights, beside the checkpoints."""
-    folder = storage.join(run_dir, VALIDATION_DIR, f"step-{trainer.step:06d}")
+    folder = run_folder.validation(run_dir, trainer.step)
     prompts = list(trainer.cfg.validation_prompts)
     for i, frames in enumerate(trainer.sample(prompts, seed=trainer.cfg.seed)):
         write_gif(storage.join(folder, f"{i:02d}.gif"), frames, fps=8)
@@ -188,7 +183,7 @@ def train_worker(config: dict) -> None:
     if world > 1:
         trainer.model = ray.train.torch.prepare_model(trainer.unet, move_to_device=False)
     tally = config.get("tally")
-    log = MetricsLog(storage.join(run.run_dir, METRICS_FILE), trainer.step) if rank == 0 else None
+    log = MetricsLog(run_folder.metrics(run.run_dir), trainer.step) if rank == 0 else None
     if rank == 0 and trainer.step:
         _say(f"resuming from {checkpoint_name(trainer.step)} (step {trainer.step})")
     stream = ClipStream(ray.train.get_dataset_shard("train"), cfg.batch_size)

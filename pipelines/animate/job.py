@@ -37,15 +37,10 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 @dataclass(frozen=True, kw_only=True)
-class AnimateConfig:
-    """The batch job's settings: the only place their names, types, defaults and help are written."""
+class GenerationFlags:
+    """How videos are generated and on what: the settings every job that generates shares (the batch
+    job, the evaluation job), written once."""
 
-    prompts: list[str] = option(help="prompt tables (.csv, .csv.gz, .parquet, or folders of them), any fsspec URI")
-    base: str = option(help="diffusers SD-1.x folder")
-    motion_module: list[str] = option(help="motion module(s): MotionAdapter folders or original .safetensors/.ckpt "
-                                           "files, folders of them, or a jobs.train run folder; several = a sweep")
-    checkpoints: str | None = option(None, help="folder of .safetensors or a table (name, uri, [kind], [scale]); default: the base alone")
-    out: str = option("outputs/animate", help="output folder or URI")
     num_frames: int = option(_GEN.num_frames, help="frames per video (rows may override)")
     height: int = option(_GEN.height, help="pixels (rows may override)")
     width: int = option(_GEN.width, help="pixels (rows may override)")
@@ -62,22 +57,40 @@ class AnimateConfig:
     max_batch: int | None = option(None, help="rows per pipeline call (default 8 on GPU, 1 on CPU)")
     precision: str = option("auto", help="weights' precision (auto: fp16 on GPU, fp32 on CPU)", choices=PRECISIONS)
     gif: bool = option(True, help="write GIF previews beside the mp4s")
-    max_error_fraction: float = option(1.0, help="exit non-zero when more than this fraction of rows failed "
-                                                 "(1.0: only when every row failed)")
 
     def __post_init__(self):
         check_fields(self)
-        need(bool(self.prompts), "prompts: give at least one prompt table")
-        need(bool(self.motion_module), "motion_module: give at least one motion module")
         need(self.workers >= 1, f"workers must be >= 1, found {self.workers}")
         need(self.batch_size >= 1, f"batch_size must be >= 1, found {self.batch_size}")
         need(self.max_batch is None or self.max_batch >= 1, f"max_batch must be >= 1, found {self.max_batch}")
         need(self.cpus_per_worker > 0, f"cpus_per_worker must be > 0, found {self.cpus_per_worker}")
-        need(0.0 <= self.max_error_fraction <= 1.0, f"max_error_fraction must be in [0, 1], found {self.max_error_fraction}")
 
     @property
     def defaults(self) -> GenerationSettings:
         return GenerationSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(GenerationSettings)})
+
+    def generation_flags(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(GenerationFlags)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnimateConfig(GenerationFlags):
+    """The batch job's settings: the only place their names, types, defaults and help are written."""
+
+    prompts: list[str] = option(help="prompt tables (.csv, .csv.gz, .parquet, or folders of them), any fsspec URI")
+    base: str = option(help="diffusers SD-1.x folder or Hub id")
+    motion_module: list[str] = option(help="motion module(s): MotionAdapter folders or original .safetensors/.ckpt "
+                                           "files, folders of them, or a jobs.train run folder; several = a sweep")
+    checkpoints: str | None = option(None, help="folder of .safetensors or a table (name, uri, [kind], [scale]); default: the base alone")
+    out: str = option("outputs/animate", help="output folder or URI")
+    max_error_fraction: float = option(1.0, help="exit non-zero when more than this fraction of rows failed "
+                                                 "(1.0: only when every row failed)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        need(bool(self.prompts), "prompts: give at least one prompt table")
+        need(bool(self.motion_module), "motion_module: give at least one motion module")
+        need(0.0 <= self.max_error_fraction <= 1.0, f"max_error_fraction must be in [0, 1], found {self.max_error_fraction}")
 
 
 @dataclass(frozen=True)

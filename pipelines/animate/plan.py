@@ -111,17 +111,20 @@ def read_motion_set(uris: list[str]) -> dict[str, MotionSpec]:
 
 
 def _modules_in_folder(uri: str, label: str) -> list[tuple[str, str]]:
+    """(name, uri) of the motion modules in a folder: a jobs.train run's complete checkpoints in step
+    order (`RUN-stepNNNNNN`; motion-LoRA checkpoints hold none), else its module files and folders."""
+    from pipelines import run_folder
+
+    steps = run_folder.list_checkpoints(uri)
+    if steps:
+        found = [(f"{label}-step{step:06d}", run_folder.motion_module_in(ckpt)) for step, ckpt in sorted(steps.items())]
+        return [(name, m) for name, m in found if m is not None]
     fs, path = storage.fs_and_path(uri)
     found = []
     for entry in sorted(fs.ls(path, detail=False)):
         name = entry.rstrip("/").rsplit("/", 1)[-1]
         child = storage.join(uri, name)
-        if name.startswith("checkpoint-") and name[len("checkpoint-"):].isdigit():  # a jobs.train run folder
-            for inner in ("motion_module.safetensors", "motion_adapter"):
-                if storage.exists(storage.join(child, inner)):
-                    found.append((f"{label}-{name[len('checkpoint-'):]}", storage.join(child, inner)))
-                    break
-        elif name.endswith(MOTION_EXTS):
+        if name.endswith(MOTION_EXTS):
             found.append((PurePosixPath(name).stem, child))
         elif storage.isdir(child) and storage.exists(storage.join(child, "config.json")):
             found.append((name, child))

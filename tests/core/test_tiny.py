@@ -20,7 +20,8 @@ def test_tiny_models_are_deterministic_and_complete(tmp_path, tiny_models):
     for rel in ("base/unet/config.json", "base/vae/config.json", "base/text_encoder/config.json",
                 "base/tokenizer/vocab.json", "base/tokenizer/merges.txt", "base/scheduler/scheduler_config.json",
                 "motion_adapter/config.json", "motion_module.safetensors",
-                "checkpoints/dreamy.safetensors", "checkpoints/toon_lora.safetensors"):
+                "checkpoints/dreamy.safetensors", "checkpoints/toon_lora.safetensors",
+                "clip/config.json", "clip/preprocessor_config.json", "clip/vocab.json", "clip/merges.txt"):
         assert (tiny_models / rel).is_file(), rel
     other = write_tiny_models(tmp_path / "other", seed=1)
     assert (other / "motion_module.safetensors").read_bytes() != (tiny_models / "motion_module.safetensors").read_bytes()

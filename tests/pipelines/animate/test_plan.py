@@ -118,11 +118,15 @@ def test_motion_module_set_from_files_folders_and_a_training_run(tiny_models, tm
     one = read_motion_set([str(tiny_models / "motion_module.safetensors"), str(tiny_models / "motion_adapter")])
     assert list(one) == ["motion_module", "motion_adapter"]
     run = tmp_path / "mm-run"
-    for step in ("000002", "000004"):
+    for step in ("000004", "000002", "000006"):
         (run / f"checkpoint-{step}").mkdir(parents=True)
         (run / f"checkpoint-{step}" / "motion_module.safetensors").write_bytes(b"x")
+        if step != "000006":  # incomplete: no training_state.pt yet
+            (run / f"checkpoint-{step}" / "training_state.pt").write_bytes(b"x")
     curve = read_motion_set([str(run)])
-    assert list(curve) == ["mm-run-000002", "mm-run-000004"]
+    assert list(curve) == ["mm-run-step000002", "mm-run-step000004"]
+    folder = read_motion_set([str(tiny_models)])  # a folder holding a module file and a MotionAdapter folder
+    assert {"motion_module", "motion_adapter"} <= set(folder)
     with pytest.raises(ConfigError, match="two modules are named"):
         read_motion_set([str(tiny_models / "motion_module.safetensors")] * 2)
 

@@ -1,0 +1,140 @@
+"""Evaluation throughput: the metrics stage's videos/s next to generation's, on the tiny models (CPU).
+
+    python bench/evaluate.py [--n 32] [--frames 16] [--size 64] [--steps 2] [--vit-l]
+
+One process run: the batch job generates N videos (1 actor, 1 CPU, 2 torch threads, GIFs on); then the
+evaluation's stages run on that folder the same way (1 actor): the metrics stage (decode + tiny CLIP) and
+the domain-similarity stills (1-frame generations). Also times the core scoring call in-process (no Ray).
+`--vit-l` adds per-frame CPU timings at real shapes (random weights, in memory): CLIP ViT-L/14 at 224 px
+against one SD-1.5 UNet forward at 512x512, from which generation's cost per video is estimated.
+Prints figures and ratios; record them in bench/README.md with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+
+import pandas as pd
+import torch
+
+
+def generate(models: str, table: str, args, out: str) -> float:
+    from pipelines.animate.job import AnimateConfig, preflight, run_animate
+
+    cfg = AnimateConfig(prompts=[table], base=os.path.join(models, "base"), motion_module=[os.path.join(models, "motion_adapter")],
+                        out=out, num_frames=args.frames, height=args.size, width=args.size, steps=args.steps,
+                        workers=1, cpus_per_worker=1, batch_size=8, gif=True, torch_threads=2)
+    start = time.time()
+    run_animate(preflight(cfg))
+    return time.time() - start
+
+
+def stages(models: str, folder: str, out: str) -> dict[str, float]:
+    from pipelines.evaluate.run import ScoreSettings, render_stills, score
+    from pipelines.evaluate.runs import read_runs
+
+    cfg = ScoreSettings(clip=os.path.join(models, "clip"), out=out, base=os.path.join(models, "base"), workers=1,
+                         cpus_per_worker=1, torch_threads=2)
+    rows = read_runs([folder])
+    t = time.time()
+    scored = score(rows, cfg)
+    metrics_s = time.time() - t
+    assert scored.text_alignment.notna().all()
+    t = time.time()
+    render_stills(rows, cfg)
+    return {"metrics": metrics_s, "stills": time.time() - t}
+
+
+def core_scoring(models: str, folder: str) -> float:
+    """Seconds to decode and score every video in-process: the actor's work without Ray."""
+    from animatediff_core import metrics
+    from animatediff_core.video_io import read_video
+    from pipelines.animate.report import read_metadata
+
+    clip = metrics.load_clip(os.path.join(models, "clip"))
+    meta = read_metadata(folder)
+    t = time.time()
+    for start in range(0, len(meta), 16):
+        chunk = meta.iloc[start : start + 16]
+        metrics.score_videos(clip, [read_video(u, num_threads=1) for u in chunk.video_uri], list(chunk.prompt))
+    return time.time() - t
+
+
+def vit_l_vs_unet(frames: int = 16, steps: int = 25) -> dict[str, float]:
+    """Seconds per frame: CLIP ViT-L/14 image tower at 224 px vs one SD-1.5 UNet forward (CFG batch of 2)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPConfig, CLIPModel
+
+    from animatediff_core.tiny import CLIP_PRESETS, SD15_UNET
+
+    with torch.no_grad():
+        clip = CLIPModel(CLIPConfig(**CLIP_PRESETS["sd15"])).eval()
+        x = torch.randn(frames, 3, 224, 224)
+        clip.visual_projection(clip.vision_model(pixel_values=x[:2]).pooler_output)  # warm-up
+        t = time.time()
+        clip.visual_projection(clip.vision_model(pixel_values=x).pooler_output)
+        clip_s = (time.time() - t) / frames
+        del clip
+        unet = UNet2DConditionModel(**SD15_UNET).eval()  # diffusers' defaults are SD-1.x's
+        t = time.time()
+        unet(torch.randn(2, 4, 64, 64), torch.tensor(500), encoder_hidden_states=torch.randn(2, 77, 768))
+        unet_s = time.time() - t
+    return {"clip_frame": clip_s, "unet_frame_step": unet_s, "generation_video_estimate": unet_s * frames * steps,
+            "clip_video": clip_s * frames}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=32)
+    ap.add_argument("--frames", type=int, default=16)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--vit-l", action="store_true", help="also time CLIP ViT-L/14 vs an SD-1.5 UNet per frame (CPU, ~3 GB RAM)")
+    args = ap.parse_args()
+    from jobs.config import setup_logging
+
+    setup_logging("WARNING")
+    torch.set_num_threads(2)
+    tmp = tempfile.mkdtemp(prefix="bench-evaluate-")
+    try:
+        run(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args, tmp: str) -> None:
+    import ray
+
+    from animatediff_core.tiny import write_tiny_models
+
+    models = str(write_tiny_models(os.path.join(tmp, "models")))
+    suite = pd.read_csv(os.path.join(os.path.dirname(__file__), "..", "jobs", "data", "eval_prompts.csv"))
+    table = os.path.join(tmp, "prompts.csv")
+    pd.concat([suite] * (args.n // len(suite) + 1)).head(args.n).assign(seed=range(args.n)).drop(columns="id").to_csv(table, index=False)
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    folder = os.path.join(tmp, "generated")
+    gen_s = generate(models, table, args, folder)
+    st = stages(models, folder, os.path.join(tmp, "eval"))
+    core_s = core_scoring(models, folder)
+    n = args.n
+    print(f"N={n} videos, {args.frames} frames {args.size}x{args.size}, {args.steps} steps, cpus={os.cpu_count()}")
+    print(f"generation (batch job, end to end):        {gen_s:.1f}s  {n / gen_s:.3f} videos/s")
+    print(f"metrics stage (Ray Data, decode + CLIP):   {st['metrics']:.1f}s  {n / st['metrics']:.3f} videos/s"
+          f"  = {gen_s / st['metrics']:.1f}x generation's rate")
+    print(f"metrics, core call in-process (no Ray):    {core_s:.1f}s  {n / core_s:.2f} videos/s  {n * args.frames / core_s:.0f} frames/s")
+    print(f"domain-similarity stills (Ray Data):       {st['stills']:.1f}s  {n / st['stills']:.3f} stills/s")
+    if args.vit_l:
+        v = vit_l_vs_unet(args.frames)
+        print(f"[real shapes, CPU] CLIP ViT-L/14 image tower: {v['clip_frame'] * 1000:.0f} ms/frame, {v['clip_video']:.1f} s/video "
+              f"of {args.frames} frames")
+        print(f"[real shapes, CPU] SD-1.5 UNet forward, 512x512, CFG batch 2: {v['unet_frame_step']:.2f} s/frame/step; "
+              f"generation >= {v['generation_video_estimate']:.0f} s/video at 25 steps (UNet only)")
+        print(f"  metrics / generation cost per video <= {v['clip_video'] / v['generation_video_estimate']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Evaluate checkpoints: generate through the batch job (or score its output), metrics, leaderboard, report.
+
+    python -m jobs.evaluate --base SD15_DIR --motion-module mm.ckpt [more.ckpt | folder | train-run] \\
+        --checkpoints ckpts/ --clip CLIP_DIR --out OUT [--prompts table.csv] [--seeds-per-prompt 2]
+    python -m jobs.evaluate --score-only BATCH_OUT --clip CLIP_DIR --out OUT   # regenerates nothing
+
+The generation flags (--num-frames, --steps, --workers, ...) are the batch job's (GenerationFlags).
+"""
+
+from __future__ import annotations
+
+import time
+
+from jobs.config import dump_config, parse_config, run, setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    from animatediff_core import storage
+    from pipelines.evaluate.run import EvaluateConfig
+
+    cfg, args = parse_config(EvaluateConfig, argv, __doc__)
+    setup_logging(args.log_level)
+    from pipelines.evaluate import runs
+
+    folders = runs.find_runs(cfg.score_only) if cfg.score_only else None  # checked before the heavy imports
+    from animatediff_core.metrics import check_clip_folder
+    from pipelines.animate.job import AnimateConfig, preflight, run_animate
+    from pipelines.animate.plan import read_checkpoint_set
+    from pipelines.evaluate import leaderboard, prompts, report
+    from pipelines.evaluate.run import ScoreSettings, evaluate
+    from pipelines.ray_session import init_ray
+
+    check_clip_folder(cfg.clip)
+    tables, start = prompts.read_prompt_tables(cfg.prompts), time.time()
+    storage.write_text_atomic(storage.join(cfg.out, "job.yaml"), dump_config(cfg))
+    if folders is None:  # generate through the batch job: its resume, its error rows, one sweep over every module
+        generated = storage.join(cfg.out, "generated")
+        job = AnimateConfig(**cfg.generation_flags(), prompts=[prompts.write_seeded(tables, cfg.seeds_per_prompt, cfg.out)],
+                            base=cfg.base, motion_module=cfg.motion_module, checkpoints=cfg.checkpoints, out=generated)
+        prep = preflight(job)
+        init_ray(include_dashboard=False)
+        print(run_animate(prep).summary.text(time.time() - start))
+        folders = [generated]
+    init_ray(include_dashboard=False)
+    settings = ScoreSettings.of(cfg, read_checkpoint_set(cfg.checkpoints) if cfg.checkpoints else None)
+    scored = evaluate(folders, settings, tables)
+    board = leaderboard.leaderboard(scored)
+    report.write_tables(scored, board, cfg.out)
+    print(report.summary(scored, board, time.time() - start, report.write_report(scored, board, cfg.out)))
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

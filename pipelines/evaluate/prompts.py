@@ -1,0 +1,63 @@
+"""Evaluation prompts: the shipped suite or the user's tables, each prompt at several fixed seeds.
+
+The suite (`jobs/data/eval_prompts.csv`): id, category (people, animals, nature, vehicles, camera,
+styles), prompt, negative_prompt, seed. A table without seeds gets one derived from the prompt text, so
+reruns and other checkpoints see the same noise; the k-th extra seed of a prompt is its seed + k.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pandas as pd
+
+from animatediff_core import storage
+from animatediff_core.errors import ConfigError
+from pipelines import tables as table_files
+
+
+def read_prompt_tables(uris: list[str]) -> list[pd.DataFrame]:
+    tables = []
+    for uri in uris:
+        t = table_files.read_pandas(uri, strings=("id", "prompt", "negative_prompt", "category"), flag="--prompts")
+        if "prompt" not in t.columns or t.empty:
+            raise ConfigError(f"--prompts {uri}: needs a 'prompt' column and at least one row (found {list(t.columns)}, {len(t)} rows)")
+        tables.append(t)
+    return tables
+
+
+def _text(v) -> str:
+    return "" if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v)
+
+
+def _seed_of(prompt: str) -> int:
+    return int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) % 2**31
+
+
+def expand_seeds(tables: list[pd.DataFrame], seeds_per_prompt: int) -> pd.DataFrame:
+    """One row per (prompt row, seed): columns id (when the tables have ids), category, prompt,
+    negative_prompt, seed. Ids get a `-s<k>` suffix when there are several seeds."""
+    if seeds_per_prompt < 1:
+        raise ConfigError(f"--seeds-per-prompt must be at least 1, got {seeds_per_prompt}")
+    rows = []
+    for table in tables:
+        for r in table.to_dict("records"):
+            prompt = str(r["prompt"])
+            seed = r.get("seed")
+            seed = _seed_of(prompt) if seed is None or pd.isna(seed) else int(seed)
+            for k in range(seeds_per_prompt):
+                rid = r.get("id")
+                rid = None if rid is None or pd.isna(rid) else (f"{rid}-s{k}" if seeds_per_prompt > 1 else str(rid))
+                rows.append({"id": rid, "category": _text(r.get("category")), "prompt": prompt,
+                             "negative_prompt": _text(r.get("negative_prompt")), "seed": seed + k})
+    out = pd.DataFrame(rows)
+    if out["id"].isna().all():
+        out = out.drop(columns="id")
+    return out
+
+
+def write_seeded(tables: list[pd.DataFrame], seeds_per_prompt: int, out: str) -> str:
+    """`out/prompts.csv`: the batch job's prompt table for this evaluation; returns its URI."""
+    uri = storage.join(out, "prompts.csv")
+    storage.write_text_atomic(uri, expand_seeds(tables, seeds_per_prompt).to_csv(index=False))
+    return uri

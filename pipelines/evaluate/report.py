@@ -1,0 +1,185 @@
+"""Evaluation outputs under `--out`: metrics and leaderboard tables, plots, and an offline report.html.
+
+    metrics.parquet                 one row per video: every setting, status, error and metric
+    leaderboard.parquet, .csv       one row per (checkpoint, motion module): means, 95% intervals, n, errors
+    plots/<metric>.png              mean and interval per entry (matplotlib)
+    plots/<metric>_curve.png        the same against training step, when the modules come from a training run
+    report.html                     the leaderboard (click a header to sort), the plots, and a grid of
+                                    previews: prompts as rows, checkpoints (x motion modules) as columns
+
+Links are relative, so the folder can be copied and opened anywhere without a network.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import os
+import urllib.parse
+
+import numpy as np
+import pandas as pd
+
+from animatediff_core import storage
+from animatediff_core.metrics import METRICS
+
+TITLES = {"text_alignment": "text alignment (CLIPScore, 0-100)", "frame_consistency": "frame consistency (consecutive)",
+          "frame_consistency_all_pairs": "frame consistency (all pairs)", "temporal_flicker": "temporal flicker (1 = still)",
+          "motion_pixel": "motion: mean abs. pixel change (0-255)", "domain_similarity": "domain similarity to the still"}
+
+
+def write_tables(scored: pd.DataFrame, board: pd.DataFrame, out: str) -> None:
+    for name, table in (("metrics.parquet", scored), ("leaderboard.parquet", board)):
+        buf = io.BytesIO()
+        table.to_parquet(buf, index=False)
+        storage.write_bytes_atomic(storage.join(out, name), buf.getvalue())
+    storage.write_text_atomic(storage.join(out, "leaderboard.csv"), board.to_csv(index=False))
+
+
+def entry_name(checkpoint: str, module: str, several_modules: bool) -> str:
+    return f"{checkpoint} · {module}" if several_modules else str(checkpoint)
+
+
+def write_plots(board: pd.DataFrame, out: str) -> list[str]:
+    """One PNG per metric (plus a learning curve per metric when entries have training steps); relative paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    several = board["motion_module_label"].nunique() > 1
+    names = [entry_name(c, m, several) for c, m in zip(board["checkpoint"], board["motion_module_label"])]
+    curve = board["step"].notna().any() and board["step"].nunique() > 1
+    paths = []
+    for m in METRICS:
+        mean, low, high = (board[f"{m}_{k}"].to_numpy(float) for k in ("mean", "ci_low", "ci_high"))
+        if np.isnan(mean).all():
+            continue
+        fig, ax = plt.subplots(figsize=(7, 1.2 + 0.32 * len(board)))
+        err = np.nan_to_num(np.vstack([mean - low, high - mean]))
+        ax.barh(range(len(board)), np.nan_to_num(mean), xerr=err, color="#4c72b0", capsize=3)
+        ax.set_yticks(range(len(board)), names)
+        ax.invert_yaxis()
+        ax.set_title(f"{TITLES[m]}\nmean, 95% CI", fontsize=10)
+        paths.append(_save(fig, out, f"plots/{m}.png"))
+        if curve:
+            fig, ax = plt.subplots(figsize=(7, 4))
+            for ckpt, g in board[board["step"].notna()].groupby("checkpoint"):
+                g = g.sort_values("step")
+                steps = g["step"].to_numpy(float)
+                ax.plot(steps, g[f"{m}_mean"], marker="o", label=str(ckpt))
+                ax.fill_between(steps, g[f"{m}_ci_low"].to_numpy(float), g[f"{m}_ci_high"].to_numpy(float), alpha=0.2)
+            ax.set_xlabel("training step")
+            ax.set_title(f"{TITLES[m]} over training", fontsize=10)
+            ax.legend(fontsize=8)
+            paths.append(_save(fig, out, f"plots/{m}_curve.png"))
+    return paths
+
+
+def _save(fig, out: str, rel: str) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    storage.write_bytes_atomic(storage.join(out, rel), buf.getvalue())
+    return rel
+
+
+def _href(uri: str, out: str) -> str:
+    """A link from out/report.html: relative for local files, the URI itself otherwise."""
+    if uri and storage.is_local(uri) and storage.is_local(out):
+        rel = os.path.relpath(storage.fs_and_path(uri)[1], storage.fs_and_path(out)[1])
+        return urllib.parse.quote(rel.replace(os.sep, "/"))
+    return uri
+
+
+def _leaderboard_html(board: pd.DataFrame) -> str:
+    head = ["rank", "checkpoint", "motion module", "step", "videos", "n", "errors", *[TITLES[m] for m in METRICS]]
+    body = []
+    for r in board.to_dict("records"):
+        cells = [f'<td data-v="{r["rank"]}">{r["rank"]}</td>', f"<td>{html.escape(str(r['checkpoint']))}</td>",
+                 f"<td>{html.escape(str(r['motion_module_label']))}</td>",
+                 f'<td data-v="{"" if pd.isna(r["step"]) else int(r["step"])}">{"" if pd.isna(r["step"]) else int(r["step"])}</td>',
+                 *[f'<td data-v="{r[k]}">{r[k]}</td>' for k in ("videos", "n", "errors")]]
+        for m in METRICS:
+            mean, low, high = r[f"{m}_mean"], r[f"{m}_ci_low"], r[f"{m}_ci_high"]
+            text = "–" if pd.isna(mean) else f"{mean:.3f}" + ("" if pd.isna(low) else f" <small>[{low:.3f}, {high:.3f}]</small>")
+            cells.append(f'<td data-v="{"" if pd.isna(mean) else mean}">{text}</td>')
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return (f'<table class="sortable"><thead><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table>")
+
+
+def _grid_html(scored: pd.DataFrame, board: pd.DataFrame, out: str) -> str:
+    """Prompts (each at its first seed) as rows, entries in leaderboard order as columns."""
+    several = board["motion_module_label"].nunique() > 1
+    entries = list(zip(board["checkpoint"], board["motion_module_label"]))
+    first = scored.sort_values("seed").drop_duplicates(["prompt", "checkpoint", "motion_module_label"])
+    cells = {(r["prompt"], r["checkpoint"], r["motion_module_label"]): r for r in first.to_dict("records")}
+    prompts = first.sort_values(["category", "prompt"])[["prompt", "category", "seed"]].drop_duplicates("prompt")
+    head = "".join(f"<th>{html.escape(entry_name(c, m, several))}</th>" for c, m in entries)
+    rows = []
+    for p in prompts.to_dict("records"):
+        tds = [f'<th class="prompt">{html.escape(p["prompt"])}<br><small>{html.escape(p["category"])} seed {p["seed"]}</small></th>']
+        for c, m in entries:
+            r = cells.get((p["prompt"], c, m))
+            tds.append(f'<td class="cell">{_cell(r, out)}</td>')
+        rows.append(f"<tr>{''.join(tds)}</tr>")
+    return f'<table class="grid"><thead><tr><th>prompt</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _cell(r: dict | None, out: str) -> str:
+    if r is None:
+        return '<span class="err">not in this run</span>'
+    if r["status"] != "ok":
+        return f'<span class="err" title="{html.escape(str(r["error"]))}">generation failed</span>'
+    tip = html.escape(" ".join(f"{m}={r[m]:.3f}" for m in METRICS if not pd.isna(r[m])) or str(r.get("metrics_error", "")))
+    video = _href(r["video_uri"], out)
+    media = (f'<img loading="lazy" src="{_href(r["gif_uri"], out)}" alt="preview">' if r.get("gif_uri")
+             else f'<video src="{video}" autoplay loop muted></video>')
+    return f'<a href="{video}" title="{tip}">{media}</a>'
+
+
+SORT_JS = """document.querySelectorAll('table.sortable th').forEach((th, col) => th.addEventListener('click', () => {
+  const body = th.closest('table').tBodies[0], asc = th.dataset.dir !== 'asc';
+  th.dataset.dir = asc ? 'asc' : 'desc';
+  const key = td => { const v = td.dataset.v ?? td.textContent, x = parseFloat(v); return isNaN(x) ? (asc ? Infinity : -Infinity) : x; };
+  const text = td => td.dataset.v === undefined ? td.textContent : '';
+  [...body.rows].sort((a, b) => (key(a.cells[col]) - key(b.cells[col]) || text(a.cells[col]).localeCompare(text(b.cells[col]))) * (asc ? 1 : -1))
+    .forEach(r => body.appendChild(r));
+}));"""
+
+
+def write_report(scored: pd.DataFrame, board: pd.DataFrame, out: str) -> str:
+    """Write the plots and `out/report.html`; returns the report's URI."""
+    plots = write_plots(board, out)
+    errors = int(board["errors"].sum()) if len(board) else 0
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>animatediff-ray evaluation</title>
+<style>body{{font-family:sans-serif;margin:1em}}table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}}table.sortable th{{cursor:pointer;background:#eef}}
+.plots img{{max-width:640px;margin:4px}}.grid img,.grid video{{width:128px;image-rendering:pixelated}}
+.grid th.prompt{{max-width:220px;font-weight:normal}}.err{{color:#a00}}small{{color:#666}}</style></head><body>
+<h1>Checkpoint evaluation: {len(scored)} videos, {len(board)} entries, {errors} errors</h1>
+<p>Means with 95% Student-t intervals over videos. Failed generations and unreadable videos count as errors.
+Click a column header to sort.</p>
+<h2>Leaderboard</h2>{_leaderboard_html(board)}
+<h2>Metrics</h2><div class="plots">{"".join(f'<img src="{p}" alt="{html.escape(p)}">' for p in plots)}</div>
+<h2>Previews</h2><p>Prompts (first seed) as rows; columns in leaderboard order. Hover a preview for its metrics.</p>
+{_grid_html(scored, board, out)}
+<script>{SORT_JS}</script></body></html>"""
+    uri = storage.join(out, "report.html")
+    storage.write_text_atomic(uri, page)
+    return uri
+
+
+def summary(scored: pd.DataFrame, board: pd.DataFrame, seconds: float, report_uri: str) -> str:
+    """The job's closing lines: the leaderboard's main columns and where the outputs are."""
+    cols = ["rank", "checkpoint", "motion_module_label", "n", "errors", "text_alignment_mean",
+            "frame_consistency_mean", "motion_pixel_mean", "domain_similarity_mean"]
+    out = report_uri[: -len("report.html")].rstrip("/")
+    return "\n".join([board[cols].to_string(index=False, float_format="%.3f"),
+                      f"{len(scored)} videos ({int(board['errors'].sum())} errors) evaluated in {seconds:.1f}s; "
+                      f"{int(board['truncated_prompts'].sum())} videos had prompts past CLIP's 77 tokens (truncated)",
+                      f"leaderboard: {storage.join(out, 'leaderboard.csv')}", f"report: {report_uri}"])

@@ -1,0 +1,77 @@
+"""`python -m jobs.evaluate` end to end through the CLI on the tiny models (CLIP included)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SMALL = ["--num-frames", "4", "--height", "32", "--width", "32", "--steps", "1", "--cpus-per-worker", "0.5"]
+
+
+def _run(args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "jobs.evaluate", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": ROOT}, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def generated(tiny_models, tmp_path_factory):
+    """2 checkpoints x 3 prompts x 1 seed, generated through the batch job and scored."""
+    root = tmp_path_factory.mktemp("evaluate")
+    ckpts = root / "ckpts"
+    ckpts.mkdir()
+    for name in ("dreamy", "toon_lora"):
+        (ckpts / f"{name}.safetensors").symlink_to(tiny_models / "checkpoints" / f"{name}.safetensors")
+    prompts = root / "prompts.csv"
+    pd.DataFrame({"id": ["a", "b", "c"], "category": ["animals", "animals", "vehicles"],
+                  "prompt": ["a cat", "a dog running", "a red car"], "seed": [1, 2, 3]}).to_csv(prompts, index=False)
+    out = root / "out"
+    done = _run(["--prompts", str(prompts), "--seeds-per-prompt", "1", "--base", str(tiny_models / "base"),
+                 "--motion-module", str(tiny_models / "motion_module.safetensors"), "--checkpoints", str(ckpts),
+                 "--clip", str(tiny_models / "clip"), "--out", str(out), *SMALL])
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done.stdout
+
+
+def test_generate_and_evaluate(generated):
+    out, stdout = generated
+    assert "report:" in stdout and "text_alignment_mean" in stdout
+    scored = pd.read_parquet(out / "metrics.parquet")
+    assert len(scored) == 6 and (scored.status == "ok").all() and set(scored.category) == {"animals", "vehicles"}
+    assert scored[["text_alignment", "frame_consistency", "temporal_flicker", "motion_pixel", "domain_similarity"]].notna().all().all()
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert sorted(board.checkpoint) == ["dreamy", "toon_lora"] and board.n.tolist() == [3, 3] and board.errors.tolist() == [0, 0]
+    assert {"text_alignment_mean", "frame_consistency_mean", "motion_pixel_mean", "domain_similarity_ci_high"} <= set(board.columns)
+    assert len(list((out / "generated").rglob("*.mp4"))) == 6 and len(list((out / "stills").rglob("*.png"))) == 6
+    assert (board.domain_similarity_ci_low <= board.domain_similarity_mean).all() and (board.domain_similarity_n == 3).all()
+    assert (out / "report.html").read_text().count('<td class="cell">') == 3 * 2
+
+
+def test_score_only_regenerates_nothing(generated, tiny_models, tmp_path):
+    out, _ = generated
+    files = {p: p.stat().st_mtime_ns for p in (out / "generated").rglob("*") if p.is_file()}
+    done = _run(["--score-only", str(out / "generated"), "--clip", str(tiny_models / "clip"), "--out", str(tmp_path / "scores"),
+                 "--cpus-per-worker", "0.5"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in (out / "generated").rglob("*") if p.is_file()} == files
+    again = pd.read_parquet(tmp_path / "scores" / "metrics.parquet").sort_values(["checkpoint", "id"])
+    first = pd.read_parquet(out / "metrics.parquet").sort_values(["checkpoint", "id"])
+    assert np.allclose(again.text_alignment, first.text_alignment) and np.allclose(again.frame_consistency, first.frame_consistency)
+    assert again.domain_similarity.isna().all()  # no --base: no stills, nothing rendered
+    assert not (tmp_path / "scores" / "stills").exists() and (tmp_path / "scores" / "report.html").is_file()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--score-only", "/nonexistent/run"], "/nonexistent/run: not a batch-job output folder"),
+    (["--score-only", "GENERATED", "--clip", "/nonexistent/clip"], "--clip /nonexistent/clip: not a transformers CLIPModel folder"),
+    (["--base", "/b"], "give --base and --motion-module to generate, or --score-only"),
+])
+def test_one_line_errors(generated, tiny_models, tmp_path, args, message):
+    args = [str(generated[0] / "generated") if a == "GENERATED" else a for a in args]
+    argv = ["--clip", str(tiny_models / "clip"), "--out", str(tmp_path / "o"), *args]
+    done = _run(argv, timeout=120)
+    assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr

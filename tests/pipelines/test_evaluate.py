@@ -1,0 +1,156 @@
+"""The evaluation pipeline on the shared local Ray: metrics stage, stills, leaderboard, report.
+
+The input is a batch-job output folder made here: real small mp4s and GIFs written with video_io and a
+metadata table in the batch job's layout, with one failed generation and one corrupt video in it.
+"""
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from animatediff_core.settings import CheckpointSpec
+from animatediff_core.video_io import write_gif, write_video
+from pipelines.animate.layout import OutputLayout
+from pipelines.animate.report import write_shard
+from pipelines.evaluate.leaderboard import leaderboard, mean_ci
+from pipelines.evaluate.modules import describe
+from pipelines.evaluate.report import write_report, write_tables
+from pipelines.evaluate.run import ScoreSettings, evaluate
+
+PROMPTS = ["a cat", "a dog on a beach", "a red car", "waves on rocks"]
+
+
+def _video(seed, f=4, size=32):
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, 256, (2, size, size, 3)).astype(float)
+    return np.stack([(1 - t) * a + t * b for t in np.linspace(0, 1, f)]).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def batch_out(tmp_path_factory, tiny_models):
+    """Batch-job layout: 4 prompts x (dreamy, toon_lora); toon_lora's last row failed, dreamy's last mp4 is corrupt."""
+    out = tmp_path_factory.mktemp("batch")
+    rows = []
+    for ckpt in ("dreamy", "toon_lora"):
+        for k, prompt in enumerate(PROMPTS):
+            rid = f"p{k}"
+            mp4, gif = out / "videos" / ckpt / f"{rid}.mp4", out / "videos" / ckpt / f"{rid}.gif"
+            failed = ckpt == "toon_lora" and k == 3
+            if not failed:
+                frames = _video(10 * len(ckpt) + k)
+                write_video(str(mp4), frames, fps=8)
+                write_gif(str(gif), frames, fps=8)
+            if ckpt == "dreamy" and k == 3:
+                mp4.write_bytes(b"not an mp4 at all")
+            rows.append(dict(id=rid, prompt=prompt, negative_prompt="", seed=10 + k, checkpoint=ckpt, num_frames=4,
+                             height=32, width=32, steps=1, guidance_scale=2.0, fps=8,
+                             status="error" if failed else "ok", error="generation failed: boom" if failed else "",
+                             motion_module="motion_module", motion_module_uri=str(tiny_models / "motion_module.safetensors"),
+                             checkpoint_uri=str(tiny_models / "checkpoints" / f"{ckpt}.safetensors"),
+                             video_uri="" if failed else str(mp4), gif_uri="" if failed else str(gif),
+                             seconds=0.1, bytes=0, sha256="", skipped=False))
+    write_shard(pd.DataFrame(rows), OutputLayout(str(out)), "20260101T000000-abcdef")
+    return out
+
+
+def _mtimes(folder):
+    return {p: p.stat().st_mtime_ns for p in Path(folder, "videos").rglob("*") if p.is_file()}
+
+
+def _cfg(tiny_models, out, **kw):
+    return ScoreSettings(clip=str(tiny_models / "clip"), out=str(out), workers=1, cpus_per_worker=0.5, videos_per_call=3, **kw)
+
+
+def test_scores_leaderboard_and_report(ray_session, tiny_models, batch_out, tmp_path):
+    """Without a base: no stills (they go through Ray in tests/jobs/test_evaluate_job.py; one actor pool less here)."""
+    before = _mtimes(batch_out)
+    scored = evaluate([str(batch_out)], _cfg(tiny_models, tmp_path))
+    assert len(scored) == 8 and _mtimes(batch_out) == before  # nothing regenerated or rewritten
+    ok = scored[(scored.status == "ok") & (scored.metrics_error == "")]
+    assert len(ok) == 6
+    assert ok[["text_alignment", "frame_consistency", "temporal_flicker", "motion_pixel"]].notna().all().all()
+    assert ok.domain_similarity.isna().all() and not (tmp_path / "stills").exists()
+    corrupt = scored[scored.metrics_error != ""]
+    assert len(corrupt) == 1 and "cannot score" in corrupt.metrics_error.iloc[0] and corrupt.text_alignment.isna().all()
+    assert scored[scored.status == "error"].text_alignment.isna().all()
+
+    board = leaderboard(scored)
+    assert list(board.checkpoint.sort_values()) == ["dreamy", "toon_lora"]
+    assert board.videos.tolist() == [4, 4] and board.n.tolist() == [3, 3] and board.errors.tolist() == [1, 1]
+    for m in ("text_alignment", "frame_consistency", "temporal_flicker", "motion_pixel"):
+        assert (board[f"{m}_ci_low"] <= board[f"{m}_mean"]).all() and (board[f"{m}_mean"] <= board[f"{m}_ci_high"]).all()
+        for _, r in board.iterrows():
+            assert r[f"{m}_mean"] == pytest.approx(ok[ok.checkpoint == r.checkpoint][m].mean())
+
+    write_tables(scored, board, str(tmp_path))
+    report = Path(write_report(scored, board, str(tmp_path)))
+    assert len(pd.read_parquet(tmp_path / "metrics.parquet")) == 8 and len(pd.read_csv(tmp_path / "leaderboard.csv")) == 2
+    page = report.read_text()
+    images = re.findall(r'<img[^>]* src="([^"]+)"', page)
+    assert images and all((report.parent / src).is_file() for src in images)
+    assert sum(src.startswith("plots/") for src in images) == 5  # one per metric (none for domain similarity here)
+    assert page.count('<td class="cell">') == len(PROMPTS) * 2  # prompts x checkpoints
+    assert page.count(">generation failed<") == 1 and "table.sortable" in page and "<script>" in page
+
+
+def test_stills_are_rendered_once(tiny_models, batch_out, tmp_path, one_thread):
+    from pipelines.evaluate.runs import read_runs
+    from pipelines.evaluate.stills import STILL_KEYS, StillStage, still_key
+
+    rows = read_runs([str(batch_out)])
+    rows = rows[rows.status == "ok"].head(2).copy()
+    rows["still_key"] = [still_key(r) for r in rows[list(STILL_KEYS)].to_dict("records")]
+    specs = {n: CheckpointSpec(n, u) for n, u in zip(rows.checkpoint, rows.checkpoint_uri)}
+    stage = StillStage(str(tiny_models / "base"), rows.motion_module_uri.iloc[0], specs, str(tmp_path))
+    done = stage(rows[[*STILL_KEYS, "still_key"]])
+    assert (done.still_error == "").all() and all(Path(u).is_file() for u in done.still_uri)
+    first = {u: Path(u).stat().st_mtime_ns for u in done.still_uri}
+    stage.personalizer.apply = None  # a second pass must not even switch checkpoints
+    again = stage(rows[[*STILL_KEYS, "still_key"]])
+    assert {u: Path(u).stat().st_mtime_ns for u in again.still_uri} == first
+
+
+def test_intervals():
+    mean, low, high, n = mean_ci(np.array([1.0, 2.0, 3.0, np.nan]))
+    assert (mean, n) == (2.0, 3) and low < 2.0 < high and high - 2.0 == pytest.approx(2.0 - low)
+    assert np.isnan(mean_ci(np.array([5.0]))[1]) and mean_ci(np.array([]))[3] == 0
+
+
+def test_modules_from_a_training_run_are_steps_of_a_learning_curve():
+    m = describe("/runs/mm-run/checkpoint-000040/motion_module.safetensors")
+    assert (m.label, m.step) == ("mm-run-step000040", 40)
+    assert describe("s3://b/mm_sd_v15_v2.ckpt") == describe("s3://b/mm_sd_v15_v2.ckpt") and describe("/x/mm_v2.ckpt").label == "mm_v2"
+
+
+def test_learning_curve_plots(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [dict(checkpoint=c, motion_module_label=f"run-step{s:06d}", step=float(s), status="ok", error="", metrics_error="",
+                 prompt=p, category="", seed=1, prompt_truncated=False, video_uri="", gif_uri="",
+                 **{m: rng.random() for m in ("text_alignment", "frame_consistency", "frame_consistency_all_pairs",
+                                              "temporal_flicker", "motion_pixel", "domain_similarity")})
+            for c in ("a", "b") for s in (100, 200, 300) for p in ("x", "y", "z")]
+    scored = pd.DataFrame(rows)
+    board = leaderboard(scored)
+    assert len(board) == 6 and board.step.tolist() != [None] * 6
+    report = Path(write_report(scored, board, str(tmp_path)))
+    curves = re.findall(r'src="(plots/\w+_curve\.png)"', report.read_text())
+    assert len(curves) == 6 and all((tmp_path / c).is_file() for c in curves)
+
+
+def test_prompt_suite_and_seeds(tmp_path):
+    from pipelines.evaluate.prompts import expand_seeds, read_prompt_tables
+
+    suite = read_prompt_tables([os.path.join(os.path.dirname(__file__), "..", "..", "jobs", "data", "eval_prompts.csv")])[0]
+    assert len(suite) >= 40 and suite.id.is_unique and suite.seed.notna().all()
+    assert set(suite.category) == {"people", "animals", "nature", "vehicles", "camera", "styles"}
+    rows = expand_seeds([suite], 2)
+    assert len(rows) == 2 * len(suite) and rows.id.is_unique and (rows.negative_prompt != "").all()
+    assert rows.seed.tolist()[:2] == [suite.seed[0], suite.seed[0] + 1]
+    own = pd.DataFrame({"prompt": ["a cat", "a dog"], "negative_prompt": [None, "blurry"]})
+    mine = expand_seeds([own], 1)
+    assert "id" not in mine and mine.negative_prompt.tolist() == ["", "blurry"] and mine.seed.nunique() == 2
+    assert expand_seeds([own], 1).seed.tolist() == mine.seed.tolist()  # derived from the text: stable
