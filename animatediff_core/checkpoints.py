@@ -22,7 +22,6 @@ from . import hub, storage
 from .errors import CheckpointError
 
 SAFETENSORS_EXT = (".safetensors",)
-PICKLE_EXT = (".ckpt", ".pt", ".pth", ".bin")
 
 
 def _sniff(data: bytes) -> str:

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from animatediff_core.errors import ConfigError
+from animatediff_core.configs import check_fields, need
 from animatediff_core.video_io import Source, fetch, probe_video, read_video, video_error
 
 
@@ -30,10 +30,9 @@ class ClipConfig:
     num_threads: int = 0
 
     def __post_init__(self):
+        check_fields(self)
         for field in ("num_frames", "stride", "size"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"ClipConfig.{field} must be an int >= 1, found {value!r}")
+            need(getattr(self, field) >= 1, f"ClipConfig.{field} must be an int >= 1, found {getattr(self, field)!r}")
 
 
 class ClipIndices(NamedTuple):
@@ -50,8 +49,7 @@ def sample_indices(
     returns None if even stride 1 does not fit. The start is uniform over the valid range
     when ``rng`` is given, else 0.
     """
-    if num_frames < 1 or stride < 1:
-        raise ConfigError(f"expected num_frames >= 1 and stride >= 1, found {num_frames}, {stride}")
+    need(num_frames >= 1 and stride >= 1, f"expected num_frames >= 1 and stride >= 1, found {num_frames}, {stride}")
     if total_frames < num_frames:
         return None
     if num_frames > 1:
@@ -67,8 +65,7 @@ def decode_size(src_h: int, src_w: int, size: int) -> tuple[int, int]:
     The longer side is rounded and never below ``size``, so a ``size`` x ``size`` center crop
     always fits. Small sources are upscaled.
     """
-    if min(src_h, src_w, size) < 1:
-        raise ConfigError(f"expected positive sizes, found source {src_h}x{src_w}, target {size}")
+    need(min(src_h, src_w, size) >= 1, f"expected positive sizes, found source {src_h}x{src_w}, target {size}")
     if src_h <= src_w:
         return size, max(size, round(src_w * size / src_h))
     return max(size, round(src_h * size / src_w)), size

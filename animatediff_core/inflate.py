@@ -28,10 +28,6 @@ class MotionModuleConfig:
     use_mid_block: bool = True  # v1 has none
 
     @classmethod
-    def sd15(cls) -> "MotionModuleConfig":
-        return cls()
-
-    @classmethod
     def tiny(cls) -> "MotionModuleConfig":
         return cls(num_attention_heads=4, norm_num_groups=2)
 

@@ -117,7 +117,7 @@ def write_tiny_models(out: str | Path, seed: int = 0, preset: str = "tiny") -> P
         "scheduler": ["diffusers", "DDIMScheduler"],
     }, indent=2))
 
-    adapter = tiny_motion_adapter() if preset == "tiny" else new_motion_adapter(dict(unet.config), MotionModuleConfig.sd15(), zero_init=False)
+    adapter = tiny_motion_adapter() if preset == "tiny" else new_motion_adapter(dict(unet.config), MotionModuleConfig(), zero_init=False)
     save_motion_adapter(adapter, str(out / "motion_adapter"), fmt="diffusers")
     save_motion_adapter(adapter, str(out / "motion_module.safetensors"), fmt="original")
 

@@ -47,7 +47,7 @@ def train_check(models: str, args, dev: str) -> dict:
         if dev == "cpu" and mp != "bf16":
             continue
         base = load_base(os.path.join(models, "base"))
-        motion = MotionModuleConfig.sd15() if args.shape == "sd15" else MotionModuleConfig.tiny()
+        motion = MotionModuleConfig() if args.shape == "sd15" else MotionModuleConfig.tiny()
         cfg = TrainConfig(num_frames=args.frames, size=size, batch_size=args.train_batch, precision=mp,
                           gradient_checkpointing=ckpt, motion_config=motion)
         trainer = MotionTrainer(base, cfg, device=dev)

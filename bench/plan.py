@@ -26,7 +26,7 @@ import time
 import pandas as pd
 import psutil
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))  # helpers_s3
 
 
 class PeakRSS:

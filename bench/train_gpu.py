@@ -63,7 +63,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         models = write_tiny_models(os.path.join(tmp, "m"), preset=args.shape)
         base_uri, mm = os.path.join(models, "base"), os.path.join(models, "motion_module.safetensors")
-        motion = MotionModuleConfig.sd15() if args.shape == "sd15" else MotionModuleConfig.tiny()
+        motion = MotionModuleConfig() if args.shape == "sd15" else MotionModuleConfig.tiny()
         cfg = TrainConfig(num_frames=args.frames, size=args.size, batch_size=args.batch, precision="bf16",
                           gradient_checkpointing=True, motion_config=motion, validation_steps=args.validation_steps,
                           validation_prompts=VALIDATION_PROMPTS[:2])

@@ -16,7 +16,7 @@ from jobs.config import dump_config, parse_config, run, setup_logging
 
 def main(argv: list[str] | None = None) -> int:
     from animatediff_core import storage
-    from pipelines.ingest import IngestRun, check_ingest, run_ingest
+    from pipelines.train.ingest import IngestRun, check_ingest, run_ingest
     from pipelines.ray_session import init_ray
 
     job, args = parse_config(IngestRun, argv, __doc__)

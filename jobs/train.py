@@ -4,7 +4,7 @@
     python -m jobs.train ... --motion-module mm_sd_v15_v2.ckpt --motion-lora 8     # motion LoRA
     python -m jobs.train ... --resume                                              # continue the run
 
-Flags: where and how the run executes (pipelines/train.py TrainRun) and the recipe
+Flags: where and how the run executes (pipelines/train/job.py TrainRun) and the recipe
 (animatediff_core/trainer.py TrainConfig: AnimateDiff's defaults).
 """
 
@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     from animatediff_core import storage
     from animatediff_core.trainer import TrainConfig
     from pipelines.ray_session import init_ray
-    from pipelines.train import TrainRun, check_run, train
+    from pipelines.train.job import TrainRun, check_run, train
 
     (job, cfg), args = parse_config((TrainRun, TrainConfig), argv, __doc__)
     setup_logging(args.log_level)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import uuid
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from pipelines import tables
 from pipelines.animate import schema
 from pipelines.animate.layout import NAME_RULE, check_name, is_safe_name
 
+log = logging.getLogger(__name__)
 ID_NAMESPACE = uuid.UUID("6b1d6a4e-3f0e-4d59-9c57-5a1d0e5f2a10")
 BASE_NAME = "base"
 MOTION_EXTS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -310,6 +312,12 @@ def plan_block(batch: pd.DataFrame, plan: Plan, finished, layout, motions, specs
     from pipelines.animate.resume import mark_finished
 
     rows = mark_finished(expand_rows(batch, plan), finished, layout, motions, specs)
+    errors = rows.loc[rows["status"] == "error", "error"]
+    if len(errors):  # per block, not per row: a million error rows must not be a million log lines
+        top = "; ".join(f"{n} x {msg[:120]}" for msg, n in errors.value_counts().head(3).items())
+        log.info("planned %d rows: %d error rows (%s)", len(rows), len(errors), top)
+    for rid, msg in zip(rows.loc[errors.index, "id"], errors):
+        log.debug("error row %s: %s", rid, msg)
     return rows.assign(_slot=slot_hash(rows), _content=content_hash(rows), _pending=rows["status"] == "pending")
 
 

@@ -91,6 +91,7 @@ class AnimateStage:
         return write_shard(batch, self.layout, self.run_id, source="actor")
 
     def _fail(self, batch: pd.DataFrame, index, message: str) -> None:
+        log.info("error row(s) %s: %s", ", ".join(map(str, batch.loc[index, "id"][:5])), message)
         batch.loc[index, ["status", "error"]] = ["error", message]
         batch.loc[index, ["video_uri", "gif_uri", "sha256"]] = ""
 

@@ -14,6 +14,7 @@ import psutil
 import pytest
 import torch
 
+from animatediff_core.errors import AnimateDiffError
 from animatediff_core.generate import GenerationSettings, Request, generate
 from animatediff_core.inflate import is_motion_param
 from animatediff_core.motion_formats import load_motion_adapter
@@ -21,7 +22,7 @@ from animatediff_core.pipeline import load_pipeline
 from animatediff_core.trainer import ADAPTER_DIR, ORIGINAL_FILE, TrainConfig, read_training_state
 from animatediff_core.video_io import encode_mp4
 from helpers_video import real_video
-from pipelines.train import TrainRun, check_run, list_checkpoints, train
+from pipelines.train.job import TrainRun, check_run, list_checkpoints, train
 
 CFG = TrainConfig.tiny(num_frames=8, stride=4, size=32, max_steps=4, checkpoint_every=2, validate_every=4,
                        validation_prompts=("waves on a beach",))
@@ -166,3 +167,17 @@ def _kill_a_worker_after(run_dir: str, checkpoint: str, out: dict, timeout: floa
                 return
         except psutil.Error:
             continue
+
+
+def test_a_pass_without_usable_clips_stops_at_once_with_the_counts(ray_session, tiny_models, http_root, tmp_path):
+    url, _ = http_root
+    bad = tmp_path / "bad.csv"
+    bad.write_text("videoid,contentUrl,name,duration,page_dir\n"
+                   f"1,{url}/missing.mp4,gone,PT1S,x\n2,{url}/truncated.mp4,cut,PT1S,x\n3,{url}/short.mp4,,PT1S,x\n")
+    run = TrainRun(data=str(bad), base=str(tiny_models / "base"), storage=str(tmp_path / "runs"), name="none", workers=2,
+                   decoders=1, max_failures=2)
+    with pytest.raises(AnimateDiffError) as err:
+        train(run, check_run(run, CFG))
+    message = str(err.value)
+    assert "a whole pass over the data gave no usable clip" in message and "restart" not in message
+    assert "not_found 1" in message and "corrupt 1" in message and "empty_caption 1" in message

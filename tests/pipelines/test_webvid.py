@@ -9,8 +9,8 @@ import pytest
 from animatediff_core.clips import ClipConfig
 from animatediff_core.errors import ConfigError
 from helpers_video import real_video
-from pipelines.decode import ClipDecoder, clip_array, decode_row
-from pipelines.webvid import INGEST_META, check_tables, find_source, folder_rows, normalize
+from pipelines.train.decode import ClipDecoder, clip_array, decode_row
+from pipelines.train.webvid import INGEST_META, check_tables, find_source, folder_rows, normalize
 
 CLIP = ClipConfig(num_frames=8, stride=4, size=32, num_threads=1)
 

@@ -28,12 +28,12 @@ from animatediff_core.configs import check_fields, need, option
 from animatediff_core.errors import AnimateDiffError, ConfigError
 from animatediff_core.pipeline import check_base_folder, read_unet_config
 from animatediff_core.trainer import TrainConfig
-from pipelines.decode import ClipDecoder, SkipTally
+from pipelines.train.decode import ClipDecoder, SkipTally
 from pipelines.ray_session import has_gpus
 from pipelines import run_folder
 from pipelines.run_folder import list_checkpoints
-from pipelines.train_loop import train_worker
-from pipelines.webvid import DataSource, check_tables, find_source, read_rows
+from pipelines.train.loop import WorkerPlan, train_worker
+from pipelines.train.webvid import DataSource, check_tables, find_source, read_rows
 
 
 
@@ -163,8 +163,7 @@ def build_trainer(run: TrainRun, cfg: TrainConfig, source: DataSource, tally=Non
     path, arrow_fs = storage.arrow_location(run.storage)
     return TorchTrainer(
         train_worker,
-        train_loop_config={"run": run, "cfg": cfg, "kind": "latents" if source.kind == "latents" else "clips",
-                           "meta": source.meta, "tally": tally},
+        train_loop_config={"plan": WorkerPlan(run, cfg, "latents" if source.kind == "latents" else "clips", source.meta, tally)},
         scaling_config=ScalingConfig(num_workers=run.workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus, **({"GPU": 1} if use_gpu else {})}),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -184,7 +183,8 @@ def train(run: TrainRun, plan: TrainPlan) -> TrainSummary:
     """Train as planned by `check_run`, then summarize. Ray must be initialized (the job does it).
 
     A run that still fails after `max_failures` worker-group restarts raises AnimateDiffError with
-    the first worker's error in one line.
+    the first worker's error in one line; so does, at once and without restarts, a run whose data
+    gave no usable clip in a whole pass (with the skip counts by reason).
     """
     start = time.time()
     tally = SkipTally.remote(_skips_at(run.run_dir, plan.resumed_from))
@@ -194,6 +194,10 @@ def train(run: TrainRun, plan: TrainPlan) -> TrainSummary:
         raise AnimateDiffError(f"training failed after {run.max_failures} restart(s): {_worker_error(e)}") from None
     done = list_checkpoints(run.run_dir)
     last = _last_metrics(run_folder.metrics(run.run_dir))
+    if int(last.get("step", 0)) < plan.cfg.max_steps:  # the workers stop short only when the data gave no clip
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(ray.get(tally.totals.remote()).items())) or "none counted"
+        raise AnimateDiffError(f"--data {run.data}: a whole pass over the data gave no usable clip "
+                               f"(skipped videos by reason: {counts}); fix the table or the videos it names")
     return TrainSummary(steps=int(last.get("step", 0)), loss=last.get("loss"),
                         checkpoint=done[max(done)] if done else None, run_dir=run.run_dir,
                         skipped_videos=last.get("skipped_videos", {}), seconds=time.time() - start,

@@ -25,9 +25,9 @@ from animatediff_core.configs import check_fields, need, option
 from animatediff_core.errors import ConfigError
 from animatediff_core.objective import encode_frames, encode_text
 from animatediff_core.pipeline import check_base_folder, load_base
-from pipelines.decode import ClipDecoder, SkipTally, clip_array
+from pipelines.train.decode import ClipDecoder, SkipTally, clip_array
 from pipelines.ray_session import has_gpus
-from pipelines.webvid import INGEST_META, DataSource, check_tables, find_source, read_rows
+from pipelines.train.webvid import INGEST_META, DataSource, check_tables, find_source, read_rows
 
 
 _CLIP = ClipConfig()

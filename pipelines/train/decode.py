@@ -15,10 +15,12 @@ Reasons:
   empty          the file has zero bytes
   corrupt        container or decoder failure (truncated file, unreadable codec)
   too_short      fewer frames than num_frames, even at stride 1
+  internal_error a bug in this stage (logged with its traceback): never counted as bad data
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 
 import numpy as np
@@ -29,8 +31,10 @@ from animatediff_core.clips import ClipConfig, load_clip
 from animatediff_core.errors import VideoError
 from animatediff_core.video_io import fetch
 
-SKIP_REASONS = ("empty_caption", "not_found", "unreadable", "empty", "corrupt", "too_short")
-CLIP_COLUMNS = ["videoid", "caption", "clip"]
+SKIP_REASONS = ("empty_caption", "not_found", "unreadable", "empty", "corrupt", "too_short", "internal_error")
+# What decoders (PyAV, decord, PIL) raise on damaged or unsupported streams; anything else is a bug.
+DECODER_ERRORS = (RuntimeError, OSError, ValueError, EOFError, MemoryError)
+log = logging.getLogger(__name__)
 
 
 def _reason(err: VideoError) -> str:
@@ -48,14 +52,19 @@ def decode_row(uri: str, caption: str, cfg: ClipConfig, rng: np.random.Generator
         data = fetch(uri)
     except VideoError as e:
         return b"", _reason(e)
-    except Exception:  # e.g. aiohttp's ClientResponseError for HTTP 403/500: not an OSError
+    except Exception as e:  # aiohttp's ClientResponseError for HTTP 403/500, timeouts: any failure to fetch
+        log.info("unreadable %s: %s: %s", uri, type(e).__name__, str(e)[:200])
         return b"", "unreadable"
     try:
         clip = load_clip(data, cfg, rng)
     except VideoError as e:
         return b"", _reason(e)
-    except Exception:  # decoders raise assorted types on damaged streams
+    except DECODER_ERRORS as e:
+        log.info("corrupt %s: %s: %s", uri, type(e).__name__, str(e)[:200])
         return b"", "corrupt"
+    except Exception:
+        log.exception("internal error decoding %s (a bug, not a bad video)", uri)
+        return b"", "internal_error"
     return clip.tobytes(), ""
 
 

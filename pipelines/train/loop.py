@@ -5,7 +5,7 @@ top, so it always starts by loading `ray.train.get_checkpoint()` (the latest com
 this run, also after a driver restart with the same storage path and run name).
 
 Per step, every worker pulls rows from its shard until it holds `batch_size` clips (bad videos were
-dropped and counted before the split, see `pipelines/decode.py`). One small all-reduce then agrees
+dropped and counted before the split, see `pipelines/train/decode.py`). One small all-reduce then agrees
 whether any worker ran out of rows; if one did, all start the next epoch together, because a new
 epoch of a streaming split starts only when every worker asks for it (and the others would
 otherwise wait for it in the gradient all-reduce).
@@ -17,6 +17,8 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import ray.train
@@ -26,14 +28,16 @@ import torch.distributed as dist
 from ray.train import Checkpoint, CheckpointUploadMode
 
 from animatediff_core import storage
-from animatediff_core.errors import ConfigError
 from animatediff_core.motion_formats import load_motion_adapter
 from animatediff_core.pipeline import load_base
 from animatediff_core.trainer import Batch, MotionTrainer, TrainConfig, step_generator
 from animatediff_core.video_io import write_gif
 from pipelines import run_folder
-from pipelines.decode import clip_array
 from pipelines.run_folder import checkpoint_name
+from pipelines.train.decode import clip_array
+
+if TYPE_CHECKING:
+    from pipelines.train.job import TrainRun
 
 
 class ClipStream:
@@ -80,6 +84,21 @@ class ClipStream:
         self.rows_in_epoch, self.epoch = 0, self.epoch + 1
 
 
+@dataclass(frozen=True)
+class WorkerPlan:
+    """What every training worker is given (Ray Train's `train_loop_config` is `{"plan": WorkerPlan}`)."""
+
+    run: "TrainRun"
+    cfg: TrainConfig
+    kind: str  # "clips" (decoded by the ClipDecoder stage) or "latents" (a jobs.ingest folder)
+    meta: dict | None = None  # jobs.ingest metadata (shapes) for kind "latents"
+    tally: object = None  # the SkipTally actor, or None
+
+
+class NoUsableClips(Exception):
+    """A whole pass over the data gave no clip on any worker: a data problem, which restarts cannot fix."""
+
+
 def next_rows(stream: ClipStream) -> list[dict]:
     """The next batch of rows for this worker, in step with the other workers (see module doc)."""
     while True:
@@ -89,9 +108,8 @@ def next_rows(stream: ClipStream) -> list[dict]:
             dist.all_reduce(vec)
         if vec[0] == 0:
             return stream.take()
-        if vec[1] == 0:
-            raise ConfigError("no usable clips: a whole pass over the data gave none (see skipped_videos in "
-                              "metrics.jsonl, or the counts in this error's run summary)")
+        if vec[1] == 0:  # every worker sees the same sums: all stop together
+            raise NoUsableClips()
         stream.next_epoch()
 
 
@@ -129,9 +147,9 @@ class MetricsLog:
             storage.write_text_atomic(self.uri, "".join(ln + "\n" for ln in self.lines))
 
 
-def build(config: dict, device: torch.device) -> MotionTrainer:
+def build(plan: WorkerPlan, device: torch.device) -> MotionTrainer:
     """The trainer, restored from the run's latest checkpoint when there is one."""
-    run, cfg = config["run"], config["cfg"]
+    run, cfg = plan.run, plan.cfg
     adapter = load_motion_adapter(run.motion_module) if run.motion_module else None
     trainer = MotionTrainer(load_base(run.base), cfg, adapter, device=device)
     checkpoint = ray.train.get_checkpoint()
@@ -171,27 +189,34 @@ def mean_over_workers(value: float) -> float:
 
 
 def train_worker(config: dict) -> None:
-    """`train_loop_per_worker` of the TorchTrainer. config: run (TrainRun), cfg (TrainConfig), kind
-    ("clips" or "latents"), meta (jobs.ingest metadata), tally (SkipTally actor or None)."""
-    run, cfg = config["run"], config["cfg"]
+    """`train_loop_per_worker` of the TorchTrainer; `config` is `{"plan": WorkerPlan}`."""
+    plan: WorkerPlan = config["plan"]
+    run, cfg = plan.run, plan.cfg
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(run.torch_threads)
-    trainer = build(config, device)
+    trainer = build(plan, device)
     if world > 1:
         trainer.model = ray.train.torch.prepare_model(trainer.unet, move_to_device=False)
-    tally = config.get("tally")
+    tally = plan.tally
     log = MetricsLog(run_folder.metrics(run.run_dir), trainer.step) if rank == 0 else None
     if rank == 0 and trainer.step:
         _say(f"resuming from {checkpoint_name(trainer.step)} (step {trainer.step})")
     stream = ClipStream(ray.train.get_dataset_shard("train"), cfg.batch_size)
     while trainer.step < cfg.max_steps:
         t0 = time.perf_counter()
-        rows = next_rows(stream)
+        try:
+            rows = next_rows(stream)
+        except NoUsableClips:
+            # End normally, so Ray Train does not restart the workers for a data error: the driver sees
+            # the run stopped short of max_steps and reports it with the skip counts.
+            if rank == 0:
+                _say(f"stopping at step {trainer.step}: a whole pass over the data gave no usable clip")
+            return
         waited = time.perf_counter() - t0
-        result = trainer.train_step(rows_to_batch(rows, cfg, config["kind"], config.get("meta")),
+        result = trainer.train_step(rows_to_batch(rows, cfg, plan.kind, plan.meta),
                                     step_generator(cfg.seed, rank, trainer.step))
         loss = mean_over_workers(result.loss)
         elapsed = time.perf_counter() - t0

@@ -7,9 +7,9 @@ Accepted `--data` (any fsspec URI):
 - a folder of videos with one captions table beside them (`captions.csv` or any single .csv/.parquet):
   its rows name the video by `contentUrl` or `file` (relative to the folder) or by `videoid`
   (the video whose file name without extension is that id), and the caption by `name` or `caption`;
-- a folder written by `jobs.ingest` (precomputed latents; see `pipelines/ingest.py`).
+- a folder written by `jobs.ingest` (precomputed latents; see `pipelines/train/ingest.py`).
 `contentUrl` may be http(s)://, s3://, gs://, file:// or a path; relative paths are resolved against
-the folder of the table. Rows are only normalized here: fetching and decoding is `pipelines/decode.py`.
+the folder of the table. Rows are only normalized here: fetching and decoding is `pipelines/train/decode.py`.
 """
 
 from __future__ import annotations
