@@ -110,7 +110,7 @@ def run(args, tmp: str) -> None:
     prompts = [f"a photo of subject {i}, cinematic lighting" for i in range(args.n)]
     table = os.path.join(tmp, "prompts.parquet")
     pd.DataFrame({"prompt": prompts, "seed": list(range(args.n))}).to_parquet(table)
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     job_s, ok = ray_job(models, table, args, os.path.join(tmp, "job"))
     loop_s = plain_loop(models, prompts, args, os.path.join(tmp, "loop"))
     switch_models = models if args.switch_preset == "tiny" else str(write_tiny_models(os.path.join(tmp, "sd15"), preset="sd15"))

@@ -115,7 +115,7 @@ def run(args, tmp: str) -> None:
     suite = pd.read_csv(os.path.join(os.path.dirname(__file__), "..", "jobs", "data", "eval_prompts.csv"))
     table = os.path.join(tmp, "prompts.csv")
     pd.concat([suite] * (args.n // len(suite) + 1)).head(args.n).assign(seed=range(args.n)).drop(columns="id").to_csv(table, index=False)
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     folder = os.path.join(tmp, "generated")
     gen_s = generate(models, table, args, folder)
     st = stages(models, folder, os.path.join(tmp, "eval"))

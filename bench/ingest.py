@@ -76,7 +76,7 @@ def data_wait(videos: list[str], steps: int) -> dict:
             f.write("videoid,contentUrl,name\n")
             for i, v in enumerate(videos * 2):
                 f.write(f'{i},{v},"clip {i}"\n')
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         run = TrainRun(data=table, base=str(models / "base"), storage=os.path.join(tmp, "runs"), workers=2,
                        decoders=2, decode_cpus=0.25)
         cfg = TrainConfig.tiny(max_steps=steps, checkpoint_every=steps, validate_every=0, batch_size=1)

@@ -120,7 +120,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="bench-plan-")
     try:
         models = str(write_tiny_models(os.path.join(tmp, "models")))
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         print(f"machine: {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB")
         part1(tmp, models, args)

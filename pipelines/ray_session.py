@@ -19,7 +19,7 @@ def init_ray(**kwargs) -> None:
         ray.init(**kwargs)
         log.info("joined Ray cluster at %s", os.environ["RAY_ADDRESS"])
     else:
-        ray.init(**kwargs)
+        ray.init(address="local", **kwargs)  # "local": never join a `ray start` cluster left on this machine
         log.info("started an embedded Ray (%s CPUs, %s GPUs)", *(ray.cluster_resources().get(k, 0) for k in ("CPU", "GPU")))
 
 
