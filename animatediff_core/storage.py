@@ -90,6 +90,21 @@ def write_bytes_atomic(uri: str, data: bytes, **storage_options) -> None:
         raise
 
 
+def check_writable(uri: str, flag: str) -> None:
+    """Raise ConfigError naming `flag` unless a file can be written (and removed again) under `uri`."""
+    import time
+
+    from .errors import ConfigError
+
+    probe = join(uri, f".write-test-{os.getpid()}-{time.time_ns()}")
+    try:
+        write_bytes_atomic(probe, b"")
+        fs, path = fs_and_path(probe)
+        fs.rm(path)
+    except Exception as e:  # any backend's permission, missing bucket or network error
+        raise ConfigError(f"{flag} {uri}: not writable ({type(e).__name__}: {str(e)[:200]})") from None
+
+
 def write_text_atomic(uri: str, text: str, **storage_options) -> None:
     """UTF-8 text version of :func:`write_bytes_atomic`."""
     write_bytes_atomic(uri, text.encode("utf-8"), **storage_options)

@@ -21,7 +21,7 @@ import pandas as pd
 
 from animatediff_core import storage
 from animatediff_core.configs import check_fields, need, option
-from animatediff_core.errors import CheckpointError, ConfigError
+from animatediff_core.errors import CheckpointError
 from animatediff_core.settings import SAMPLERS, CheckpointSpec, GenerationSettings
 from pipelines import tables
 from pipelines.ray_session import has_gpus
@@ -129,12 +129,7 @@ def preflight(cfg: AnimateConfig) -> Prepared:
             raise CheckpointError(f"--motion-module {e}") from None
         motions[name] = dataclasses.replace(spec, max_frames=frames)
     layout = OutputLayout(cfg.out, by_motion=len(motions) > 1)
-    probe = storage.join(cfg.out, ".write-test")
-    try:
-        storage.write_bytes_atomic(probe, b"ok")
-        storage.fs_and_path(probe)[0].rm(storage.fs_and_path(probe)[1])
-    except Exception as e:
-        raise ConfigError(f"--out {cfg.out}: not writable ({type(e).__name__}: {e})") from None
+    storage.check_writable(cfg.out, "--out")
     log.info("planned: %d prompt table file(s), %d checkpoint(s) (%s), %d motion module(s) (%s)", len(files),
              len(checkpoints), ", ".join(checkpoints), len(motions), ", ".join(motions))
     return Prepared(cfg, files, checkpoints, motions, layout)

@@ -105,7 +105,7 @@ def check_run(run: TrainRun, cfg: TrainConfig) -> TrainPlan:
         cfg = latents_config(source, cfg, run.base)
     else:
         check_tables(source)
-    _check_writable(run.storage)
+    storage.check_writable(run.storage, "--storage")
     done = list_checkpoints(run.run_dir)
     if done and not run.resume:
         raise ConfigError(f"run folder {run.run_dir} already has checkpoints (latest {max(done)}); "
@@ -130,16 +130,6 @@ def latents_config(source: DataSource, cfg: TrainConfig, base: str) -> TrainConf
         raise ConfigError(f"--data {source.uri}: latents/text embeddings of {found[0]} channels / {found[1]} dims do not "
                           f"fit this base's UNet ({unet['in_channels']} / {unet['cross_attention_dim']}); ingest with this --base")
     return replace(cfg, num_frames=int(meta["num_frames"]), size=int(meta["size"]), stride=int(meta["stride"]))
-
-
-def _check_writable(uri: str) -> None:
-    probe = storage.join(uri, f".write-test-{time.time_ns()}")
-    try:
-        storage.write_bytes_atomic(probe, b"")
-        fs, path = storage.fs_and_path(probe)
-        fs.rm(path)
-    except Exception as e:  # any storage backend's permission/network error
-        raise ConfigError(f"--storage {uri}: not writable ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def build_dataset(source: DataSource, cfg: TrainConfig, run: TrainRun, tally=None) -> "ray.data.Dataset":

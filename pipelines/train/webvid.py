@@ -14,24 +14,20 @@ the folder of the table. Rows are only normalized here: fetching and decoding is
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 import ray
 
 from animatediff_core import storage
 from animatediff_core.errors import ConfigError
+from pipelines import tables as table_files
 
 REQUIRED = ("videoid", "contentUrl", "name")
 STRING_COLUMNS = ("videoid", "contentUrl", "name", "duration", "page_dir", "file", "caption")
 ROW_COLUMNS = ["videoid", "video_uri", "caption"]
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v")
-TABLE_EXTS = (".csv", ".csv.gz", ".parquet", ".pq")
 INGEST_META = "_ingest.json"  # marks a folder written by jobs.ingest
 
 
@@ -46,10 +42,6 @@ class DataSource:
     meta: dict | None = None  # jobs.ingest metadata for kind "latents"
 
 
-def _is_table(path: str) -> bool:
-    return path.lower().endswith(TABLE_EXTS)
-
-
 def find_source(uri: str) -> DataSource:
     """Classify `--data`; raise ConfigError (one line) when it is missing or holds nothing usable."""
     expected = ("expected a WebVid-format CSV/Parquet table, a folder of such tables, a folder of videos "
@@ -57,14 +49,14 @@ def find_source(uri: str) -> DataSource:
     if not storage.exists(uri):
         raise ConfigError(f"--data {uri}: not found ({expected})")
     if not storage.isdir(uri):
-        if not _is_table(uri):
+        if not table_files.is_table(uri):
             raise ConfigError(f"--data {uri}: not a .csv or .parquet table ({expected})")
         return DataSource(uri, "table", (uri,), _parent(uri))
     if storage.exists(storage.join(uri, INGEST_META)):
         meta = json.loads(storage.read_bytes(storage.join(uri, INGEST_META)))
         return DataSource(uri, "latents", (), uri, meta)
-    files = _list_files(uri)
-    tables = tuple(f for f in files if _is_table(f))
+    files = table_files.list_files(uri)
+    tables = tuple(f for f in files if table_files.is_table(f))
     videos = [f for f in files if f.lower().endswith(VIDEO_EXTS)]
     if videos:
         if len(tables) != 1:
@@ -83,36 +75,11 @@ def _parent(uri: str) -> str:
     return uri.rsplit("/", 1)[0] if "/" in uri else "."
 
 
-def _list_files(uri: str) -> list[str]:
-    """Files under `uri` (two levels deep, as video2dataset shards are laid out), as URIs like `uri`."""
-    fs, root = storage.fs_and_path(uri)
-    root = root.rstrip("/")
-    found = sorted(p for p in fs.find(root, maxdepth=2) if not p.rsplit("/", 1)[-1].startswith((".", "_")))
-    return [storage.join(uri, p[len(root):].lstrip("/")) for p in found]
-
-
-def table_columns(uri: str) -> tuple[list[str], bool]:
-    """(column names, has at least one row) of a table, reading only its header or Parquet footer."""
-    fs, path = storage.fs_and_path(uri)
-    try:
-        with fs.open(path, "rb", compression="infer") as f:
-            if uri.lower().endswith((".parquet", ".pq")):
-                meta = pq.ParquetFile(f).metadata
-                return list(meta.schema.names), meta.num_rows > 0
-            head = f.read(1 << 16)
-    except (OSError, pa.ArrowInvalid) as e:
-        raise ConfigError(f"--data {uri}: cannot read table ({type(e).__name__}: {str(e)[:200]})") from None
-    lines = [ln for ln in head.decode("utf-8", "replace").splitlines() if ln.strip()]
-    if not lines:
-        return [], False
-    return pacsv.read_csv(io.BytesIO(lines[0].encode() + b"\n")).column_names, len(lines) > 1
-
-
 def check_tables(source: DataSource) -> None:
     """Fail fast when the tables lack WebVid's columns or are all empty."""
     nonempty = False
     for uri in source.tables:
-        names, rows = table_columns(uri)
+        names, rows = table_files.header(uri, "--data")
         if source.kind == "table":
             missing = [c for c in REQUIRED if c not in names]
         else:
@@ -154,11 +121,11 @@ def normalize(batch: pd.DataFrame, root: str) -> pd.DataFrame:
 
 def folder_rows(source: DataSource) -> pd.DataFrame:
     """Rows for a folder of videos: the captions table joined to the files (driver side; small datasets)."""
-    table = read_table_pandas(source.tables[0])
+    table = table_files.read_pandas(source.tables[0], strings=STRING_COLUMNS, flag="--data")
     if "contentUrl" in table or "file" in table:
         return normalize(table, source.root)
     by_stem = {}
-    for uri in _list_files(source.uri):
+    for uri in table_files.list_files(source.uri):
         if uri.lower().endswith(VIDEO_EXTS):
             by_stem[uri.rsplit("/", 1)[-1].rsplit(".", 1)[0]] = uri
     rows = normalize(table, source.root)
@@ -166,32 +133,10 @@ def folder_rows(source: DataSource) -> pd.DataFrame:
     return rows
 
 
-def read_table_pandas(uri: str) -> pd.DataFrame:
-    fs, path = storage.fs_and_path(uri)
-    with fs.open(path, "rb", compression="infer") as f:
-        if uri.lower().endswith((".parquet", ".pq")):
-            return pq.read_table(f).to_pandas()
-        return pacsv.read_csv(f, **_csv_options()).to_pandas()
-
-
-def _csv_options() -> dict:
-    return dict(parse_options=pacsv.ParseOptions(newlines_in_values=True),
-                convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in STRING_COLUMNS}))
-
-
 def read_rows(source: DataSource, num_cpus: float = 1.0) -> "ray.data.Dataset":
     """A Ray Dataset of `videoid, video_uri, caption` rows (tables are read by Ray Data, streaming;
     `num_cpus` per read task)."""
     if source.kind == "folder":
         return ray.data.from_pandas(folder_rows(source))  # a driver-side table: no read tasks
-    arrow_fs = storage.arrow_location(source.tables[0])[1]
-    paths = [storage.arrow_location(t)[0] for t in source.tables]
-    parquet = [p for p in paths if p.lower().endswith((".parquet", ".pq"))]
-    csv = [p for p in paths if p not in parquet]
-    parts = []
-    if parquet:
-        parts.append(ray.data.read_parquet(parquet, filesystem=arrow_fs, num_cpus=num_cpus))
-    if csv:
-        parts.append(ray.data.read_csv(csv, filesystem=arrow_fs, num_cpus=num_cpus, **_csv_options()))
-    ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+    ds = table_files.read_ray(list(source.tables), strings=STRING_COLUMNS, num_cpus=num_cpus)
     return ds.map_batches(normalize, fn_kwargs={"root": source.root}, batch_format="pandas", num_cpus=num_cpus)
