@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=None, help="rows per pipeline call (default 8 on GPU, 1 on CPU)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
     p.add_argument("--no-gif", dest="gif", action="store_false", help="skip GIF previews")
+    p.add_argument("--motion-norm", choices=["official", "diffusers"], help="default: what the module records, else official")
     return p
 
 
@@ -55,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     defaults = GenerationSettings(args.num_frames, args.height, args.width, args.steps, args.guidance_scale, args.fps)
     cfg = AnimateConfig(args.prompts, args.base, args.motion_module, args.out, checkpoints, defaults, args.workers,
-                        gpus, args.cpus_per_worker, args.batch_size, args.gif, args.dtype, args.torch_threads, args.max_batch)
+                        gpus, args.cpus_per_worker, args.batch_size, args.gif, args.dtype, args.torch_threads, args.max_batch,
+                        motion_norm=args.motion_norm)
     start = time.time()
     results = run_animate(cfg)
     write_metadata(results, args.out)

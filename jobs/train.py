@@ -12,7 +12,8 @@ import argparse
 from jobs.config import parse, quiet_libraries, run
 
 RECIPE = ("max_steps", "checkpoint_every", "validate_every", "batch_size", "lr", "weight_decay", "caption_dropout",
-          "num_frames", "stride", "size", "mixed_precision", "gradient_checkpointing", "seed", "validation_prompts")
+          "num_frames", "stride", "size", "mixed_precision", "gradient_checkpointing", "seed", "validation_prompts",
+          "motion_norm")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
     p.add_argument("--gradient-checkpointing", action="store_true", default=None)
     p.add_argument("--validation-prompts", nargs="+", help="prompts sampled to GIFs at each validation")
+    p.add_argument("--motion-norm", choices=["official", "diffusers"], help="default: what --motion-module records, else official")
     return p
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 
 from animatediff_core import storage
 from animatediff_core.generate import GenerationSettings
+from animatediff_core.numerics import check_mode
 from animatediff_core.personalize import CheckpointSpec
 from pipelines.rows import ROW_COLUMNS, SETTING_COLUMNS, expand_rows, fingerprint, video_uri
 from pipelines.stage import AnimateStage, METADATA_COLUMNS
@@ -39,6 +40,11 @@ class AnimateConfig:
     dtype: str = "auto"  # float16 on GPU, float32 on CPU
     torch_threads: int | None = None  # CPU actors; default: cpus_per_worker
     max_batch: int | None = None  # rows per pipeline call; default 8 on GPU, 1 on CPU
+    motion_norm: str | None = None  # "official" | "diffusers" (animatediff_core/numerics.py); None: the module's recorded, else official
+
+    def __post_init__(self):
+        if self.motion_norm is not None:
+            check_mode(self.motion_norm)  # a ConfigError naming the choices, before any actor starts
 
 
 def read_prompts(uris: list[str]):
@@ -80,7 +86,8 @@ def _cell(v):
     return str(v.item() if hasattr(v, "item") else v)
 
 
-def mark_finished(batch: pd.DataFrame, out: str, motion_module: str, specs: dict[str, CheckpointSpec]) -> pd.DataFrame:
+def mark_finished(batch: pd.DataFrame, out: str, motion_module: str, specs: dict[str, CheckpointSpec],
+                  motion_norm: str | None = None) -> pd.DataFrame:
     """Rows whose video exists and whose sidecar matches become ok/skipped: resume without regenerating."""
     batch = batch.copy()
     for col in METADATA_COLUMNS:
@@ -94,7 +101,7 @@ def mark_finished(batch: pd.DataFrame, out: str, motion_module: str, specs: dict
             continue
         meta = json.loads(storage.read_bytes(side))
         mp4 = video_uri(out, row["checkpoint"], row["id"])
-        same = meta.get("fingerprint") == fingerprint(row.to_dict(), motion_module, specs[row["checkpoint"]])
+        same = meta.get("fingerprint") == fingerprint(row.to_dict(), motion_module, specs[row["checkpoint"]], motion_norm)
         if same and storage.exists(mp4) and storage.size(mp4) == meta.get("bytes"):
             for k in ("video_uri", "gif_uri", "seconds", "bytes", "sha256"):
                 batch.at[i, k] = meta.get(k)
@@ -110,7 +117,8 @@ def build_dataset(cfg: AnimateConfig):
     ds = read_prompts(cfg.prompts)
     ds = ds.map_batches(expand_rows, batch_format="pandas", fn_kwargs={"checkpoints": names, "defaults": cfg.defaults})
     ds = ds.map_batches(mark_finished, batch_format="pandas",
-                        fn_kwargs={"out": cfg.out, "motion_module": cfg.motion_module, "specs": cfg.checkpoints})
+                        fn_kwargs={"out": cfg.out, "motion_module": cfg.motion_module, "specs": cfg.checkpoints,
+                                   "motion_norm": cfg.motion_norm})
     # Sorted rows, cut into actor-sized blocks: one actor sees one checkpoint for long stretches.
     ds = ds.sort(SORT_KEYS).repartition(target_num_rows_per_block=cfg.batch_size)
     gpu = cfg.num_gpus_per_worker > 0
@@ -118,7 +126,7 @@ def build_dataset(cfg: AnimateConfig):
         AnimateStage,
         fn_constructor_kwargs=dict(base=cfg.base, motion_module=cfg.motion_module, checkpoints=cfg.checkpoints,
                                    out=cfg.out, gif=cfg.gif, dtype=cfg.dtype, threads=cfg.torch_threads or max(1, int(cfg.cpus_per_worker)),
-                                   max_batch=cfg.max_batch),
+                                   max_batch=cfg.max_batch, motion_norm=cfg.motion_norm),
         batch_format="pandas",
         batch_size=cfg.batch_size,
         compute=ray.data.ActorPoolStrategy(size=cfg.workers),

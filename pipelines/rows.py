@@ -158,10 +158,11 @@ def video_uri(out: str, checkpoint: str, rid: str, ext: str = "mp4") -> str:
     return storage.join(out, "videos", checkpoint, f"{rid}.{ext}")
 
 
-def fingerprint(row: dict, motion_module: str, spec: CheckpointSpec) -> dict:
+def fingerprint(row: dict, motion_module: str, spec: CheckpointSpec, motion_norm: str | None = None) -> dict:
     """What must match for an existing video to be reused on a rerun."""
     return {"prompt": row["prompt"], "negative_prompt": row["negative_prompt"], "seed": int(row["seed"]),
             "checkpoint": row["checkpoint"], "checkpoint_uri": spec.uri or "", "scale": spec.scale,
-            "motion_module": motion_module, **{k: _plain(row[k]) for k in (*SETTING_COLUMNS, "fps")}}
+            "motion_module": motion_module, "motion_norm": motion_norm,
+            **{k: _plain(row[k]) for k in (*SETTING_COLUMNS, "fps")}}
 
 

@@ -50,14 +50,16 @@ def with_types(batch: pd.DataFrame) -> pd.DataFrame:
 
 class AnimateStage:
     def __init__(self, base: str, motion_module: str, checkpoints: dict[str, CheckpointSpec], out: str,
-                 gif: bool = True, dtype: str = "auto", threads: int = 1, max_batch: int | None = 8):
+                 gif: bool = True, dtype: str = "auto", threads: int = 1, max_batch: int | None = 8,
+                 motion_norm: str | None = None):
         quiet_model_libraries()
         cuda = torch.cuda.is_available()
         torch.set_num_threads(threads)
         self.device = "cuda" if cuda else "cpu"
         dt = {"auto": torch.float16 if cuda else torch.float32, "float16": torch.float16,
               "bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
-        self.pipe = load_pipeline(base, motion_module, device=self.device, dtype=dt)
+        self.pipe = load_pipeline(base, motion_module, device=self.device, dtype=dt, motion_norm=motion_norm)
+        self.motion_norm = motion_norm
         self.personalizer = Personalizer(self.pipe)
         self.limit = max_frames(self.pipe)
         # Rows per pipeline call. On CPU a batch of 8 measured 19% slower per video than one at a time
@@ -123,7 +125,7 @@ class AnimateStage:
         meta = {"video_uri": uri, "gif_uri": gif_uri, "seconds": round(gen_seconds + time.time() - t0, 4),
                 "bytes": num_bytes, "sha256": sha256}
         # The sidecar goes last: its presence means the video is complete and matches these settings.
-        sidecar = {**meta, "fingerprint": fingerprint(row, self.motion_module, self.specs[row["checkpoint"]])}
+        sidecar = {**meta, "fingerprint": fingerprint(row, self.motion_module, self.specs[row["checkpoint"]], self.motion_norm)}
         storage.write_bytes_atomic(video_uri(self.out, row["checkpoint"], row["id"], "json"), json.dumps(sidecar).encode())
         for k, v in meta.items():
             batch.at[i, k] = v

@@ -178,3 +178,13 @@ def test_trained_module_reloads_with_the_numerics_it_was_trained_with(tiny_model
         assert torch.equal(_run(pipe.unet, x), _run(trained, x))
     official = load_pipeline(str(tiny_models / "base"), str(tmp_path / "ckpt" / ADAPTER_DIR), motion_norm="official")
     assert not torch.equal(_run(official.unet, x), _run(trained, x))
+
+
+def test_resumed_training_keeps_the_checkpoints_numerics(tiny_models, tmp_path):
+    base = load_base(str(tiny_models / "base"))
+    MotionTrainer(base, TrainConfig.tiny(motion_norm="diffusers")).save_checkpoint(str(tmp_path / "ckpt"))
+    resumed = MotionTrainer(base, TrainConfig.tiny())
+    resumed.load_checkpoint(str(tmp_path / "ckpt"))
+    assert numerics_of(resumed.unet).mode == resumed.numerics.mode == "diffusers"
+    with pytest.raises(ConfigError, match="trained with motion_norm='diffusers'"):
+        MotionTrainer(base, TrainConfig.tiny(motion_norm="official")).load_checkpoint(str(tmp_path / "ckpt"))
