@@ -26,6 +26,7 @@ test: install
 bench: install
 	$(PY) bench/animate.py
 	$(PY) bench/ingest.py
+	$(PY) bench/numerics.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
