@@ -24,7 +24,7 @@ import time
 import torch
 
 from animatediff_core.inflate import MotionModuleConfig, freeze_base, inflate_unet, new_motion_adapter
-from animatediff_core.numerics import apply_motion_norm
+from animatediff_core.numerics import AcrossFramesGroupNorm, PerFrameGroupNorm, apply_motion_norm
 from animatediff_core.tiny import SD15_UNET, TINY_UNET
 
 MODES = ("diffusers", "official")
@@ -41,7 +41,8 @@ def video_unets(preset: str):
     unet_cfg, v2, v1 = SHAPES[preset]
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**unet_cfg)
-    for version, cfg in (("v2", v2), ("v1", v1)):
+    for seed, (version, cfg) in enumerate((("v2", v2), ("v1", v1)), start=1):
+        torch.manual_seed(seed)  # the same weights whatever ran before
         adapter = new_motion_adapter(dict(unet.config), cfg, zero_init=False)
         video = inflate_unet(unet, adapter)[0].eval()
         freeze_base(video)  # as in training: gradients for the motion modules only
@@ -89,6 +90,60 @@ def measure(unet, version: str, args, backward: bool) -> dict:
     return {"diffusers_s": med["diffusers"], "official_s": med["official"], "ratio": med["official"] / med["diffusers"],
             "max_abs_diff": diff.max().item(), "mean_abs_diff": diff.mean().item(),
             "mean_abs_output": outputs["diffusers"].abs().mean().item()}
+
+
+def norm_cost(unet, version: str, args, backward: bool = False) -> dict:
+    """CPU time per UNet forward (+ backward) in the GroupNorms the numerics swap, under each numerics.
+
+    The two numerics differ only there, so this difference is what a forward pass gains or loses, measured
+    one norm at a time (milliseconds, many repeats) instead of through whole forwards that the shared
+    machine's noise blurs by a few percent. A temporal norm is timed with the permute+reshape diffusers
+    applies to its output, whose cost depends on the layout the norm returns.
+    """
+    apply_motion_norm(unet, "official", version)
+    paths = [n for n, m in unet.named_modules() if isinstance(m, (PerFrameGroupNorm, AcrossFramesGroupNorm))]
+    swapped = {p: unet.get_submodule(p) for p in paths}
+    apply_motion_norm(unet, "diffusers", version)
+    plain = {p: unet.get_submodule(p) for p in paths}
+    seen = {}
+    hooks = [plain[p].register_forward_pre_hook(lambda m, a, p=p: seen.setdefault(p, a[0].clone())) for p in paths]
+    latents, t, text = inputs(unet, args.frames, args.size)
+    with torch.no_grad():
+        unet(latents, t, encoder_hidden_states=text)
+    for h in hooks:
+        h.remove()
+    totals = {m: 0.0 for m in MODES}
+    for p in paths:
+        x = seen[p]
+        if isinstance(swapped[p], AcrossFramesGroupNorm):
+            swapped[p].count.frames = args.frames  # what the UNet's pre-hook sets in a real forward
+        fns = {"diffusers": _norm_step(plain[p], x, backward), "official": _norm_step(swapped[p], x, backward)}
+        times = {m: [] for m in MODES}
+        for r in range(4 * args.repeats + 1):
+            for m in MODES if r % 2 == 0 else MODES[::-1]:
+                times[m].append(timed(fns[m]))
+        for m in MODES:
+            totals[m] += statistics.median(times[m][2:])
+    return {"norms": len(paths), **totals}
+
+
+def _norm_step(norm, x: torch.Tensor, backward: bool):
+    """One call of `norm` on `x` as the UNet makes it: a motion module's `(b, c, f, h, w)` norm is followed
+    by diffusers' permute+reshape to `(b*h*w, f, c)`; with `backward`, gradients flow back through both."""
+    def out(inp):
+        y = norm(inp)
+        return y.permute(0, 3, 4, 2, 1).reshape(-1, x.shape[2], x.shape[1]) if x.dim() == 5 else y
+
+    if not backward:
+        return lambda: torch.no_grad()(out)(x)
+    y = out(x).detach()
+    grad = torch.randn(y.shape, generator=torch.Generator().manual_seed(4))
+
+    def step():
+        inp = x.detach().requires_grad_(True)
+        out(inp).backward(grad)
+
+    return step
 
 
 def measure_module(unet, args) -> None:
@@ -140,11 +195,18 @@ def main() -> None:
     for preset in args.presets:
         for version, unet in video_unets(preset):
             passes = [("forward", False)] + ([("forward+backward", True)] if preset == "tiny" else [])
+            results = {}
             for what, backward in passes:
-                r = measure(unet, version, args, backward)
+                r = results[what] = measure(unet, version, args, backward)
                 print(f"[{preset} {version}-shaped] {what}: diffusers {r['diffusers_s'] * 1000:.0f} ms, "
                       f"official {r['official_s'] * 1000:.0f} ms, official/diffusers {r['ratio']:.3f}; output moves "
                       f"max {r['max_abs_diff']:.3g} mean {r['mean_abs_diff']:.3g} (mean |output| {r['mean_abs_output']:.3g})")
+            for what, backward in passes:
+                c = norm_cost(unet, version, args, backward)
+                delta = c["official"] - c["diffusers"]
+                print(f"[{preset} {version}-shaped] the {c['norms']} swapped GroupNorms, per {what}: diffusers "
+                      f"{c['diffusers'] * 1000:.2f} ms, official {c['official'] * 1000:.2f} ms: official costs "
+                      f"{delta * 1000:+.2f} ms = {100 * delta / results[what]['diffusers_s']:+.2f}% of a diffusers {what}")
             if preset == "sd15" and version == "v2":
                 measure_module(unet, args)
             del unet
