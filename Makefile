@@ -27,6 +27,8 @@ bench: install
 	$(PY) bench/animate.py
 	$(PY) bench/ingest.py
 	$(PY) bench/evaluate.py
+	$(PY) bench/numerics.py
+	$(PY) bench/plan.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -11,6 +11,8 @@ The rename table below is the inverse-able form of diffusers'
 
 Head count and GroupNorm groups leave no trace in tensor shapes; files we write record them in the
 safetensors metadata, and other files get the official values (8 heads, 32 groups) unless overridden.
+The numerics a module was trained with (`numerics.py`: mode and version) are recorded the same way
+when known, and carried in memory, and in a MotionAdapter folder's config.json, as `_motion_*` config keys.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from . import hub, storage
 from .checkpoints import check_keys, load_state_dict, read_safetensors_metadata, save_state_dict
 from .errors import CheckpointError
 from .inflate import MotionModuleConfig
+from .numerics import CONFIG_KEYS, METADATA_KEYS, MODES, VERSIONS
 
 # (original, diffusers) substrings; applied left-to-right original->diffusers, right-to-left back.
 _RENAMES = [
@@ -122,6 +125,7 @@ def load_original_motion_module(uri: str, cfg: MotionModuleConfig | None = None)
     expected = {k: tuple(v.shape) for k, v in adapter.state_dict().items() if not k.endswith("pos_embed.pe")}
     check_keys(expected, converted, "AnimateDiff motion module", uri)
     adapter.load_state_dict(converted, strict=False)  # pos_embed.pe buffers are recomputed, identical formula
+    _record_from_metadata(adapter, meta, uri)
     return adapter
 
 
@@ -192,6 +196,17 @@ def inspect_motion_module(uri: str, unet_config: dict, cfg: MotionModuleConfig |
     return int(adapter.config["motion_max_seq_length"])
 
 
+def _record_from_metadata(adapter: MotionAdapter, meta: dict[str, str], uri: str) -> None:
+    """Carry a file's recorded numerics (mode, version) into the adapter's config."""
+    for field, allowed in (("mode", MODES), ("version", VERSIONS)):
+        value = meta.get(METADATA_KEYS[field])
+        if value is None:
+            continue
+        if value not in allowed:
+            raise CheckpointError(f"{uri}: metadata {METADATA_KEYS[field]}={value!r}; expected one of {', '.join(allowed)}")
+        adapter.register_to_config(**{CONFIG_KEYS[field]: value})
+
+
 def load_motion_adapter(uri: str, cfg: MotionModuleConfig | None = None) -> MotionAdapter:
     """Load a motion module from a diffusers MotionAdapter folder or an original-format file (any fsspec
     URI or Hub id)."""
@@ -217,6 +232,7 @@ def save_motion_adapter(adapter: MotionAdapter, uri: str, fmt: str = "diffusers"
             "motion_num_attention_heads": str(_first(adapter.config["motion_num_attention_heads"])),
             "motion_norm_num_groups": str(adapter.config["motion_norm_num_groups"]),
             "motion_max_seq_length": str(adapter.config["motion_max_seq_length"]),
+            **{METADATA_KEYS[f]: adapter.config[k] for f, k in CONFIG_KEYS.items() if adapter.config.get(k)},
         }
         save_state_dict(diffusers_to_original(adapter.state_dict()), uri, metadata=meta if uri.endswith(".safetensors") else None)
     elif fmt == "diffusers":

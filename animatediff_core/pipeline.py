@@ -16,6 +16,7 @@ from . import hub, storage
 from .errors import CheckpointError
 from .inflate import MotionModuleConfig, inflate_unet
 from .motion_formats import load_motion_adapter
+from .numerics import apply_motion_norm, check_mode, resolve
 from .schedule import ScheduleConfig
 
 BASE_PARTS = ("unet", "vae", "text_encoder", "tokenizer")
@@ -67,9 +68,15 @@ def load_base(uri: str, dtype: torch.dtype = torch.float32) -> Base:
         raise CheckpointError(f"{uri}: could not load base model ({str(e).splitlines()[0][:300]})") from None
 
 
-def build_pipeline(base: Base, adapter: MotionAdapter, schedule: ScheduleConfig = ScheduleConfig()) -> AnimateDiffPipeline:
-    """AnimateDiffPipeline over the inflated UNet, with AnimateDiff's DDIM sampler."""
+def build_pipeline(base: Base, adapter: MotionAdapter, schedule: ScheduleConfig = ScheduleConfig(),
+                   motion_norm: str | None = None) -> AnimateDiffPipeline:
+    """AnimateDiffPipeline over the inflated UNet, with AnimateDiff's DDIM sampler.
+
+    `motion_norm` (official|diffusers; numerics.py): None takes the one the module records, else official.
+    """
+    numerics = resolve(motion_norm, adapter.config)
     video_unet, adapter = inflate_unet(base.unet, adapter)
+    apply_motion_norm(video_unet, numerics.mode, numerics.version)
     pipe = AnimateDiffPipeline(
         vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
         unet=video_unet, motion_adapter=adapter, scheduler=schedule.inference_scheduler(),
@@ -84,13 +91,20 @@ def load_pipeline(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     motion_config: MotionModuleConfig | None = None,
+    motion_norm: str | None = None,
 ) -> AnimateDiffPipeline:
-    """Load base + motion module (diffusers folder or original-format file) into a ready pipeline."""
+    """Load base + motion module (diffusers folder or original-format file) into a ready pipeline.
+
+    `motion_norm`: "official" (the official AnimateDiff's function for the module's version) or "diffusers"
+    (diffusers' classes as they are); None: what the module records (modules we train), else official.
+    """
+    if motion_norm is not None:
+        check_mode(motion_norm)  # before seconds of loading
     parts = load_base(base, dtype)
     adapter = load_motion_adapter(motion_module, motion_config)
     if adapter.dtype != dtype:
         adapter = adapter.to(dtype=dtype)
-    return build_pipeline(parts, adapter).to(device)
+    return build_pipeline(parts, adapter, motion_norm=motion_norm).to(device)
 
 
 def max_frames(pipe: AnimateDiffPipeline) -> int:

@@ -33,6 +33,7 @@ from .generate import GenerationSettings, Request, generate
 from .inflate import MotionModuleConfig, extract_motion_adapter, freeze_base, inflate_unet, is_motion_param
 from .motion_formats import load_motion_adapter, save_motion_adapter
 from .motion_lora import add_motion_lora, load_motion_lora_into, save_motion_lora
+from .numerics import MODES, apply_motion_norm, record, resolve
 from .objective import diffusion_loss, encode_frames, encode_text
 from .pipeline import Base
 from .schedule import ScheduleConfig
@@ -77,6 +78,8 @@ class TrainConfig:
     gradient_checkpointing: bool = option(False, help="recompute activations in the backward pass (less memory)")
     motion_lora_rank: int | None = option(None, flag="--motion-lora", help="train only LoRA adapters of this rank on the motion module")
     motion_config: MotionModuleConfig = MotionModuleConfig()  # shape of a fresh motion module (Python only)
+    motion_norm: str | None = option(None, choices=MODES, help="official (AnimateDiff's own: per-frame GroupNorm) or "
+                                     "diffusers numerics; default: what the module records, else official")
     seed: int = option(0, help="seed of every step's randomness")
     validation_prompts: tuple[str, ...] = option(VALIDATION_PROMPTS, help="prompts sampled to GIFs at each validation")
     validation_steps: int = option(25, help="sampler steps of the validation GIFs")
@@ -120,6 +123,8 @@ class TrainConfig:
         rank = self.motion_lora_rank
         need(rank is None or rank >= 1, f"motion_lora_rank must be an integer >= 1 or unset, found {rank!r}")
         need(bool(self.validation_prompts) or self.validate_every == 0, "validation needs at least one prompt")
+        need(self.motion_norm is None or self.motion_norm in MODES,
+             f"motion_norm must be one of {', '.join(MODES)}, found {self.motion_norm!r}")
 
     def to_json(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
@@ -168,7 +173,10 @@ class MotionTrainer:
         if cfg.motion_lora_rank and motion_adapter is None:
             raise ConfigError("motion LoRA adapts an existing motion module: give one to start from (--motion-module)")
         self.cfg, self.device = cfg, torch.device(device)
-        unet, _ = inflate_unet(base.unet, motion_adapter, cfg.motion_config)
+        unet, adapter = inflate_unet(base.unet, motion_adapter, cfg.motion_config)
+        # What the module is trained with is recorded in what save_checkpoint writes, so it reloads the same way.
+        wanted = resolve(cfg.motion_norm, adapter.config)
+        self.numerics = apply_motion_norm(unet, wanted.mode, wanted.version)
         limit = int(unet.config["motion_max_seq_length"])
         if cfg.num_frames > limit:
             raise ConfigError(f"num_frames={cfg.num_frames} exceeds what the motion module supports ({limit})")
@@ -248,7 +256,9 @@ class MotionTrainer:
         """The trained motion modules as a standalone MotionAdapter (full mode only)."""
         if self.cfg.motion_lora_rank:
             raise ConfigError("in motion LoRA mode only the LoRA weights are trained; save them with save_checkpoint")
-        return extract_motion_adapter(self.unet)
+        adapter = extract_motion_adapter(self.unet)
+        record(adapter, self.numerics)
+        return adapter
 
     def save_checkpoint(self, uri: str, extra: dict | None = None) -> None:
         """Write a checkpoint folder (local or any fsspec URI): weights, optimizer and step state.
@@ -268,7 +278,8 @@ class MotionTrainer:
         torch.save(state, buf)
         storage.write_bytes_atomic(storage.join(uri, STATE_FILE), buf.getvalue())
         info = {"step": self.step, "mode": "motion_lora" if self.cfg.motion_lora_rank else "motion_module",
-                "config": self.cfg.to_json(), "extra": extra or {}}
+                "config": self.cfg.to_json(), "extra": extra or {},
+                "numerics": {"motion_norm": self.numerics.mode, "motion_version": self.numerics.version}}
         storage.write_text_atomic(storage.join(uri, CONFIG_FILE), json.dumps(info, indent=2))
 
     def load_checkpoint(self, uri: str) -> dict:
@@ -277,11 +288,23 @@ class MotionTrainer:
             load_motion_lora_into(self.unet, storage.join(uri, LORA_FILE))
         else:
             self._load_motion_weights(storage.join(uri, ADAPTER_DIR))
+        self._continue_numerics(uri)
         state = read_training_state(uri)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         return dict(state.get("extra") or {})
+
+    def _continue_numerics(self, uri: str) -> None:
+        """A resumed run computes what the checkpoint was trained with; an explicit other motion_norm is refused."""
+        path = storage.join(uri, CONFIG_FILE)
+        saved = json.loads(storage.read_bytes(path)).get("numerics") if storage.exists(path) else None
+        if not saved or saved["motion_norm"] == self.numerics.mode:
+            return
+        if self.cfg.motion_norm is not None:
+            raise ConfigError(f"{uri} was trained with motion_norm={saved['motion_norm']!r}; "
+                              f"this run asks for {self.cfg.motion_norm!r} (resume with the same --motion-norm)")
+        self.numerics = apply_motion_norm(self.unet, saved["motion_norm"], saved["motion_version"])
 
     def _load_motion_weights(self, uri: str) -> None:
         adapter_state = load_motion_adapter(uri).state_dict()

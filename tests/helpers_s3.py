@@ -86,7 +86,7 @@ def write_finished(out: str, prompts: list[str], motion_uri: str) -> int:
     from animatediff_core.settings import CheckpointSpec, GenerationSettings
     from pipelines.animate.job import normalize
     from pipelines.animate.layout import OutputLayout
-    from pipelines.animate.plan import Plan, expand_rows, fingerprint
+    from pipelines.animate.plan import MotionSpec, Plan, expand_rows, fingerprint
 
     layout = OutputLayout(out)
     name = motion_uri.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0] if motion_uri.endswith(".safetensors") else motion_uri.rstrip("/").rsplit("/", 1)[-1]
@@ -95,6 +95,6 @@ def write_finished(out: str, prompts: list[str], motion_uri: str) -> int:
         video = layout.video(r["motion_module"], "base", r["id"])
         storage.write_bytes_atomic(video, b"x")
         side = {"video_uri": video, "gif_uri": "", "seconds": 0.0, "bytes": 1, "sha256": "-",
-                "fingerprint": fingerprint(r, motion_uri, CheckpointSpec("base"))}
+                "fingerprint": fingerprint(r, MotionSpec(name, motion_uri), CheckpointSpec("base"))}
         storage.write_bytes_atomic(layout.sidecar(r["motion_module"], "base", r["id"]), json.dumps(side).encode())
     return len(rows)

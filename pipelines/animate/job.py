@@ -34,6 +34,7 @@ from pipelines.animate.resume import list_finished
 log = logging.getLogger(__name__)
 _GEN = GenerationSettings()
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+MOTION_NORMS = ("official", "diffusers")  # animatediff_core/numerics.py MODES (that module imports torch)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +58,8 @@ class GenerationFlags:
     max_batch: int | None = option(None, help="rows per pipeline call (default 8 on GPU, 1 on CPU)")
     precision: str = option("auto", help="weights' precision (auto: fp16 on GPU, fp32 on CPU)", choices=PRECISIONS)
     gif: bool = option(True, help="write GIF previews beside the mp4s")
+    motion_norm: str | None = option(None, choices=MOTION_NORMS, help="motion-module numerics: official (AnimateDiff's own "
+                                     "function for the module's version) or diffusers; default: what the module records, else official")
 
     def __post_init__(self):
         check_fields(self)
@@ -127,7 +130,7 @@ def preflight(cfg: AnimateConfig) -> Prepared:
             frames = inspect_motion_module(spec.uri, unet_config)
         except CheckpointError as e:
             raise CheckpointError(f"--motion-module {e}") from None
-        motions[name] = dataclasses.replace(spec, max_frames=frames)
+        motions[name] = dataclasses.replace(spec, max_frames=frames, norm=cfg.motion_norm)
     layout = OutputLayout(cfg.out, by_motion=len(motions) > 1)
     storage.check_writable(cfg.out, "--out")
     log.info("planned: %d prompt table file(s), %d checkpoint(s) (%s), %d motion module(s) (%s)", len(files),

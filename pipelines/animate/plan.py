@@ -37,6 +37,7 @@ class MotionSpec:
     name: str
     uri: str
     max_frames: int = 32  # its position-encoding length, read at preflight
+    norm: str | None = None  # --motion-norm (animatediff_core/numerics.py); None: what the module records, else official
 
 
 def read_checkpoint_set(uri: str | None) -> dict[str, CheckpointSpec]:
@@ -288,11 +289,11 @@ def settings_of(row: dict) -> GenerationSettings:
     return GenerationSettings(**{k: cast[kinds[k]](row[k]) for k in schema.SETTINGS})
 
 
-def fingerprint(row: dict, motion_uri: str, spec: CheckpointSpec) -> dict:
+def fingerprint(row: dict, motion: MotionSpec, spec: CheckpointSpec) -> dict:
     """What must match for an existing video to be reused on a rerun."""
     return {"prompt": row["prompt"], "negative_prompt": row["negative_prompt"], "seed": int(row["seed"]),
             "checkpoint": row["checkpoint"], "checkpoint_uri": spec.uri or "", "scale": spec.scale,
-            "motion_module": motion_uri,
+            "motion_module": motion.uri, "motion_norm": motion.norm,
             **{k: _plain(row[k]) for k in schema.SETTINGS if not (k == "sampler" and row[k] == "ddim")}}
 
 

@@ -62,7 +62,7 @@ def mark_finished(batch: pd.DataFrame, finished: dict, layout: OutputLayout, mot
             meta = json.loads(storage.read_small(layout.sidecar(row["motion_module"], row["checkpoint"], row["id"])))
         except (OSError, ValueError):
             continue  # unreadable sidecar: generate again
-        same = meta.get("fingerprint") == fingerprint(row.to_dict(), motions[row["motion_module"]].uri, specs[row["checkpoint"]])
+        same = meta.get("fingerprint") == fingerprint(row.to_dict(), motions[row["motion_module"]], specs[row["checkpoint"]])
         if same and size == meta.get("bytes"):
             for k in ("video_uri", "gif_uri", "seconds", "bytes", "sha256"):
                 batch.at[i, k] = meta.get(k)

@@ -23,6 +23,7 @@ from animatediff_core import storage
 from animatediff_core.errors import AnimateDiffError, CheckpointError
 from animatediff_core.generate import Request, generate, validate_request
 from animatediff_core.motion_formats import load_motion_adapter
+from animatediff_core.numerics import apply_motion_norm, resolve
 from animatediff_core.personalize import CheckpointSpec, Personalizer
 from animatediff_core.pipeline import load_pipeline
 from animatediff_core.video_io import write_gif, write_video
@@ -56,7 +57,7 @@ class AnimateStage:
         dtype = DTYPES.get(precision) or (torch.float16 if cuda else torch.float32)  # auto: fp16 on GPU
         self.motions, self.specs, self.layout, self.run_id, self.gif = motions, checkpoints, layout, run_id, gif
         first = next(iter(motions.values()))
-        self.pipe = load_pipeline(base, first.uri, device=self.device, dtype=dtype)
+        self.pipe = load_pipeline(base, first.uri, device=self.device, dtype=dtype, motion_norm=first.norm)
         self.motion = first.name
         self.personalizer = Personalizer(self.pipe)
         # Rows per pipeline call. On CPU a batch of 8 measured 19% slower per video than one at a time
@@ -158,6 +159,8 @@ class AnimateStage:
         except RuntimeError as e:
             raise CheckpointError(f"{spec.uri}: does not have the shape of the motion module loaded first "
                                   f"({str(e).splitlines()[0][:200]}); sweep modules of one version per job") from None
+        numerics = resolve(spec.norm, adapter.config)  # this module's numerics (what it records, or --motion-norm)
+        apply_motion_norm(self.pipe.unet, numerics.mode, numerics.version)
         self.motion = name
         log.info("motion module %r active", name)
 
@@ -173,6 +176,6 @@ class AnimateStage:
         meta = {"video_uri": uri, "gif_uri": gif_uri, "seconds": round(gen_seconds + time.time() - t0, 4),
                 "bytes": num_bytes, "sha256": sha256}
         # The sidecar goes last: its presence means the video is complete and matches these settings.
-        sidecar = {**meta, "fingerprint": fingerprint(row, self.motions[motion].uri, self.specs[ckpt])}
+        sidecar = {**meta, "fingerprint": fingerprint(row, self.motions[motion], self.specs[ckpt])}
         storage.write_bytes_atomic(self.layout.sidecar(motion, ckpt, rid), json.dumps(sidecar).encode())
         return meta

@@ -101,7 +101,7 @@ def test_checkpoint_roundtrip_continues_exactly(tiny_models, tmp_path):
     assert read_training_state(str(tmp_path / "ckpt"))["step"] == 2
 
 
-def test_mixed_precision_and_gradient_checkpointing(tiny_models):
+def test_precision_and_gradient_checkpointing(tiny_models):
     plain, ckpt = _trainer(tiny_models), _trainer(tiny_models, _cfg(gradient_checkpointing=True))
     assert _run(plain, 1) == pytest.approx(_run(ckpt, 1), abs=1e-6)
     p, c = plain.unet.state_dict(), ckpt.unet.state_dict()

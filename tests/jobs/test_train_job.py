@@ -63,7 +63,7 @@ def test_ingest_then_motion_lora_from_yaml_to_s3(tiny_models, video_folder, s3_e
     config = {"data": str(latents), "base": str(tiny_models / "base"), "storage": "s3://train-bucket/runs",
               "name": "lora", "motion_module": str(tiny_models / "motion_adapter"), "motion_lora": 4,
               "max_steps": 2, "checkpoint_every": 1, "validate_every": 2, "batch_size": 2, "lr": 1e-2,
-              "validation_prompts": ["waves"], "decode_cpus": 0.25}
+              "validation_prompts": ["waves"], "decode_cpus": 0.25, "motion_norm": "diffusers"}
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(config))
     done = _run("jobs.train", ["--config", str(tmp_path / "train.yaml")], env=s3_env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -74,6 +74,8 @@ def test_ingest_then_motion_lora_from_yaml_to_s3(tiny_models, video_folder, s3_e
     assert fs.exists(f"{run}/validation/step-000002/00.gif")
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{run}/checkpoint-000002")) == [
         "motion_lora.safetensors", "train_config.json", "training_state.pt"]
+    recorded = json.loads(fs.cat_file(f"{run}/checkpoint-000002/train_config.json"))["numerics"]
+    assert recorded == {"motion_norm": "diffusers", "motion_version": "v2"}
 
     # the batch animation job loads the motion LoRA straight from S3
     pipe = load_pipeline(str(tiny_models / "base"), str(tiny_models / "motion_adapter"))

@@ -18,6 +18,7 @@ from animatediff_core.errors import AnimateDiffError
 from animatediff_core.generate import GenerationSettings, Request, generate
 from animatediff_core.inflate import is_motion_param
 from animatediff_core.motion_formats import load_motion_adapter
+from animatediff_core.numerics import Numerics, numerics_of
 from animatediff_core.pipeline import load_pipeline
 from animatediff_core.trainer import ADAPTER_DIR, ORIGINAL_FILE, TrainConfig, read_training_state
 from animatediff_core.video_io import encode_mp4
@@ -116,10 +117,12 @@ def test_base_frozen_motion_trained_and_both_formats_load_in_batch_job(first_run
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     proj_out = [k for k in a if k.endswith("proj_out.weight")]
     assert proj_out and all(torch.count_nonzero(a[k]) > 0 for k in proj_out)  # fresh modules start at zero
+    assert diffusers_fmt.config["_motion_norm"] == original_fmt.config["_motion_norm"] == "official"
     for fmt in (ADAPTER_DIR, ORIGINAL_FILE):
         pipe = load_pipeline(str(tiny_models / "base"), os.path.join(ckpt, fmt))
         base = load_pipeline(str(tiny_models / "base"), str(tiny_models / "motion_adapter")).unet.state_dict()
         trained = pipe.unet.state_dict()
+        assert numerics_of(pipe.unet) == Numerics("official", "v2")  # what the workers trained with
         assert all(torch.equal(base[k], trained[k]) for k in base if not is_motion_param(k))
         frames = generate(pipe, [Request("waves", seed=1, settings=GenerationSettings(num_frames=8, height=32, width=32, steps=2))])[0]
         assert frames.shape == (8, 32, 32, 3)
