@@ -21,7 +21,8 @@ import torch
 
 from animatediff_core import storage
 from animatediff_core.errors import AnimateDiffError, CheckpointError
-from animatediff_core.generate import Request, generate, validate_request
+from animatediff_core.generate import Request, generate, uses_windows, validate_request
+from animatediff_core.long_video import window_starts
 from animatediff_core.motion_formats import load_motion_adapter
 from animatediff_core.personalize import CheckpointSpec, Personalizer
 from animatediff_core.pipeline import load_pipeline
@@ -107,6 +108,7 @@ class AnimateStage:
             try:
                 validate_request(req, self.limit, self.pipe.vae_scale_factor)
                 ready.append((i, req))
+                batch.at[i, "windows"] = self._windows(req.settings)
                 batch.at[i, "prompt_truncated"] = self._too_long(req.prompt) or self._too_long(req.negative_prompt)
             except AnimateDiffError as e:
                 self._fail(batch, [i], str(e))
@@ -128,6 +130,11 @@ class AnimateStage:
     @property
     def limit(self) -> int:
         return int(self.pipe.unet.config["motion_max_seq_length"])
+
+    def _windows(self, s) -> int:
+        if not uses_windows(s, self.limit):
+            return 1
+        return len(window_starts(s.num_frames, s.window(self.limit), s.context_stride))
 
     def _too_long(self, text: str) -> bool:
         return bool(text) and len(text) >= self.text_limit - 2 and len(self.pipe.tokenizer(text).input_ids) > self.text_limit
