@@ -18,6 +18,8 @@ SAMPLERS = ("ddim", "euler_trailing", "lcm")  # see schedule.ScheduleConfig.samp
 MAX_FRAMES = 1024  # longer clips run in context windows; this bounds a row's memory and time
 WEIGHTINGS = ("pyramid", "flat", "delayed_reverse_sawtooth")  # diffusers' FreeNoise weighting schemes
 MAX_FREE_INIT = 8
+MAX_LORA_SCALE = 10.0
+LORA_EXTS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,9 @@ class GenerationSettings:
     context_weighting: str = "pyramid"  # how overlapping windows are averaged
     prompt_schedule: str = ""  # JSON {frame: prompt} (prompt_travel.py); "" = the row's prompt on every frame
     free_init_iterations: int = 0  # FreeInit sampling passes (0 or 1: off); each pass costs a full sampling
+    # A motion LoRA stacked on the checkpoint; weights, so the caller applies it (Personalizer.apply_motion_lora).
+    motion_lora: str = ""  # URI of a motion LoRA file; "" = none
+    motion_lora_scale: float = 1.0
 
     def updated(self, **overrides) -> "GenerationSettings":
         """A copy with the non-None overrides applied (per-row values over job defaults); unknown keys are an error."""
@@ -90,6 +95,11 @@ def validate_settings(s: GenerationSettings, max_frames: int, vae_scale: int = 8
     f = s.free_init_iterations
     need((_positive_int(f) or f == 0) and f <= MAX_FREE_INIT,
          f"free_init_iterations must be an integer from 0 to {MAX_FREE_INIT}, got {f!r}")
+    m = s.motion_lora_scale
+    need(isinstance(m, (int, float)) and not isinstance(m, bool) and math.isfinite(m) and abs(m) <= MAX_LORA_SCALE,
+         f"motion_lora_scale must be a number in [-{MAX_LORA_SCALE}, {MAX_LORA_SCALE}], got {m!r}")
+    need(not s.motion_lora or s.motion_lora.lower().endswith(LORA_EXTS),
+         f"motion_lora must be the URI of a {'/'.join(LORA_EXTS)} file, got {s.motion_lora[:80]!r}")
     if s.prompt_schedule:
         from .prompt_travel import parse_schedule
 

@@ -63,6 +63,9 @@ class AnimateConfig:
                                   "(rows may override)")
     free_init_iterations: int = option(_GEN.free_init_iterations, help="FreeInit sampling passes, 0: off; each pass "
                                        "costs one full sampling (rows may override)")
+    motion_lora: str = option(_GEN.motion_lora, help="a motion LoRA file (official v2 camera-motion .ckpt or a jobs.train "
+                              "--motion-lora file) stacked on every checkpoint (rows may override)")
+    motion_lora_scale: float = option(_GEN.motion_lora_scale, help="the motion LoRA's weight (rows may override)")
     workers: int = option(1, help="actors, each holding one loaded pipeline")
     num_gpus_per_worker: float | None = option(None, help="default: 1 if the cluster has GPUs, else 0")
     cpus_per_worker: float = option(1.0, help="CPU actors only; leave a CPU for reading")

@@ -42,6 +42,8 @@ COLUMNS = (
     Column("context_weighting", "string", "setting", help="pyramid (default), flat or delayed_reverse_sawtooth"),
     Column("prompt_schedule", "string", "setting", help='prompt travel: JSON {"frame": "prompt", ...}'),
     Column("free_init_iterations", "int64", "setting", help="FreeInit sampling passes (0: off); each costs a full sampling"),
+    Column("motion_lora", "string", "setting", card=True, help="a motion LoRA file stacked on the checkpoint (camera motion, jobs.train --motion-lora)"),
+    Column("motion_lora_scale", "float64", "setting", help="the motion LoRA's weight (default 1.0)"),
     Column("status", "string", "result", card=True, help="pending (planning only), ok or error"),
     Column("error", "string", "result", card=True, help="why the row failed, saying what to fix"),
     Column("skipped", "bool", "result", help="ok from an earlier run: found finished, not regenerated"),

@@ -97,8 +97,11 @@ class AnimateStage:
 
     def _run_group(self, batch: pd.DataFrame, group: pd.DataFrame) -> list:
         first = group.iloc[0]
+        lora_scale = float(first["motion_lora_scale"])
         for kind, name, activate in (("motion module", first["motion_module"], self._motion),
-                                     ("checkpoint", first["checkpoint"], self._checkpoint)):
+                                     ("checkpoint", first["checkpoint"], self._checkpoint),
+                                     ("motion LoRA", first["motion_lora"],
+                                      lambda uri: self.personalizer.apply_motion_lora(uri or None, lora_scale))):
             if not self._activate(kind, name, activate):
                 self._fail(batch, group.index, f"{kind} {name!r} failed to load: {self.failed[(kind, name)]}")
                 return []
@@ -158,6 +161,7 @@ class AnimateStage:
         if name == self.motion:
             return
         spec = self.motions[name]
+        self.personalizer.apply_motion_lora(None)  # a motion LoRA belongs to the module it was trained on
         adapter = load_motion_adapter(spec.uri).to(dtype=self.pipe.unet.dtype)
         try:
             self.pipe.unet.load_motion_modules(adapter)

@@ -12,7 +12,7 @@ from animatediff_core.generate import GenerationSettings, Request, generate
 from animatediff_core.pipeline import load_pipeline, max_frames
 from animatediff_core.prompt_travel import parse_schedule
 
-S = GenerationSettings(num_frames=8, height=32, width=32, steps=1, guidance_scale=7.5)
+S = GenerationSettings(num_frames=8, height=32, width=32, steps=2, guidance_scale=7.5)
 
 
 @pytest.fixture(scope="module")

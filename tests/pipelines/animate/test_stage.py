@@ -150,6 +150,21 @@ def test_long_clips_and_prompt_travel_rows_record_their_windows(stage):
     assert read_video(out.loc["long", "video_uri"], num_threads=1).shape == (64, 32, 32, 3)
 
 
+def test_motion_lora_rows_stack_on_the_checkpoint_and_a_bad_file_fails_only_its_rows(stage, tiny_models):
+    zoom = str(tiny_models / "motion_loras" / "zoom.safetensors")
+    rows = [{"prompt": "a road", "checkpoint": "toon_lora", "id": "plain"},
+            {"prompt": "a road", "checkpoint": "toon_lora", "id": "zoom", "motion_lora": zoom},
+            {"prompt": "a road", "checkpoint": "toon_lora", "id": "half", "motion_lora": zoom, "motion_lora_scale": "0.5"},
+            {"prompt": "a road", "checkpoint": "toon_lora", "id": "lost", "motion_lora": "/nowhere/pan.safetensors"},
+            {"prompt": "a road", "checkpoint": "toon_lora", "id": "text", "motion_lora": "pan.txt"}]
+    out = stage(_batch(stage, rows)).set_index("id")
+    assert out.loc[["plain", "zoom", "half"], "status"].tolist() == ["ok"] * 3, out.error.tolist()
+    assert out.loc[["plain", "zoom", "half"], "sha256"].nunique() == 3
+    assert "motion LoRA '/nowhere/pan.safetensors' failed to load" in out.loc["lost", "error"]
+    assert "motion_lora must be the URI of a" in out.loc["text", "error"]
+    stage.personalizer.apply_motion_lora(None)
+
+
 # Hostile prompt tables, generated: planning and the actor's per-row path never raise, never write
 # outside --out, and give exactly one metadata row per input row and checkpoint.
 
