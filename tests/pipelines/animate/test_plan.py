@@ -64,6 +64,8 @@ def test_per_row_overrides_and_defaults():
     ({"prompt": "x", "prompt_schedule": '{"0": "a", "16": "b"}'}, "key 16 is past the last frame (15)"),
     ({"prompt": "x", "prompt_schedule": "{0: a}"}, "prompt_schedule is not valid JSON"),
     ({"prompt": "x", "free_init_iterations": "20"}, "free_init_iterations must be an integer from 0 to 8"),
+    ({"prompt": "x", "motion_lora_scale": "inf"}, "motion_lora_scale must be a finite number"),
+    ({"prompt": "x", "motion_lora_scale": "50"}, "motion_lora_scale must be a number in [-10.0, 10.0]"),
     ({"prompt": "x", "id": "../../escape"}, "is not a safe file name"),
     ({"prompt": "x", "id": "/abs/path"}, "is not a safe file name"),
     ({"prompt": "x", "id": "a" * 300}, "is not a safe file name"),
@@ -159,7 +161,8 @@ def test_new_settings_keep_old_ids_and_key_rows_that_use_them():
     # The id of a row without the new columns is the one earlier releases gave it.
     assert row_key(old) == row_key({**old, "context_length": None, "prompt_schedule": "", "free_init_iterations": 0})
     for k, v in (("context_length", 8), ("context_stride", 2), ("context_weighting", "flat"),
-                 ("prompt_schedule", '{"8": "a dog"}'), ("free_init_iterations", 3)):
+                 ("prompt_schedule", '{"8": "a dog"}'), ("free_init_iterations", 3), ("motion_lora", "zoom.ckpt"),
+                 ("motion_lora_scale", 0.5)):
         assert row_key({**old, k: v}) != row_key(old), k
     out = _expand([{"prompt": "a cat", "num_frames": "64", "context_stride": "8"}, {"prompt": "a cat"}])
     assert out.status.tolist() == ["pending"] * 4  # 64 frames from a 32-frame module: windows, not an error
