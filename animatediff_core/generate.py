@@ -65,6 +65,7 @@ def generate(pipe: AnimateDiffPipeline, requests: list[Request]) -> list[np.ndar
     """Generate one video per request; returns `(f, h, w, 3) uint8` arrays in request order.
 
     Requests must share `settings.shape` (group them first); validate them with `validate_request`.
+    `settings.motion_lora` is weights, not sampling: the caller applies it (`Personalizer.apply_motion_lora`).
     """
     if not requests:
         return []
@@ -143,6 +144,7 @@ def _free_init(pipe: AnimateDiffPipeline, iterations: int):
         yield
     finally:
         pipe.disable_free_init()
+        pipe._free_init_initial_noise = None  # a clip's worth of latents, not kept between calls
 
 
 def _use_sampler(pipe: AnimateDiffPipeline, name: str) -> None:
