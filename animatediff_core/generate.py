@@ -2,18 +2,23 @@
 
 Requests that share a shape run as one batched pipeline call. Each request gets its own seeded
 generator, so its initial noise does not depend on what else is in the batch. Identical prompts in
-a batch are encoded once.
+a batch are encoded once. Requests longer than a context window or with a prompt schedule run one at
+a time through diffusers' FreeNoise path (long_video.py, prompt_travel.py); FreeInit wraps either.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from diffusers import AnimateDiffPipeline
 
+from . import long_video
+from .pipeline import max_frames as module_frames
 from .errors import ConfigError
+from .prompt_travel import parse_schedule
 from .settings import GenerationSettings, validate_settings  # noqa: F401  (the settings a Request carries)
 
 
@@ -60,14 +65,29 @@ def generate(pipe: AnimateDiffPipeline, requests: list[Request]) -> list[np.ndar
     """Generate one video per request; returns `(f, h, w, 3) uint8` arrays in request order.
 
     Requests must share `settings.shape` (group them first); validate them with `validate_request`.
+    `settings.motion_lora` is weights, not sampling: the caller applies it (`Personalizer.apply_motion_lora`).
     """
     if not requests:
         return []
     s = requests[0].settings
     if any(r.settings.shape != s.shape for r in requests):
         raise ConfigError("generate() needs requests of one shape; group by GenerationSettings.shape first")
-    device = pipe._execution_device
     _use_sampler(pipe, s.sampler)
+    with _free_init(pipe, s.free_init_iterations):
+        if uses_windows(s, module_frames(pipe)):
+            return [_generate_windowed(pipe, r) for r in requests]
+        return _generate_batch(pipe, requests)
+
+
+def uses_windows(s: GenerationSettings, module_len: int) -> bool:
+    """Whether `s` runs on the FreeNoise path: clips longer than a window, or a prompt schedule."""
+    return s.window(module_len) < s.num_frames or bool(s.prompt_schedule)
+
+
+@torch.no_grad()
+def _generate_batch(pipe: AnimateDiffPipeline, requests: list[Request]) -> list[np.ndarray]:
+    s = requests[0].settings
+    device = pipe._execution_device
     prompt_embeds = _encode_unique(pipe, [r.prompt for r in requests], device)
     negative_embeds = _encode_unique(pipe, [r.negative_prompt or "" for r in requests], device)
     generators = [torch.Generator("cpu").manual_seed(int(r.seed)) for r in requests]
@@ -79,8 +99,52 @@ def generate(pipe: AnimateDiffPipeline, requests: list[Request]) -> list[np.ndar
         num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
         generator=generators, latents=latents, output_type="np",
     )
-    frames = np.asarray(out.frames)  # (b, f, h, w, 3) float in [0, 1]
+    return _to_uint8(out.frames)
+
+
+@torch.no_grad()
+def _generate_windowed(pipe: AnimateDiffPipeline, r: Request) -> np.ndarray:
+    """One request in context windows: FreeNoise's windowed motion attention, rescheduled noise and
+    per-frame (travelling) prompt embeddings. One window covering the clip gives the plain result."""
+    s = r.settings
+    window = s.window(module_frames(pipe))
+    g = torch.Generator("cpu").manual_seed(int(r.seed))
+    # No conditioning latents: diffusers draws the row's noise from `g` (the plain path's draw) and
+    # reschedules it, each window past the first a shuffle of the one before (FreeNoise, eq. 7).
+    given = r.conditioning is not None and r.conditioning.latents is not None
+    latents = _initial_latents(pipe, [r], [g], pipe._execution_device) if given else None
+    prompt = parse_schedule(s.prompt_schedule, s.num_frames, r.prompt) if s.prompt_schedule else r.prompt
+    with long_video.windows(pipe, window, s.context_stride, s.context_weighting, split=window < s.num_frames):
+        out = pipe(
+            prompt=prompt, negative_prompt=r.negative_prompt or "",
+            num_frames=s.num_frames, height=s.height, width=s.width,
+            num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
+            generator=g, latents=latents, output_type="np",
+        )
+    return _to_uint8(out.frames)[0]
+
+
+def _to_uint8(frames) -> list[np.ndarray]:
+    frames = np.asarray(frames)  # (b, f, h, w, 3) float in [0, 1]
     return [np.clip(v * 255.0 + 0.5, 0, 255).astype(np.uint8) for v in frames]
+
+
+@contextmanager
+def _free_init(pipe: AnimateDiffPipeline, iterations: int):
+    """FreeInit (Wu et al. 2023, diffusers' FreeInitMixin) for `iterations` sampling passes, off again on exit.
+
+    Each pass after the first re-noises the result at the last timestep, keeping its low spatio-temporal
+    frequencies (Butterworth filter) and drawing fresh high ones, then samples again: `iterations` times
+    the sampling cost."""
+    if iterations <= 1:
+        yield
+        return
+    pipe.enable_free_init(num_iters=iterations, use_fast_sampling=False, method="butterworth")
+    try:
+        yield
+    finally:
+        pipe.disable_free_init()
+        pipe._free_init_initial_noise = None  # a clip's worth of latents, not kept between calls
 
 
 def _use_sampler(pipe: AnimateDiffPipeline, name: str) -> None:

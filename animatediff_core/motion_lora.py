@@ -10,6 +10,12 @@ Saved files hold only the LoRA weights, in diffusers/peft keys:
   unet.down_blocks.0.motion_modules.0.transformer_blocks.0.attn1.to_q.lora_B.weight   (out, r)
 with alpha == rank (scale 1), so `pipe.load_lora_weights(state)` (and so the batch animation job's
 `Personalizer`) loads them onto an AnimateDiff pipeline whose UNet has the same motion module.
+
+The official v2 MotionLoRA files (camera motions: v2_lora_ZoomIn.ckpt, PanLeft, TiltUp, RollingClockwise,
+...) use the original AnimateDiff keys; `to_diffusers_keys` renames them:
+  down_blocks.0.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.processor.to_q_lora.down.weight
+  -> unet.down_blocks.0.motion_modules.0.transformer_blocks.0.attn1.to_q.lora_A.weight
+(their LoRA layers have no alpha: scale 1, as here).
 """
 
 from __future__ import annotations
@@ -78,3 +84,28 @@ def load_motion_lora_into(unet: UNetMotionModel, uri: str, adapter_name: str = A
     result = set_peft_model_state_dict(unet, peft_state, adapter_name=adapter_name)
     if getattr(result, "unexpected_keys", None):
         raise CheckpointError(f"{uri}: LoRA keys not used by the UNet: {result.unexpected_keys[:5]}")
+
+
+_ORIGINAL_PARTS = ((".temporal_transformer.", "."), (".attention_blocks.0.", ".attn1."), (".attention_blocks.1.", ".attn2."),
+                   (".processor.", "."), ("to_out_lora.", "to_out.0.lora."), ("_lora.", ".lora."),
+                   (".lora.down.", ".lora_A."), (".lora.up.", ".lora_B."))
+
+
+def to_diffusers_keys(state: dict[str, torch.Tensor], uri: str = "") -> dict[str, torch.Tensor]:
+    """A motion LoRA in diffusers/peft keys (`unet.*.lora_A.weight`), from this module's files or the
+    official original-format MotionLoRA files; CheckpointError when the keys are neither or touch
+    anything but motion modules."""
+    out = {}
+    for key, value in state.items():
+        k = key[len("module."):] if key.startswith("module.") else key
+        if "lora_A" not in k and "lora_B" not in k:
+            for old, new in _ORIGINAL_PARTS:
+                k = k.replace(old, new)
+        k = k if k.startswith(PREFIX) else PREFIX + k
+        if ".motion_modules." not in k or not k.endswith((".lora_A.weight", ".lora_B.weight")):
+            raise CheckpointError(f"{uri}: not a motion LoRA: expected LoRA weights on motion modules "
+                                  f"('*.motion_modules.*.lora_A.weight' or the original '*_lora.down.weight'), found {key!r}")
+        out[k] = value
+    if not out:
+        raise CheckpointError(f"{uri}: the file holds no weights")
+    return out

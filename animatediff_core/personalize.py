@@ -8,6 +8,9 @@ Two kinds, detected from the keys:
   honoured as alpha/rank) or diffusers/peft keys (`unet.*.lora_A/lora_B`). Loaded through diffusers'
   `load_lora_weights` as a peft adapter on the base weights, scaled by the user's scale.
 
+A motion LoRA (`apply_motion_lora`: camera motions, or what `jobs.train --motion-lora` writes) stacks
+on top as a second peft adapter on the motion modules' attention, whatever the personalized checkpoint.
+
 Switching never reloads the motion modules, VAE or tokenizer; switching between LoRAs leaves the
 base weights untouched; leaving a DreamBooth restores the base from an in-memory copy.
 """
@@ -22,9 +25,11 @@ from .checkpoints import check_keys, load_state_dict
 from .errors import CheckpointError
 from .inflate import is_motion_param
 from .ldm_keys import align_text_keys
+from .motion_lora import to_diffusers_keys
 from .settings import CheckpointSpec
 
 BASE = "base"
+PERSONALIZED, MOTION = "personalized", "motion_lora"  # peft adapter names
 
 
 def detect_kind(state: dict[str, torch.Tensor], uri: str = "") -> str:
@@ -49,6 +54,8 @@ class Personalizer:
         self._base_copy: dict[str, dict[str, torch.Tensor]] | None = None
         self._dirty: set[str] = set()  # parts whose base weights a DreamBooth overwrote
         self._lora: str | None = None
+        self._scales: dict[str, float] = {}  # loaded adapter -> its weight
+        self.motion_lora: tuple[str, float] | None = None  # (uri, scale) of the stacked motion LoRA
 
     def apply(self, spec: CheckpointSpec) -> None:
         """Make `spec` the active checkpoint. A file that fails to load leaves the pipeline on its base."""
@@ -72,16 +79,55 @@ class Personalizer:
             raise
         self.current = spec
 
+    def apply_motion_lora(self, uri: str | None, scale: float = 1.0) -> None:
+        """Stack the motion LoRA at `uri` (None: none) with weight `scale` over the active checkpoint.
+        A file that fails to load leaves no motion LoRA."""
+        want = (uri, float(scale)) if uri else None
+        if want == self.motion_lora:
+            return
+        if self.motion_lora is not None and (want is None or want[0] != self.motion_lora[0]):
+            self._drop(MOTION)
+            self.motion_lora = None
+        if want is not None:
+            if MOTION not in self._scales:
+                state = to_diffusers_keys(load_state_dict(uri), uri)
+                self._scales[MOTION] = want[1]  # set first: a half-loaded adapter is deleted on failure
+                try:
+                    self.pipe.load_lora_weights(state, adapter_name=MOTION)
+                except (ValueError, KeyError, RuntimeError) as e:
+                    self._drop(MOTION)
+                    raise CheckpointError(f"{uri}: motion LoRA does not fit this motion module "
+                                          f"({str(e).splitlines()[0][:300]})") from None
+            self._scales[MOTION] = want[1]
+            self.motion_lora = want
+        self._set_adapters()
+
     def reset(self) -> None:
-        """Back to the plain base weights."""
+        """Back to the plain base weights (no personalized checkpoint, no motion LoRA)."""
+        self.apply_motion_lora(None)
         self._unload_lora()
         self._restore_base()
         self.current = None
 
     def _unload_lora(self) -> None:
         if self._lora is not None:
-            self.pipe.unload_lora_weights()
+            self._drop(self._lora)
             self._lora = None
+
+    def _drop(self, adapter: str) -> None:
+        """Remove one adapter; the last one out removes the LoRA layers, leaving the plain modules."""
+        self._scales.pop(adapter, None)
+        if self._scales:
+            present = {a for names in self.pipe.get_list_adapters().values() for a in names}
+            if adapter in present:  # a load that failed early left nothing to delete
+                self.pipe.delete_adapters([adapter])
+            self._set_adapters()
+        else:
+            self.pipe.unload_lora_weights()
+
+    def _set_adapters(self) -> None:
+        if self._scales:
+            self.pipe.set_adapters(list(self._scales), adapter_weights=list(self._scales.values()))
 
     def _restore_base(self, parts: tuple[str, ...] = ("unet", "text_encoder")) -> None:
         for part in parts:
@@ -118,10 +164,10 @@ class Personalizer:
             self._restore_base(("text_encoder",))
 
     def _load_lora(self, state: dict[str, torch.Tensor], spec: CheckpointSpec) -> None:
-        adapter = "personalized"
-        self._lora = adapter  # set first: a half-loaded adapter is unloaded by reset()
+        self._lora = PERSONALIZED  # set first: a half-loaded adapter is unloaded by reset()
+        self._scales[PERSONALIZED] = spec.scale
         try:
-            self.pipe.load_lora_weights(state, adapter_name=adapter)
+            self.pipe.load_lora_weights(state, adapter_name=PERSONALIZED)
         except (ValueError, KeyError, RuntimeError) as e:
             raise CheckpointError(f"{spec.uri}: LoRA does not fit this SD-1.x base ({str(e).splitlines()[0][:300]})") from None
-        self.pipe.set_adapters([adapter], adapter_weights=[spec.scale])
+        self._set_adapters()

@@ -15,6 +15,11 @@ MAX_STEPS = 1000
 MAX_GUIDANCE = 50.0
 KINDS = ("dreambooth", "lora")
 SAMPLERS = ("ddim", "euler_trailing", "lcm")  # see schedule.ScheduleConfig.sampler
+MAX_FRAMES = 1024  # longer clips run in context windows; this bounds a row's memory and time
+WEIGHTINGS = ("pyramid", "flat", "delayed_reverse_sawtooth")  # diffusers' FreeNoise weighting schemes
+MAX_FREE_INIT = 8
+MAX_LORA_SCALE = 10.0
+LORA_EXTS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,15 @@ class GenerationSettings:
     guidance_scale: float = 7.5
     fps: int = 8
     sampler: str = "ddim"  # ddim (AnimateDiff), euler_trailing (AnimateDiff-Lightning), lcm (AnimateLCM)
+    # Long videos (long_video.py): more frames than the module's length run in sliding context windows.
+    context_length: int = 0  # frames per window; 0: the motion module's length
+    context_stride: int = 4  # frames between window starts
+    context_weighting: str = "pyramid"  # how overlapping windows are averaged
+    prompt_schedule: str = ""  # JSON {frame: prompt} (prompt_travel.py); "" = the row's prompt on every frame
+    free_init_iterations: int = 0  # FreeInit sampling passes (0 or 1: off); each pass costs a full sampling
+    # A motion LoRA stacked on the checkpoint; weights, so the caller applies it (Personalizer.apply_motion_lora).
+    motion_lora: str = ""  # URI of a motion LoRA file; "" = none
+    motion_lora_scale: float = 1.0
 
     def updated(self, **overrides) -> "GenerationSettings":
         """A copy with the non-None overrides applied (per-row values over job defaults); unknown keys are an error."""
@@ -37,7 +51,15 @@ class GenerationSettings:
 
     @property
     def shape(self) -> tuple:
-        return (self.num_frames, self.height, self.width, self.steps, float(self.guidance_scale), self.sampler)
+        """Everything one pipeline call shares (all but fps, which only the writer reads)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "fps"}
+        values["guidance_scale"] = float(values["guidance_scale"])
+        return tuple(values.values())
+
+    def window(self, module_frames: int) -> int:
+        """Frames per context window for a motion module of `module_frames`; equals num_frames when one
+        window covers the clip (then the plain, all-frames-at-once path runs)."""
+        return min(self.num_frames, self.context_length or module_frames)
 
 
 @dataclass(frozen=True)
@@ -56,12 +78,32 @@ def _positive_int(v) -> bool:
 
 def validate_settings(s: GenerationSettings, max_frames: int, vae_scale: int = 8) -> None:
     """Raise ConfigError saying what to fix when a value is non-positive, absurd or unsupported; limits
-    in messages are the real ones."""
-    for name in ("num_frames", "height", "width", "steps", "fps"):
+    in messages are the real ones. `max_frames`: the motion module's length (a context window's limit)."""
+    for name in ("num_frames", "height", "width", "steps", "fps", "context_stride"):
         v = getattr(s, name)
         need(_positive_int(v), f"{name} must be a positive integer, got {v!r}")
-    need(s.num_frames <= max_frames,
-         f"num_frames={s.num_frames} exceeds what the motion module supports ({max_frames} frames); use at most {max_frames}")
+    need(s.num_frames <= MAX_FRAMES, f"num_frames={s.num_frames} is larger than {MAX_FRAMES}; use at most {MAX_FRAMES} "
+         f"(clips longer than the motion module's {max_frames} frames run in context windows)")
+    c = s.context_length
+    need(_positive_int(c) or c == 0, f"context_length must be 0 (the motion module's length) or a positive integer, got {c!r}")
+    need(c <= max_frames, f"context_length={c} exceeds the motion module's length ({max_frames} frames); "
+         f"use at most {max_frames}, or 0 for the module's length")
+    need(s.context_stride <= s.window(max_frames) or s.window(max_frames) == s.num_frames,
+         f"context_stride={s.context_stride} is larger than the context window ({s.window(max_frames)} frames): "
+         "frames between windows would never be denoised; use a stride up to the window length")
+    need(s.context_weighting in WEIGHTINGS, f"context_weighting must be one of {', '.join(WEIGHTINGS)}, got {s.context_weighting!r}")
+    f = s.free_init_iterations
+    need((_positive_int(f) or f == 0) and f <= MAX_FREE_INIT,
+         f"free_init_iterations must be an integer from 0 to {MAX_FREE_INIT}, got {f!r}")
+    m = s.motion_lora_scale
+    need(isinstance(m, (int, float)) and not isinstance(m, bool) and math.isfinite(m) and abs(m) <= MAX_LORA_SCALE,
+         f"motion_lora_scale must be a number in [-{MAX_LORA_SCALE}, {MAX_LORA_SCALE}], got {m!r}")
+    need(not s.motion_lora or s.motion_lora.lower().endswith(LORA_EXTS),
+         f"motion_lora must be the URI of a {'/'.join(LORA_EXTS)} file, got {s.motion_lora[:80]!r}")
+    if s.prompt_schedule:
+        from .prompt_travel import parse_schedule
+
+        parse_schedule(s.prompt_schedule, s.num_frames, prompt="-")  # the row's prompt is checked on its own
     for name in ("height", "width"):
         v = getattr(s, name)
         need(v <= MAX_SIDE, f"{name}={v} is larger than {MAX_SIDE}")

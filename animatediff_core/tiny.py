@@ -9,12 +9,16 @@
                                    .safetensors, a kohya LoRA and a diffusers/peft LoRA
   out/clip/                        a random CLIP (transformers CLIPModel folder with tokenizer and
                                    image-processor config) for the evaluation metrics
+  out/motion_loras/                one random motion LoRA twice: zoom.safetensors in diffusers/peft keys
+                                   (as jobs.train --motion-lora writes) and zoom_original.safetensors in the
+                                   official v2 MotionLoRA layout (written last, from their own seed)
 The shapes follow SD-1.x (cross-attention UNet, 4-channel latents, CLIP text encoder) at toy width.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -128,6 +132,12 @@ def write_tiny_models(out: str | Path, seed: int = 0, preset: str = "tiny") -> P
     rank = 4 if preset == "tiny" else 32
     save_state_dict(_kohya_lora_state(unet, text, g, rank=rank, alpha=rank / 2), str(ckpts / "toon_lora.safetensors"))
     save_state_dict(_peft_lora_state(unet, g, rank=rank), str(ckpts / "film_peft_lora.safetensors"))
+    loras = out / "motion_loras"
+    loras.mkdir(exist_ok=True)
+    for original, name in ((False, "zoom.safetensors"), (True, "zoom_original.safetensors")):
+        g = torch.Generator().manual_seed(seed + 2)  # the same weights in both layouts
+        save_state_dict(motion_lora_state(adapter, g, rank=2 if preset == "tiny" else 32, original=original), str(loras / name))
+
     torch.manual_seed(seed + 2)  # the CLIP is written last, from its own seed: the files above do not depend on it
     write_clip(out / "clip", preset)
     return out
@@ -143,6 +153,27 @@ def write_clip(out: str | Path, preset: str = "tiny") -> Path:
     side = model.config.vision_config.image_size
     CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}).save_pretrained(out)
     return out
+
+
+def motion_lora_state(adapter: MotionAdapter, g: torch.Generator, rank: int, original: bool = False) -> dict[str, torch.Tensor]:
+    """Random LoRA weights on every motion-module attention projection of `adapter`, in diffusers/peft
+    keys (`unet.<module>.lora_A.weight`) or the original layout
+    (`<...>.temporal_transformer.transformer_blocks.0.attention_blocks.0.processor.to_q_lora.down.weight`)."""
+    from .motion_lora import TARGET_RE
+
+    state = {}
+    for name, mod in adapter.named_modules():
+        if not re.fullmatch(TARGET_RE, name):
+            continue
+        down = 0.5 * torch.randn(rank, mod.in_features, generator=g)
+        up = 0.5 * torch.randn(mod.out_features, rank, generator=g)
+        if original:
+            head, block, attn, proj = re.fullmatch(r"(.*motion_modules\.\d+\.)(transformer_blocks\.\d+\.)attn([12])\.(.*)", name).groups()
+            stem = f"{head}temporal_transformer.{block}attention_blocks.{int(attn) - 1}.processor.{proj.removesuffix('.0')}_lora"
+            state[f"{stem}.down.weight"], state[f"{stem}.up.weight"] = down, up
+        else:
+            state[f"unet.{name}.lora_A.weight"], state[f"unet.{name}.lora_B.weight"] = down, up
+    return state
 
 
 def _dreambooth_state(unet, text, g) -> dict[str, torch.Tensor]:

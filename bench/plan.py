@@ -26,7 +26,9 @@ import time
 import pandas as pd
 import psutil
 
-sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))  # helpers_s3
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT]  # the project's packages before tests/ (which has a pipelines/ folder of its own)
+sys.path.append(os.path.join(ROOT, "tests"))  # helpers_s3
 
 
 class PeakRSS:

@@ -22,7 +22,7 @@ import pandas as pd
 from animatediff_core import storage
 from animatediff_core.configs import check_fields, need, option
 from animatediff_core.errors import CheckpointError
-from animatediff_core.settings import SAMPLERS, CheckpointSpec, GenerationSettings
+from animatediff_core.settings import SAMPLERS, WEIGHTINGS, CheckpointSpec, GenerationSettings
 from pipelines import tables
 from pipelines.ray_session import has_gpus
 from pipelines.animate import schema
@@ -50,6 +50,18 @@ class GenerationFlags:
     fps: int = option(_GEN.fps, help="frames per second of the mp4/GIF (rows may override)")
     sampler: str = option(_GEN.sampler, choices=SAMPLERS, help="ddim: AnimateDiff's DDIM; euler_trailing: AnimateDiff-Lightning "
                           "(2/4/8 steps, guidance 1.0); lcm: AnimateLCM (4-8 steps, guidance 1-2) (rows may override)")
+    context_length: int = option(_GEN.context_length, help="frames per context window when a clip is longer than the "
+                                 "motion module (0: the module's length) (rows may override)")
+    context_stride: int = option(_GEN.context_stride, help="frames between context-window starts (rows may override)")
+    context_weighting: str = option(_GEN.context_weighting, choices=WEIGHTINGS, help="how overlapping windows are "
+                                    "averaged (rows may override)")
+    prompt_schedule: str = option(_GEN.prompt_schedule, help='prompt travel for every row: JSON {"frame": "prompt"} '
+                                  "(rows may override)")
+    free_init_iterations: int = option(_GEN.free_init_iterations, help="FreeInit sampling passes, 0: off; each pass "
+                                       "costs one full sampling (rows may override)")
+    motion_lora: str = option(_GEN.motion_lora, help="a motion LoRA file (official v2 camera-motion .ckpt or a jobs.train "
+                              "--motion-lora file) stacked on every checkpoint (rows may override)")
+    motion_lora_scale: float = option(_GEN.motion_lora_scale, help="the motion LoRA's weight (rows may override)")
     workers: int = option(1, help="actors, each holding one loaded pipeline")
     num_gpus_per_worker: float | None = option(None, help="default: 1 if the cluster has GPUs, else 0")
     cpus_per_worker: float = option(1.0, help="CPU actors only; leave a CPU for reading")

@@ -141,11 +141,21 @@ def _plain(v):
     return v.item() if hasattr(v, "item") else v
 
 
+# Settings of the first release: always part of a row's key. Settings added later join the key only
+# when a row gives a value other than their default, so the ids of rows that do not use them stay.
+KEYED = ("num_frames", "height", "width", "steps", "guidance_scale")
+_DEFAULTS = GenerationSettings()
+
+
+def _added(k: str, v) -> bool:
+    """Whether the later-added setting `k` holds a value that changes the video (not empty, not its default)."""
+    return k not in KEYED and k != "fps" and v not in (None, "") and v != getattr(_DEFAULTS, k)
+
+
 def row_key(row: dict) -> str:
     """Hash of what defines a row's video, checkpoint and motion module excluded (so a sweep shares seeds)."""
-    content = {k: _plain(row.get(k)) for k in ("prompt", "negative_prompt", "seed", *schema.SETTINGS) if k not in ("fps", "sampler")}
-    if _plain(row.get("sampler")) not in (None, "", "ddim"):  # added later: ids of rows without it stay as they were
-        content["sampler"] = _plain(row.get("sampler"))
+    content = {k: _plain(row.get(k)) for k in ("prompt", "negative_prompt", "seed", *KEYED)}
+    content.update({k: v for k in schema.SETTINGS if _added(k, v := _plain(row.get(k)))})
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -185,10 +195,21 @@ def _short(v) -> str:
 
 
 def _settings(row: dict, defaults: GenerationSettings) -> GenerationSettings:
-    over = {k: _as_int(k, row.get(k)) for k in ("num_frames", "height", "width", "steps", "fps")}
-    sampler = _plain(row.get("sampler"))
-    return defaults.updated(**over, guidance_scale=_as_float("guidance_scale", row.get("guidance_scale")),
-                            sampler=str(sampler).strip() or None if sampler is not None else None)
+    """The row's settings over the job defaults, each cell parsed by its schema type (empty: the default)."""
+    over = {}
+    for k in schema.SETTINGS:
+        kind = _TYPES[k]
+        if kind == "int64":
+            over[k] = _as_int(k, row.get(k))
+        elif kind == "float64":
+            over[k] = _as_float(k, row.get(k))
+        else:
+            v = _plain(row.get(k))
+            over[k] = str(v).strip() or None if v is not None else None
+    return defaults.updated(**over)
+
+
+_TYPES = {c.name: c.type for c in schema.COLUMNS}
 
 
 @dataclass(frozen=True)
@@ -294,7 +315,7 @@ def fingerprint(row: dict, motion: MotionSpec, spec: CheckpointSpec) -> dict:
     return {"prompt": row["prompt"], "negative_prompt": row["negative_prompt"], "seed": int(row["seed"]),
             "checkpoint": row["checkpoint"], "checkpoint_uri": spec.uri or "", "scale": spec.scale,
             "motion_module": motion.uri, "motion_norm": motion.norm,
-            **{k: _plain(row[k]) for k in schema.SETTINGS if not (k == "sampler" and row[k] == "ddim")}}
+            **{k: _plain(row[k]) for k in schema.SETTINGS if k in KEYED or k == "fps" or _added(k, _plain(row[k]))}}
 
 
 def content_hash(batch: pd.DataFrame) -> pd.Series:

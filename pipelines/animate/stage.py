@@ -21,7 +21,8 @@ import torch
 
 from animatediff_core import storage
 from animatediff_core.errors import AnimateDiffError, CheckpointError
-from animatediff_core.generate import Request, generate, validate_request
+from animatediff_core.generate import Request, generate, uses_windows, validate_request
+from animatediff_core.long_video import window_starts
 from animatediff_core.motion_formats import load_motion_adapter
 from animatediff_core.numerics import apply_motion_norm, resolve
 from animatediff_core.personalize import CheckpointSpec, Personalizer
@@ -98,8 +99,11 @@ class AnimateStage:
 
     def _run_group(self, batch: pd.DataFrame, group: pd.DataFrame) -> list:
         first = group.iloc[0]
+        lora_scale = float(first["motion_lora_scale"])
         for kind, name, activate in (("motion module", first["motion_module"], self._motion),
-                                     ("checkpoint", first["checkpoint"], self._checkpoint)):
+                                     ("checkpoint", first["checkpoint"], self._checkpoint),
+                                     ("motion LoRA", first["motion_lora"],
+                                      lambda uri: self.personalizer.apply_motion_lora(uri or None, lora_scale))):
             if not self._activate(kind, name, activate):
                 self._fail(batch, group.index, f"{kind} {name!r} failed to load: {self.failed[(kind, name)]}")
                 return []
@@ -109,6 +113,7 @@ class AnimateStage:
             try:
                 validate_request(req, self.limit, self.pipe.vae_scale_factor)
                 ready.append((i, req))
+                batch.at[i, "windows"] = self._windows(req.settings)
                 batch.at[i, "prompt_truncated"] = self._too_long(req.prompt) or self._too_long(req.negative_prompt)
             except AnimateDiffError as e:
                 self._fail(batch, [i], str(e))
@@ -130,6 +135,11 @@ class AnimateStage:
     @property
     def limit(self) -> int:
         return int(self.pipe.unet.config["motion_max_seq_length"])
+
+    def _windows(self, s) -> int:
+        if not uses_windows(s, self.limit):
+            return 1
+        return len(window_starts(s.num_frames, s.window(self.limit), s.context_stride))
 
     def _too_long(self, text: str) -> bool:
         return bool(text) and len(text) >= self.text_limit - 2 and len(self.pipe.tokenizer(text).input_ids) > self.text_limit
@@ -153,6 +163,7 @@ class AnimateStage:
         if name == self.motion:
             return
         spec = self.motions[name]
+        self.personalizer.apply_motion_lora(None)  # a motion LoRA belongs to the module it was trained on
         adapter = load_motion_adapter(spec.uri).to(dtype=self.pipe.unet.dtype)
         try:
             self.pipe.unet.load_motion_modules(adapter)

@@ -54,7 +54,12 @@ def test_validation_messages(pipe):
     ok = TINY
     cases = [
         (Request("", settings=ok), "prompt is empty"),
-        (Request("x", settings=ok.updated(num_frames=limit + 1)), f"at most {limit}"),
+        (Request("x", settings=ok.updated(num_frames=1025)), "at most 1024"),
+        (Request("x", settings=ok.updated(context_length=limit + 1)), f"use at most {limit}"),
+        (Request("x", settings=ok.updated(num_frames=64, context_length=8, context_stride=9)), "larger than the context window"),
+        (Request("x", settings=ok.updated(context_weighting="cosine")), "context_weighting must be one of"),
+        (Request("x", settings=ok.updated(free_init_iterations=9)), "free_init_iterations must be"),
+        (Request("x", settings=ok.updated(prompt_schedule="{0: x}")), "not valid JSON"),
         (Request("x", settings=ok.updated(steps=0)), "steps must be a positive integer"),
         (Request("x", settings=ok.updated(height=-64)), "height must be a positive integer"),
         (Request("x", settings=ok.updated(width=100000)), "larger than"),
@@ -66,6 +71,7 @@ def test_validation_messages(pipe):
         with pytest.raises(ConfigError, match=msg):
             validate_request(req, limit, pipe.vae_scale_factor)
     validate_request(Request("x", settings=ok), limit, pipe.vae_scale_factor)
+    validate_request(Request("x", settings=ok.updated(num_frames=4 * limit)), limit, pipe.vae_scale_factor)
 
 
 def test_incomplete_base_folder_names_what_is_missing(tiny_models, tmp_path):

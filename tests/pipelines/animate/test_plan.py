@@ -7,7 +7,7 @@ from animatediff_core.errors import ConfigError
 from animatediff_core.settings import GenerationSettings
 from pipelines.animate import schema
 from pipelines.animate.job import normalize
-from pipelines.animate.plan import Plan, expand_rows, read_checkpoint_set, read_motion_set
+from pipelines.animate.plan import MotionSpec, Plan, expand_rows, read_checkpoint_set, read_motion_set
 
 CKPTS = ("dreamy", "toon")
 DEFAULTS = GenerationSettings(num_frames=16, height=64, width=64, steps=2, guidance_scale=7.5)
@@ -57,7 +57,15 @@ def test_per_row_overrides_and_defaults():
     ({"prompt": "x", "guidance_scale": "nan"}, "guidance_scale must be a finite number"),
     ({"prompt": "x", "guidance_scale": float("inf")}, "guidance_scale must be a finite number"),
     ({"prompt": "x", "seed": str(2**70)}, "seed must be an integer in [0, 2**63)"),
-    ({"prompt": "x", "num_frames": "1000000000000"}, "supports (32 frames); use at most 32"),
+    ({"prompt": "x", "num_frames": "1000000000000"}, "larger than 1024; use at most 1024"),
+    ({"prompt": "x", "context_length": "48"}, "exceeds the motion module's length (32 frames); use at most 32"),
+    ({"prompt": "x", "context_stride": "0"}, "context_stride must be a positive integer"),
+    ({"prompt": "x", "context_weighting": "cosine"}, "context_weighting must be one of pyramid, flat"),
+    ({"prompt": "x", "prompt_schedule": '{"0": "a", "16": "b"}'}, "key 16 is past the last frame (15)"),
+    ({"prompt": "x", "prompt_schedule": "{0: a}"}, "prompt_schedule is not valid JSON"),
+    ({"prompt": "x", "free_init_iterations": "20"}, "free_init_iterations must be an integer from 0 to 8"),
+    ({"prompt": "x", "motion_lora_scale": "inf"}, "motion_lora_scale must be a finite number"),
+    ({"prompt": "x", "motion_lora_scale": "50"}, "motion_lora_scale must be a number in [-10.0, 10.0]"),
     ({"prompt": "x", "id": "../../escape"}, "is not a safe file name"),
     ({"prompt": "x", "id": "/abs/path"}, "is not a safe file name"),
     ({"prompt": "x", "id": "a" * 300}, "is not a safe file name"),
@@ -134,11 +142,11 @@ def test_motion_module_set_from_files_folders_and_a_training_run(tiny_models, tm
 def test_sweep_over_motion_modules_and_checkpoints():
     plan = Plan(CKPTS, {"v2": 32, "v1": 24}, DEFAULTS)
     out = _expand([{"prompt": "a cat"}, {"prompt": "a dog", "motion_module": "v1", "checkpoint": "toon"},
-                   {"prompt": "long", "num_frames": "28", "checkpoint": "toon"}], plan)
+                   {"prompt": "long", "num_frames": "28", "context_length": "28", "checkpoint": "toon"}], plan)
     assert len(out) == 4 + 1 + 2
     long = out[out.prompt == "long"].set_index("motion_module")
     assert long.loc["v2", "status"] == "pending" and long.loc["v1", "status"] == "error"
-    assert "supports (24 frames)" in long.loc["v1", "error"]
+    assert "motion module's length (24 frames)" in long.loc["v1", "error"]
     cat = out[out.prompt == "a cat"]
     assert cat.seed.nunique() == 1 and cat.groupby("motion_module").id.nunique().tolist() == [2, 2]
 
@@ -147,3 +155,22 @@ def test_expanded_rows_carry_the_declared_schema():
     out = _expand([{"prompt": "a", "seed": 2**70}, {"prompt": "b", "id": object()}, {"prompt": ["a", "list"]}])
     assert list(out.columns) == schema.NAMES
     assert str(out.seed.dtype) == "int64" and str(out.guidance_scale.dtype) == "float64"
+
+
+def test_new_settings_keep_old_ids_and_key_rows_that_use_them():
+    from pipelines.animate.plan import fingerprint, row_key
+    from animatediff_core.settings import CheckpointSpec
+
+    old = {"prompt": "a cat", "num_frames": 16}
+    # The id of a row without the new columns is the one earlier releases gave it.
+    assert row_key(old) == row_key({**old, "context_length": None, "prompt_schedule": "", "free_init_iterations": 0})
+    for k, v in (("context_length", 8), ("context_stride", 2), ("context_weighting", "flat"),
+                 ("prompt_schedule", '{"8": "a dog"}'), ("free_init_iterations", 3), ("motion_lora", "zoom.ckpt"),
+                 ("motion_lora_scale", 0.5)):
+        assert row_key({**old, k: v}) != row_key(old), k
+    out = _expand([{"prompt": "a cat", "num_frames": "64", "context_stride": "8"}, {"prompt": "a cat"}])
+    assert out.status.tolist() == ["pending"] * 4  # 64 frames from a 32-frame module: windows, not an error
+    long, plain = (out[out.num_frames == n].iloc[0].to_dict() for n in (64, 16))
+    spec = CheckpointSpec(long["checkpoint"])
+    mm = MotionSpec("mm", "mm")
+    assert "context_stride" in fingerprint(long, mm, spec) and "context_stride" not in fingerprint(plain, mm, spec)

@@ -68,7 +68,7 @@ def test_bad_rows_and_broken_checkpoint_do_not_stop_the_batch(stage):
     rows = [
         {"prompt": "ok", "checkpoint": "dreamy"},
         {"prompt": "", "checkpoint": "dreamy"},
-        {"prompt": "too long", "checkpoint": "dreamy", "num_frames": "64"},
+        {"prompt": "too long", "checkpoint": "dreamy", "context_length": "64"},
         {"prompt": "odd", "checkpoint": "dreamy", "width": "33"},
         {"prompt": "lost", "checkpoint": "nope"},
         {"prompt": "broken", "checkpoint": "broken"},
@@ -134,6 +134,37 @@ def test_same_row_gives_the_same_bytes_whatever_else_is_in_the_batch(stage, monk
     assert crowd.set_index("id").loc["s1", "sha256"] == alone.sha256.iloc[0]
 
 
+def test_long_clips_and_prompt_travel_rows_record_their_windows(stage):
+    rows = [{"prompt": "a caterpillar", "checkpoint": "toon_lora", "id": "long", "num_frames": "64"},
+            {"prompt": "a caterpillar", "checkpoint": "toon_lora", "id": "travel", "num_frames": "8",
+             "prompt_schedule": '{"4": "a butterfly"}'},
+            {"prompt": "a caterpillar", "checkpoint": "toon_lora", "id": "past", "prompt_schedule": '{"9": "late"}'},
+            {"prompt": "a caterpillar", "checkpoint": "toon_lora", "id": "plain"}]
+    out = stage(_batch(stage, rows)).set_index("id")
+    assert out.loc[["long", "travel", "plain"], "status"].tolist() == ["ok"] * 3, out.error.tolist()
+    assert out.loc["long", "windows"] == 9 and out.loc["travel", "windows"] == 1 and out.loc["plain", "windows"] == 1
+    assert out.loc["long", "context_stride"] == 4 and out.loc["long", "context_weighting"] == "pyramid"
+    assert "past the last frame (3)" in out.loc["past", "error"]
+    from animatediff_core.video_io import read_video
+
+    assert read_video(out.loc["long", "video_uri"], num_threads=1).shape == (64, 32, 32, 3)
+
+
+def test_motion_lora_rows_stack_on_the_checkpoint_and_a_bad_file_fails_only_its_rows(stage, tiny_models):
+    zoom = str(tiny_models / "motion_loras" / "zoom.safetensors")
+    rows = [{"prompt": "a road", "checkpoint": "toon_lora", "id": "plain"},
+            {"prompt": "a road", "checkpoint": "toon_lora", "id": "zoom", "motion_lora": zoom},
+            {"prompt": "a road", "checkpoint": "toon_lora", "id": "half", "motion_lora": zoom, "motion_lora_scale": "0.5"},
+            {"prompt": "a road", "checkpoint": "toon_lora", "id": "lost", "motion_lora": "/nowhere/pan.safetensors"},
+            {"prompt": "a road", "checkpoint": "toon_lora", "id": "text", "motion_lora": "pan.txt"}]
+    out = stage(_batch(stage, rows)).set_index("id")
+    assert out.loc[["plain", "zoom", "half"], "status"].tolist() == ["ok"] * 3, out.error.tolist()
+    assert out.loc[["plain", "zoom", "half"], "sha256"].nunique() == 3
+    assert "motion LoRA '/nowhere/pan.safetensors' failed to load" in out.loc["lost", "error"]
+    assert "motion_lora must be the URI of a" in out.loc["text", "error"]
+    stage.personalizer.apply_motion_lora(None)
+
+
 # Hostile prompt tables, generated: planning and the actor's per-row path never raise, never write
 # outside --out, and give exactly one metadata row per input row and checkpoint.
 
@@ -151,6 +182,15 @@ _row = st.fixed_dictionaries(
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(rows=st.lists(_row, min_size=1, max_size=5))
 def test_hostile_tables_never_escape_or_raise(stage, rows):
+    from unittest import mock
+
+    import animatediff_core.settings as settings_mod
+
+    with mock.patch.object(settings_mod, "MAX_FRAMES", 16):  # long clips are valid now; keep generated ones short
+        _hostile(stage, rows)
+
+
+def _hostile(stage, rows):
     import pyarrow as pa
 
     from pipelines.animate.plan import is_pending
