@@ -24,7 +24,7 @@ from animatediff_core.configs import check_fields, need, option
 from animatediff_core.errors import CheckpointError, ConfigError
 from animatediff_core.settings import SAMPLERS, CheckpointSpec, GenerationSettings
 from pipelines import tables
-from pipelines.ray_session import has_gpus
+from pipelines.ray_session import count_nodes, has_gpus, stage, worker_range
 from pipelines.animate import schema
 from pipelines.animate.layout import OutputLayout, new_run_id
 from pipelines.animate.plan import MotionSpec, Plan, is_done, is_pending, mark_conflicts, plan_block, read_checkpoint_set, read_motion_set
@@ -54,7 +54,8 @@ class AnimateConfig:
     fps: int = option(_GEN.fps, help="frames per second of the mp4/GIF (rows may override)")
     sampler: str = option(_GEN.sampler, choices=SAMPLERS, help="ddim: AnimateDiff's DDIM; euler_trailing: AnimateDiff-Lightning "
                           "(2/4/8 steps, guidance 1.0); lcm: AnimateLCM (4-8 steps, guidance 1-2) (rows may override)")
-    workers: int = option(1, help="actors, each holding one loaded pipeline")
+    workers: int | str = option(1, help="actors, each holding one loaded pipeline: a count (4) or a range (2-16) "
+                                        "for an autoscaling pool that grows with the queue")
     num_gpus_per_worker: float | None = option(None, help="default: 1 if the cluster has GPUs, else 0")
     cpus_per_worker: float = option(1.0, help="CPU actors only; leave a CPU for reading")
     torch_threads: int | None = option(None, help="CPU actors: torch threads (default: cpus_per_worker)")
@@ -69,7 +70,7 @@ class AnimateConfig:
         check_fields(self)
         need(bool(self.prompts), "prompts: give at least one prompt table")
         need(bool(self.motion_module), "motion_module: give at least one motion module")
-        need(self.workers >= 1, f"workers must be >= 1, found {self.workers}")
+        worker_range(self.workers)
         need(self.batch_size >= 1, f"batch_size must be >= 1, found {self.batch_size}")
         need(self.max_batch is None or self.max_batch >= 1, f"max_batch must be >= 1, found {self.max_batch}")
         need(self.cpus_per_worker > 0, f"cpus_per_worker must be > 0, found {self.cpus_per_worker}")
@@ -243,22 +244,34 @@ def _generation(planned, prep: Prepared, layout: OutputLayout, run_id: str):
 
     cfg = prep.cfg
     todo = planned.map_batches(is_pending, batch_format="pandas")
+    low, high = worker_range(cfg.workers)
+    base, motions, checkpoints = stage_models(prep, count_nodes())
     gpu = cfg.num_gpus_per_worker if cfg.num_gpus_per_worker is not None else (1.0 if has_gpus() else 0.0)
     from pipelines.animate.stage import AnimateStage  # the model stack: imported by the actors, not the planners
 
     return todo.map_batches(
         AnimateStage,
-        fn_constructor_kwargs=dict(base=cfg.base, motions=prep.motions, checkpoints=prep.checkpoints, layout=layout,
+        fn_constructor_kwargs=dict(base=base, motions=motions, checkpoints=checkpoints, layout=layout,
                                    run_id=run_id, gif=cfg.gif, precision=cfg.precision, max_batch=cfg.max_batch,
                                    threads=cfg.torch_threads or max(1, int(cfg.cpus_per_worker))),
         batch_format="pandas",
         batch_size=cfg.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=cfg.workers),
+        compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
         num_gpus=gpu or None,
         num_cpus=1 if gpu else cfg.cpus_per_worker,
         # Ray Data's actor pools default to max_restarts=-1 and max_task_retries=-1: a dead actor (node lost,
         # OOM-killed) is restarted and its in-flight batch retried; its shard name makes the retry idempotent.
     )
+
+
+def stage_models(prep: Prepared, nodes: int) -> tuple[str, dict[str, MotionSpec], dict[str, CheckpointSpec]]:
+    """Base, motion modules and checkpoints as URIs every node can read: driver-local files on a
+    multi-node cluster are staged under `--out` (pipelines/ray_session.py). Fingerprints keep the
+    URIs the user gave, so staging never invalidates finished videos."""
+    root = prep.cfg.out
+    motions = {n: dataclasses.replace(m, uri=stage(m.uri, "--motion-module", root, nodes)) for n, m in prep.motions.items()}
+    checkpoints = {n: dataclasses.replace(c, uri=stage(c.uri, "--checkpoints", root, nodes)) for n, c in prep.checkpoints.items()}
+    return stage(prep.cfg.base, "--base", root, nodes), motions, checkpoints
 
 
 def exit_code(summary: Summary, max_error_fraction: float) -> tuple[int, str]:
