@@ -13,6 +13,7 @@ FUSE mounts such as gcsfuse or s3fs) or under a prefix listed in $ANIMATEDIFF_SH
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -34,9 +35,11 @@ class ClusterInfo:
     nodes: int
     job_id: str | None = None
     dashboard: str | None = None
+    submission_id: str | None = None  # `ray job submit`'s id (raysubmit_...), for `ray job logs/stop`
 
     def banner(self) -> str:
-        return f"ray job {self.job_id} on {self.nodes} node(s); dashboard: {self.dashboard or 'n/a'}"
+        submitted = f" (submission {self.submission_id})" if self.submission_id else ""
+        return f"ray job {self.job_id}{submitted} on {self.nodes} node(s); dashboard: {self.dashboard or 'n/a'}"
 
 
 def init_ray(**kwargs) -> ClusterInfo:
@@ -48,7 +51,7 @@ def init_ray(**kwargs) -> ClusterInfo:
     if os.environ.get("RAY_ADDRESS"):
         kwargs.pop("include_dashboard", None)
         ctx = ray.init(**kwargs)
-        info = ClusterInfo(count_nodes(), ray.get_runtime_context().get_job_id(), _dashboard_url(ctx))
+        info = ClusterInfo(count_nodes(), ray.get_runtime_context().get_job_id(), _dashboard_url(ctx), _submission_id())
         log.info("joined Ray cluster at %s: %s", os.environ["RAY_ADDRESS"], info.banner())
         return info
     ray.init(include_dashboard=kwargs.pop("include_dashboard", False), **kwargs)
@@ -61,6 +64,14 @@ def _dashboard_url(ctx) -> str | None:
     if not url and os.environ["RAY_ADDRESS"].startswith("http"):
         url = os.environ["RAY_ADDRESS"]
     return (url if url.startswith("http") else f"http://{url}") if url else None
+
+
+def _submission_id() -> str | None:
+    """The Jobs API's id of this driver: in the job config its supervisor hands the entrypoint."""
+    try:
+        return json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("metadata", {}).get("job_submission_id")
+    except ValueError:
+        return None
 
 
 def gpu_count() -> float:
