@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     cluster = init_ray()
     if cluster.job_id:
         print(cluster.banner(), flush=True)
-    require_shared(cfg.out, "--out", cluster.nodes)
+    for flag, uri in (("--out", cfg.out), *(("--prompts", p) for p in cfg.prompts)):
+        require_shared(uri, flag, cluster.nodes)
     storage.write_text_atomic(prep.layout.job_config, dump_config(cfg))
     result = run_animate(prep)
     print(result.summary.text(result.seconds))
