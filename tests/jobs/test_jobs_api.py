@@ -15,7 +15,7 @@ import yaml
 from helpers_cluster import RayHead
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SMALL = "--num-frames 4 --height 32 --width 32 --steps 1 --cpus-per-worker 0.5 --torch-threads 1"
+SMALL = "--num-frames 4 --height 32 --width 32 --steps 1 --cpus-per-worker 0.5 --torch-threads 1 --workers 1-2"
 
 
 def _wait(client, job_id, timeout=300):
@@ -58,7 +58,7 @@ def test_submit_through_the_jobs_api_and_rerun_from_saved_config(tiny_models, tm
         assert len(meta) == 3 and (meta.status == "ok").all() and meta.id.is_unique
         assert all(os.path.getsize(v) > 0 for v in meta.video_uri)
         saved = yaml.safe_load(open(os.path.join(out, "job.yaml")))
-        assert saved["steps"] == 1 and saved["prompts"] == [str(prompts)]
+        assert saved["steps"] == 1 and saved["prompts"] == [str(prompts)] and saved["workers"] == "1-2"  # an autoscaling pool
         before = {v: os.path.getmtime(v) for v in meta.video_uri}
 
         again = client.submit_job(entrypoint=f"python -m jobs.animate --config {out}/job.yaml", runtime_env=runtime_env)

@@ -18,7 +18,7 @@ def test_worker_range():
             worker_range(bad)
 
 
-def test_workers_flag_and_yaml_take_a_range(tiny_models, tmp_path):
+def test_workers_flag_and_yaml_take_a_range(tmp_path):
     from jobs.config import dump_config, parse_config
     from pipelines.animate.job import AnimateConfig
 
