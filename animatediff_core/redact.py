@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 HIDDEN = "***"
 _SECRET_PARAM = re.compile(r"(^x-amz-(signature|credential|security-token)$|token|secret|passw|^sig$|signature|^key$|apikey|api_key|credential)", re.I)
-_SECRET_KEY = re.compile(r"(token|secret|passw|api_?key|credential)", re.I)
+_SECRET_KEY = re.compile(r"(^|_)(token|secret|password|passwd|api_?key|access_key|credentials?)(_|$)", re.I)
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
 
 

@@ -74,6 +74,7 @@ def test_redaction():
     assert redact_uri("/plain/path") == "/plain/path"
     assert redact_text("loading https://u:p@host/m?token=1 now") == "loading https://host/m now"
     assert redact_value("hf_token", "hf_abc") == "***" and redact_value("out", ["s3://a:b@c/d"]) == ["s3://c/d"]
+    assert redact_value("aws_secret_access_key", "x") == "***" and redact_value("tokenizer", "clip") == "clip"
 
 
 def test_saved_config_and_logs_hold_no_secrets(capsys):
@@ -89,3 +90,17 @@ def test_saved_config_and_logs_hold_no_secrets(capsys):
     setup_logging("INFO")
     logging.getLogger("jobs.test").info("config: %s", cfg)
     assert "SECRET" not in capsys.readouterr().err
+
+
+def test_metadata_uris_hold_no_secrets(tmp_path):
+    import pandas as pd
+
+    from pipelines.animate.layout import OutputLayout, new_run_id
+    from pipelines.animate.report import write_shard
+
+    layout = OutputLayout(str(tmp_path))
+    row = {"id": "a", "prompt": "p", "status": "ok", "video_uri": "s3://KEY:SECRET@bucket/v.mp4",
+           "checkpoint_uri": "https://host/c.safetensors?X-Amz-Signature=SECRET&X-Amz-Credential=SECRET"}
+    write_shard(pd.DataFrame([row]), layout, new_run_id())
+    meta = pd.concat(pd.read_parquet(p) for p in (tmp_path / "metadata").glob("*.parquet"))
+    assert meta.video_uri.tolist() == ["s3://bucket/v.mp4"] and meta.checkpoint_uri.tolist() == ["https://host/c.safetensors"]
