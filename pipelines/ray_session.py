@@ -1,6 +1,7 @@
 """Starting or joining Ray, and what the cluster has: one place for every job.
 
-Multi-node rules (checked here, after `init_ray`, by every job):
+Multi-node rules (checked here, after `init_ray`, by every job), on a cluster of more than one node or
+one that may add nodes ($ANIMATEDIFF_AUTOSCALING, set by cluster/runtime_env.yaml):
 - outputs (`--out`, `--storage`) and data tables must be where every node can reach them: an object
   store URI or a shared mount; a local path on a cluster of more than one node is refused;
 - model files (`--base`, `--motion-module`, checkpoints) that are local to the driver are staged:
@@ -86,10 +87,16 @@ def has_gpus() -> bool:
 
 
 def count_nodes() -> int:
-    """Alive nodes of the cluster (an autoscaling cluster may add more later: see `require_shared`)."""
+    """Alive nodes of the cluster now (see `multi_node` for the ones it may add)."""
     import ray
 
     return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
+def multi_node(nodes: int) -> bool:
+    """More than one node now, or later: where $ANIMATEDIFF_AUTOSCALING is set (cluster/runtime_env.yaml
+    sets it), a cluster with only its head now may add GPU nodes once the job queues work."""
+    return nodes > 1 or os.environ.get("ANIMATEDIFF_AUTOSCALING", "") not in ("", "0")
 
 
 def worker_range(value: int | str, name: str = "workers") -> tuple[int, int]:
@@ -133,8 +140,9 @@ def is_shared(uri: str) -> bool:
 
 def require_shared(uri: str, flag: str, nodes: int) -> None:
     """Refuse a local output or data path on a multi-node cluster: workers on other nodes cannot reach it."""
-    if nodes > 1 and not is_shared(uri):
-        raise ConfigError(f"{flag} {uri}: a local path on a cluster of {nodes} nodes; workers on other nodes "
+    if multi_node(nodes) and not is_shared(uri):
+        more = " (autoscaling: it may add more)" if nodes == 1 else ""
+        raise ConfigError(f"{flag} {uri}: a local path on a cluster of {nodes} node(s){more}; workers on other nodes "
                           "cannot reach it: use an object store URI (s3://, gs://) or a shared mount "
                           "(or list its prefix in ANIMATEDIFF_SHARED_PATHS)")
 
@@ -143,7 +151,7 @@ def stage(uri: str | None, flag: str, root: str, nodes: int) -> str | None:
     """A URI every node can read for model file(s) `uri`: itself when it is already shared (or the
     cluster has one node), else a copy under `root/.staging/` made once (the name carries the source
     path, size and mtime, so a changed file is staged again)."""
-    if uri is None or nodes <= 1 or is_shared(uri):
+    if uri is None or not multi_node(nodes) or is_shared(uri):
         return uri
     path = storage.fs_and_path(uri)[1]
     if not os.path.exists(path):  # a Hub id (org/name): each node resolves it from the Hub
@@ -154,7 +162,7 @@ def stage(uri: str | None, flag: str, root: str, nodes: int) -> str | None:
     dest = storage.join(root, STAGING, f"{key}-{os.path.basename(path.rstrip('/'))}")
     done = storage.join(root, STAGING, f"{key}.done")
     if not storage.exists(done):
-        log.info("staging %s %s to %s (a local path on a %d-node cluster)", flag, uri, dest, nodes)
+        log.info("staging %s %s to %s (a local path on a multi-node cluster)", flag, uri, dest)
         if os.path.isdir(path):
             storage.upload_dir(path, dest)
         else:

@@ -208,6 +208,7 @@ class Result:
 
 def run_animate(prep: Prepared) -> Result:
     """Run the planned job; metadata is written as it is produced. Ray must be initialized."""
+    prep = stage_models(prep, count_nodes())
     cfg, layout = prep.cfg, prep.layout
     start, run_id = time.time(), new_run_id()
     plan = Plan(tuple(prep.checkpoints), {n: m.max_frames for n, m in prep.motions.items()}, cfg.defaults)
@@ -245,13 +246,12 @@ def _generation(planned, prep: Prepared, layout: OutputLayout, run_id: str):
     cfg = prep.cfg
     todo = planned.map_batches(is_pending, batch_format="pandas")
     low, high = worker_range(cfg.workers)
-    base, motions, checkpoints = stage_models(prep, count_nodes())
     gpu = cfg.num_gpus_per_worker if cfg.num_gpus_per_worker is not None else (1.0 if has_gpus() else 0.0)
     from pipelines.animate.stage import AnimateStage  # the model stack: imported by the actors, not the planners
 
     return todo.map_batches(
         AnimateStage,
-        fn_constructor_kwargs=dict(base=base, motions=motions, checkpoints=checkpoints, layout=layout,
+        fn_constructor_kwargs=dict(base=cfg.base, motions=prep.motions, checkpoints=prep.checkpoints, layout=layout,
                                    run_id=run_id, gif=cfg.gif, precision=cfg.precision, max_batch=cfg.max_batch,
                                    threads=cfg.torch_threads or max(1, int(cfg.cpus_per_worker))),
         batch_format="pandas",
@@ -264,14 +264,15 @@ def _generation(planned, prep: Prepared, layout: OutputLayout, run_id: str):
     )
 
 
-def stage_models(prep: Prepared, nodes: int) -> tuple[str, dict[str, MotionSpec], dict[str, CheckpointSpec]]:
-    """Base, motion modules and checkpoints as URIs every node can read: driver-local files on a
-    multi-node cluster are staged under `--out` (pipelines/ray_session.py). Fingerprints keep the
-    URIs the user gave, so staging never invalidates finished videos."""
+def stage_models(prep: Prepared, nodes: int) -> Prepared:
+    """`prep` with base, motion modules and checkpoints at URIs every node can read: driver-local files
+    on a multi-node cluster are staged under `--out` (pipelines/ray_session.py). Rows' fingerprints then
+    name the staged copies, whose names are stable for unchanged files, so a rerun skips finished rows."""
     root = prep.cfg.out
     motions = {n: dataclasses.replace(m, uri=stage(m.uri, "--motion-module", root, nodes)) for n, m in prep.motions.items()}
     checkpoints = {n: dataclasses.replace(c, uri=stage(c.uri, "--checkpoints", root, nodes)) for n, c in prep.checkpoints.items()}
-    return stage(prep.cfg.base, "--base", root, nodes), motions, checkpoints
+    cfg = dataclasses.replace(prep.cfg, base=stage(prep.cfg.base, "--base", root, nodes))
+    return dataclasses.replace(prep, cfg=cfg, motions=motions, checkpoints=checkpoints)
 
 
 def exit_code(summary: Summary, max_error_fraction: float) -> tuple[int, str]:

@@ -37,8 +37,12 @@ def test_local_outputs_refused_on_multi_node(tmp_path, monkeypatch):
     local = str(tmp_path / "out")
     require_shared(local, "--out", nodes=1)  # one node: a local folder is fine
     require_shared("s3://bucket/out", "--out", nodes=3)
-    with pytest.raises(ConfigError, match=r"^--out .*: a local path on a cluster of 3 nodes.*object store"):
+    with pytest.raises(ConfigError, match=r"^--out .*: a local path on a cluster of 3 node\(s\);.*object store"):
         require_shared(local, "--out", nodes=3)
+    monkeypatch.setenv("ANIMATEDIFF_AUTOSCALING", "1")  # one node now, GPU nodes later
+    with pytest.raises(ConfigError, match="autoscaling"):
+        require_shared(local, "--out", nodes=1)
+    monkeypatch.delenv("ANIMATEDIFF_AUTOSCALING")
     monkeypatch.setenv("ANIMATEDIFF_SHARED_PATHS", f"/nonexistent:{tmp_path}")
     assert is_shared(local)
     monkeypatch.setattr(ray_session, "_mount_type", lambda path: "nfs4")
@@ -50,6 +54,7 @@ def test_driver_only_models_are_staged_once(tiny_models, s3_env, monkeypatch):
     import s3fs
 
     monkeypatch.delenv("ANIMATEDIFF_SHARED_PATHS", raising=False)
+    monkeypatch.delenv("ANIMATEDIFF_AUTOSCALING", raising=False)
     s3fs.S3FileSystem().mkdir("stage-bucket")
     base, mm = str(tiny_models / "base"), str(tiny_models / "motion_module.safetensors")
     assert stage(base, "--base", "s3://stage-bucket/run", nodes=1) == base
