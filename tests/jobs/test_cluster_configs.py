@@ -8,7 +8,7 @@ import os
 import pytest
 import yaml
 
-from jobs.config import build_parser, load_yaml
+from jobs.config import build_parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 JOBS = ("animate", "train", "evaluate", "ingest")
