@@ -24,10 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     prep = preflight(cfg)
     from animatediff_core import storage
-    from pipelines.ray_session import init_ray
+    from pipelines.ray_session import init_ray, require_shared
 
+    cluster = init_ray()
+    if cluster.job_id:
+        print(cluster.banner(), flush=True)
+    for flag, uri in (("--out", cfg.out), *(("--prompts", p) for p in cfg.prompts)):
+        require_shared(uri, flag, cluster.nodes)
     storage.write_text_atomic(prep.layout.job_config, dump_config(cfg))
-    init_ray(include_dashboard=False)
     result = run_animate(prep)
     print(result.summary.text(result.seconds))
     print(f"videos: {storage.join(cfg.out, 'videos')}\nmetadata: {prep.layout.metadata}\nindex: {result.index}")

@@ -20,6 +20,7 @@ import yaml
 
 from animatediff_core.configs import field_types
 from animatediff_core.errors import AnimateDiffError, ConfigError
+from animatediff_core.redact import redact_text, redact_value
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Libraries whose INFO/WARNING chatter (progress bars, optional-dependency notices) is not for operators.
@@ -65,7 +66,8 @@ def build_parser(classes, description: str) -> argparse.ArgumentParser:
         elif tp in (list, tuple):
             p.add_argument(flag, nargs="+", type=elem, **kw)
         else:
-            p.add_argument(flag, type=tp, choices=meta.get("choices"), **kw)
+            # a union (`int | str`: a count or a range) arrives as text; the dataclass parses it
+            p.add_argument(flag, type=tp if isinstance(tp, type) else str, choices=meta.get("choices"), **kw)
     return p
 
 
@@ -127,15 +129,26 @@ def load_yaml(path: str, known: list[str], parser: argparse.ArgumentParser) -> d
 
 
 def dump_config(*configs) -> str:
-    """The resolved config(s) as YAML: `--config` on this file repeats the run."""
+    """The resolved config(s) as YAML: `--config` on this file repeats the run. Secrets are redacted
+    (animatediff_core/redact.py): credentials in URLs and secret-named keys never reach the file."""
     data = {}
     for cfg in configs:
         types_ = field_types(type(cfg))
         for f in dataclasses.fields(cfg):
             if not dataclasses.is_dataclass(types_[f.name][0]):
-                v = getattr(cfg, f.name)
-                data[f.name] = list(v) if isinstance(v, tuple) else v
+                data[f.name] = redact_value(f.name, getattr(cfg, f.name))
     return yaml.safe_dump(data, sort_keys=False)
+
+
+class RedactingFilter(logging.Filter):
+    """Log records with credentials in URLs removed (a config or URI logged by any module)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact_text(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -146,6 +159,8 @@ def setup_logging(level: str = "INFO") -> None:
         os.environ.setdefault(lib, "debug" if level == "DEBUG" else "error")
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     logging.captureWarnings(True)
     quiet = logging.DEBUG if level == "DEBUG" else logging.ERROR
     for name in NOISY_LOGGERS:

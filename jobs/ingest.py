@@ -10,20 +10,26 @@ size) are fixed here.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from jobs.config import dump_config, parse_config, run, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
     from animatediff_core import storage
+    from pipelines.ray_session import init_ray, require_shared, stage
     from pipelines.train.ingest import IngestRun, check_ingest, run_ingest
-    from pipelines.ray_session import init_ray
 
     job, args = parse_config(IngestRun, argv, __doc__)
     setup_logging(args.log_level)
     source = check_ingest(job)
+    cluster = init_ray()
+    if cluster.job_id:
+        print(cluster.banner(), flush=True)
+    for flag, uri in (("--out", job.out), ("--data", job.data)):
+        require_shared(uri, flag, cluster.nodes)
     storage.write_text_atomic(storage.join(job.out, "job.yaml"), dump_config(job))
-    init_ray()
+    job = replace(job, base=stage(job.base, "--base", job.out, cluster.nodes))
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -10,13 +10,15 @@ Flags: where and how the run executes (pipelines/train/job.py TrainRun) and the 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from jobs.config import dump_config, parse_config, run, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
     from animatediff_core import storage
     from animatediff_core.trainer import TrainConfig
-    from pipelines.ray_session import init_ray
+    from pipelines.ray_session import init_ray, require_shared, stage
     from pipelines.train.job import TrainRun, check_run, train
 
     (job, cfg), args = parse_config((TrainRun, TrainConfig), argv, __doc__)
@@ -24,8 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     plan = check_run(job, cfg)
     if plan.source.kind == "latents":
         print(f"training on precomputed latents: {plan.cfg.num_frames} frames at {plan.cfg.size}x{plan.cfg.size} (set by jobs.ingest)")
+    cluster = init_ray(include_dashboard=True)  # Ray Train queries the dashboard; RAY_ADDRESS (ray job submit) joins a cluster
+    if cluster.job_id:
+        print(cluster.banner(), flush=True)
+    for flag, uri in (("--storage", job.storage), ("--data", job.data)):
+        require_shared(uri, flag, cluster.nodes)
     storage.write_text_atomic(storage.join(job.run_dir, "job.yaml"), dump_config(job, cfg))
-    init_ray()  # Ray's default dashboard setting: Ray Train uses it where its packages are installed
+    job = replace(job, base=stage(job.base, "--base", job.run_dir, cluster.nodes),  # driver-only model files
+                  motion_module=stage(job.motion_module, "--motion-module", job.run_dir, cluster.nodes))
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False

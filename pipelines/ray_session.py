@@ -1,26 +1,79 @@
-"""Starting or joining Ray, and what the cluster has: one place for every job."""
+"""Starting or joining Ray, and what the cluster has: one place for every job.
+
+Multi-node rules (checked here, after `init_ray`, by every job), on a cluster of more than one node or
+one that may add nodes ($ANIMATEDIFF_AUTOSCALING, set by cluster/runtime_env.yaml):
+- outputs (`--out`, `--storage`) and data tables must be where every node can reach them: an object
+  store URI or a shared mount; a local path on a cluster of more than one node is refused;
+- model files (`--base`, `--motion-module`, checkpoints) that are local to the driver are staged:
+  copied once to `STAGING/<name>-<hash>` under the (shared) output URI, and workers read that copy.
+A local path counts as shared when it lies on a network filesystem (NFS, CIFS, Lustre, CephFS,
+FUSE mounts such as gcsfuse or s3fs) or under a prefix listed in $ANIMATEDIFF_SHARED_PATHS
+(`:`-separated), for mounts this check cannot recognise.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+from dataclasses import dataclass
+
+from animatediff_core import storage
+from animatediff_core.configs import need
+from animatediff_core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "ceph", "glusterfs", "gpfs", "beegfs", "9p", "virtiofs", "fuse")
+STAGING = ".staging"
 
-def init_ray(**kwargs) -> None:
-    """Join the cluster named by RAY_ADDRESS (`ray job submit` sets it), else start an embedded one
-    (`kwargs` go to `ray.init`, e.g. include_dashboard=False where nothing needs it)."""
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """Where the job runs: `job_id` and `dashboard` are set when it joined a cluster (RAY_ADDRESS)."""
+
+    nodes: int
+    job_id: str | None = None
+    dashboard: str | None = None
+    submission_id: str | None = None  # `ray job submit`'s id (raysubmit_...), for `ray job logs/stop`
+
+    def banner(self) -> str:
+        submitted = f" (submission {self.submission_id})" if self.submission_id else ""
+        return f"ray job {self.job_id}{submitted} on {self.nodes} node(s); dashboard: {self.dashboard or 'n/a'}"
+
+
+def init_ray(**kwargs) -> ClusterInfo:
+    """Join the cluster named by RAY_ADDRESS (`ray job submit` sets it), else start an embedded one."""
     import ray
 
     if ray.is_initialized():
-        return
+        return ClusterInfo(count_nodes())
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(**kwargs)
-        log.info("joined Ray cluster at %s", os.environ["RAY_ADDRESS"])
-    else:
-        ray.init(address="local", **kwargs)  # "local": never join a `ray start` cluster left on this machine
-        log.info("started an embedded Ray (%s CPUs, %s GPUs)", *(ray.cluster_resources().get(k, 0) for k in ("CPU", "GPU")))
+        kwargs.pop("include_dashboard", None)
+        ctx = ray.init(**kwargs)
+        info = ClusterInfo(count_nodes(), ray.get_runtime_context().get_job_id(), _dashboard_url(ctx), _submission_id())
+        log.info("joined Ray cluster at %s: %s", os.environ["RAY_ADDRESS"], info.banner())
+        return info
+    # "local": a new embedded instance, never a `ray start` cluster left on this machine
+    ray.init(address="local", include_dashboard=kwargs.pop("include_dashboard", False), **kwargs)
+    log.info("started an embedded Ray (%s CPUs, %s GPUs)", *(ray.cluster_resources().get(k, 0) for k in ("CPU", "GPU")))
+    return ClusterInfo(1)
+
+
+def _dashboard_url(ctx) -> str | None:
+    url = getattr(ctx, "dashboard_url", None) or ""
+    if not url and os.environ["RAY_ADDRESS"].startswith("http"):
+        url = os.environ["RAY_ADDRESS"]
+    return (url if url.startswith("http") else f"http://{url}") if url else None
+
+
+def _submission_id() -> str | None:
+    """The Jobs API's id of this driver: in the job config its supervisor hands the entrypoint."""
+    try:
+        return json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("metadata", {}).get("job_submission_id")
+    except ValueError:
+        return None
 
 
 def gpu_count() -> float:
@@ -32,3 +85,89 @@ def gpu_count() -> float:
 def has_gpus() -> bool:
     """True when the cluster has at least one whole GPU (a worker asks for one each)."""
     return gpu_count() >= 1
+
+
+def count_nodes() -> int:
+    """Alive nodes of the cluster now (see `multi_node` for the ones it may add)."""
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
+def multi_node(nodes: int) -> bool:
+    """More than one node now, or later: where $ANIMATEDIFF_AUTOSCALING is set (cluster/runtime_env.yaml
+    sets it), a cluster with only its head now may add GPU nodes once the job queues work."""
+    return nodes > 1 or os.environ.get("ANIMATEDIFF_AUTOSCALING", "") not in ("", "0")
+
+
+def worker_range(value: int | str, name: str = "workers") -> tuple[int, int]:
+    """`4` -> (4, 4); `"2-16"` -> (2, 16): a fixed or an autoscaling actor pool."""
+    text = str(value).strip()
+    lo, sep, hi = text.partition("-")
+    try:
+        low, high = int(lo), int(hi) if sep else int(lo)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a count (4) or a range (2-16), found {value!r}") from None
+    need(1 <= low <= high, f"{name}: expected 1 <= min <= max, found {value!r}")
+    return low, high
+
+
+def _mount_type(path: str) -> str:
+    """The filesystem type of the mount holding `path` (Linux /proc/mounts; "" elsewhere)."""
+    best, kind = "", ""
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                _, mount, fstype, *_ = line.split()
+                mount = mount.replace("\\040", " ")
+                if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+                    best, kind = mount, fstype
+    except OSError:
+        pass
+    return kind
+
+
+def is_shared(uri: str) -> bool:
+    """True for object-store URIs and for local paths on a shared mount (see the module docstring)."""
+    if not storage.is_local(uri):
+        return True
+    path = os.path.realpath(storage.fs_and_path(uri)[1])
+    prefixes = [p for p in os.environ.get("ANIMATEDIFF_SHARED_PATHS", "").split(":") if p]
+    if any(path == p.rstrip("/") or path.startswith(p.rstrip("/") + "/") for p in prefixes):
+        return True
+    kind = _mount_type(path)
+    return kind.split(".")[0] in NETWORK_FS
+
+
+def require_shared(uri: str, flag: str, nodes: int) -> None:
+    """Refuse a local output or data path on a multi-node cluster: workers on other nodes cannot reach it."""
+    if multi_node(nodes) and not is_shared(uri):
+        more = " (autoscaling: it may add more)" if nodes == 1 else ""
+        raise ConfigError(f"{flag} {uri}: a local path on a cluster of {nodes} node(s){more}; workers on other nodes "
+                          "cannot reach it: use an object store URI (s3://, gs://) or a shared mount "
+                          "(or list its prefix in ANIMATEDIFF_SHARED_PATHS)")
+
+
+def stage(uri: str | None, flag: str, root: str, nodes: int) -> str | None:
+    """A URI every node can read for model file(s) `uri`: itself when it is already shared (or the
+    cluster has one node), else a copy under `root/.staging/` made once (the name carries the source
+    path, size and mtime, so a changed file is staged again)."""
+    if uri is None or not multi_node(nodes) or is_shared(uri):
+        return uri
+    path = storage.fs_and_path(uri)[1]
+    if not os.path.exists(path):  # a Hub id (org/name): each node resolves it from the Hub
+        return uri
+    files = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs] if os.path.isdir(path) else [path]
+    stamp = "|".join(f"{os.path.relpath(f, path)}:{os.path.getsize(f)}:{os.path.getmtime(f)}" for f in sorted(files))
+    key = hashlib.sha256(f"{os.path.realpath(path)}|{stamp}".encode()).hexdigest()[:12]
+    dest = storage.join(root, STAGING, f"{key}-{os.path.basename(path.rstrip('/'))}")
+    done = storage.join(root, STAGING, f"{key}.done")
+    if not storage.exists(done):
+        log.info("staging %s %s to %s (a local path on a multi-node cluster)", flag, uri, dest)
+        if os.path.isdir(path):
+            storage.upload_dir(path, dest)
+        else:
+            with open(path, "rb") as f:
+                storage.write_bytes_atomic(dest, f.read())
+        storage.write_bytes_atomic(done, b"")
+    return dest

@@ -24,7 +24,7 @@ from animatediff_core.configs import check_fields, need, option
 from animatediff_core.errors import CheckpointError
 from animatediff_core.settings import SAMPLERS, WEIGHTINGS, CheckpointSpec, GenerationSettings
 from pipelines import tables
-from pipelines.ray_session import has_gpus
+from pipelines.ray_session import count_nodes, has_gpus, stage, worker_range
 from pipelines.animate import schema
 from pipelines.animate.layout import OutputLayout, new_run_id
 from pipelines.animate.plan import MotionSpec, Plan, is_done, is_pending, mark_conflicts, plan_block, read_checkpoint_set, read_motion_set
@@ -62,7 +62,8 @@ class GenerationFlags:
     motion_lora: str = option(_GEN.motion_lora, help="a motion LoRA file (official v2 camera-motion .ckpt or a jobs.train "
                               "--motion-lora file) stacked on every checkpoint (rows may override)")
     motion_lora_scale: float = option(_GEN.motion_lora_scale, help="the motion LoRA's weight (rows may override)")
-    workers: int = option(1, help="actors, each holding one loaded pipeline")
+    workers: int | str = option(1, help="actors, each holding one loaded pipeline: a count (4) or a range (2-16) "
+                                        "for an autoscaling pool that grows with the queue")
     num_gpus_per_worker: float | None = option(None, help="default: 1 if the cluster has GPUs, else 0")
     cpus_per_worker: float = option(1.0, help="CPU actors only; leave a CPU for reading")
     torch_threads: int | None = option(None, help="CPU actors: torch threads (default: cpus_per_worker)")
@@ -75,7 +76,7 @@ class GenerationFlags:
 
     def __post_init__(self):
         check_fields(self)
-        need(self.workers >= 1, f"workers must be >= 1, found {self.workers}")
+        worker_range(self.workers)
         need(self.batch_size >= 1, f"batch_size must be >= 1, found {self.batch_size}")
         need(self.max_batch is None or self.max_batch >= 1, f"max_batch must be >= 1, found {self.max_batch}")
         need(self.cpus_per_worker > 0, f"cpus_per_worker must be > 0, found {self.cpus_per_worker}")
@@ -230,6 +231,7 @@ class Result:
 
 def run_animate(prep: Prepared) -> Result:
     """Run the planned job; metadata is written as it is produced. Ray must be initialized."""
+    prep = stage_models(prep, count_nodes())
     cfg, layout = prep.cfg, prep.layout
     start, run_id = time.time(), new_run_id()
     plan = Plan(tuple(prep.checkpoints), {n: m.max_frames for n, m in prep.motions.items()}, cfg.defaults)
@@ -266,6 +268,7 @@ def _generation(planned, prep: Prepared, layout: OutputLayout, run_id: str):
 
     cfg = prep.cfg
     todo = planned.map_batches(is_pending, batch_format="pandas")
+    low, high = worker_range(cfg.workers)
     gpu = cfg.num_gpus_per_worker if cfg.num_gpus_per_worker is not None else (1.0 if has_gpus() else 0.0)
     from pipelines.animate.stage import AnimateStage  # the model stack: imported by the actors, not the planners
 
@@ -276,12 +279,23 @@ def _generation(planned, prep: Prepared, layout: OutputLayout, run_id: str):
                                    threads=cfg.torch_threads or max(1, int(cfg.cpus_per_worker))),
         batch_format="pandas",
         batch_size=cfg.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=cfg.workers),
+        compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
         num_gpus=gpu or None,
         num_cpus=1 if gpu else cfg.cpus_per_worker,
         # Ray Data's actor pools default to max_restarts=-1 and max_task_retries=-1: a dead actor (node lost,
         # OOM-killed) is restarted and its in-flight batch retried; its shard name makes the retry idempotent.
     )
+
+
+def stage_models(prep: Prepared, nodes: int) -> Prepared:
+    """`prep` with base, motion modules and checkpoints at URIs every node can read: driver-local files
+    on a multi-node cluster are staged under `--out` (pipelines/ray_session.py). Rows' fingerprints then
+    name the staged copies, whose names are stable for unchanged files, so a rerun skips finished rows."""
+    root = prep.cfg.out
+    motions = {n: dataclasses.replace(m, uri=stage(m.uri, "--motion-module", root, nodes)) for n, m in prep.motions.items()}
+    checkpoints = {n: dataclasses.replace(c, uri=stage(c.uri, "--checkpoints", root, nodes)) for n, c in prep.checkpoints.items()}
+    cfg = dataclasses.replace(prep.cfg, base=stage(prep.cfg.base, "--base", root, nodes))
+    return dataclasses.replace(prep, cfg=cfg, motions=motions, checkpoints=checkpoints)
 
 
 def exit_code(summary: Summary, max_error_fraction: float) -> tuple[int, str]:

@@ -17,6 +17,7 @@ from collections import Counter, defaultdict
 import pandas as pd
 
 from animatediff_core import storage
+from animatediff_core.redact import redact_uri
 from pipelines.animate import schema
 from pipelines.animate.layout import OutputLayout, shard_run_id
 
@@ -49,10 +50,15 @@ def _shard_key(batch: pd.DataFrame, source: str) -> str:
     return f"{source}_" + hashlib.sha256(f"{task}/{_CALLS[task]}/{ids}".encode()).hexdigest()[:20]
 
 
+URI_COLUMNS = ("checkpoint_uri", "motion_module_uri", "video_uri", "gif_uri")
+
+
 def write_shard(batch: pd.DataFrame, layout: OutputLayout, run_id: str, source: str = "plan") -> pd.DataFrame:
     """Write `batch` (schema rows) as one metadata shard, atomically; `source` (plan: rows that needed
     no generation; actor: generated rows) starts its key. A retried batch rewrites its own shard."""
     batch = schema.typed(batch)
+    for column in URI_COLUMNS:  # metadata is shared widely: no credentials from a URI in it
+        batch[column] = batch[column].map(redact_uri)
     if len(batch):
         buf = io.BytesIO()
         batch.to_parquet(buf, index=False, schema=schema.ARROW_SCHEMA)

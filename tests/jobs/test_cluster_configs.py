@@ -1,22 +1,124 @@
-"""The shipped cluster configs parse, and their job config has only keys the job knows."""
+"""The shipped cluster files and example job configs: they parse, name modules that exist, ask for
+GPUs where GPU work runs, agree on one image and one runtime environment, and hold only known keys."""
 
+import glob
+import importlib.util
 import os
 
+import pytest
 import yaml
 
-from jobs.config import build_parser, load_yaml
-from pipelines.animate.job import AnimateConfig
+from jobs.config import build_parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+JOBS = ("animate", "train", "evaluate", "ingest")
 
 
-def test_example_job_config_keys_are_known():
-    parser = build_parser(AnimateConfig, "")
-    data = load_yaml(os.path.join(ROOT, "cluster", "animate-sd15.yaml"), [a.dest for a in parser._actions], parser)
-    assert data["num_gpus_per_worker"] == 1 and data["out"].startswith("s3://")
+def _load(*parts):
+    with open(os.path.join(ROOT, *parts)) as f:
+        return yaml.safe_load(f)
 
 
-def test_rayjob_manifest_runs_the_entrypoint():
-    with open(os.path.join(ROOT, "cluster", "rayjob-animate.yaml")) as f:
-        job = yaml.safe_load(f)
-    assert job["kind"] == "RayJob" and job["spec"]["entrypoint"].startswith("python -m jobs.animate")
+def _job_classes(job):
+    if job == "animate":
+        from pipelines.animate.job import AnimateConfig
+        return AnimateConfig
+    if job == "train":
+        from animatediff_core.trainer import TrainConfig
+        from pipelines.train.job import TrainRun
+        return (TrainRun, TrainConfig)
+    if job == "ingest":
+        from pipelines.train.ingest import IngestRun
+        return IngestRun
+    if job == "evaluate":
+        from pipelines.evaluate.run import EvaluateConfig
+        return EvaluateConfig
+    raise KeyError(job)
+
+
+def _known_keys(job):
+    parser = build_parser(_job_classes(job), "")
+    return {a.dest for a in parser._actions}, parser
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_example_job_config_keys_are_known(job):
+    known, parser = _known_keys(job)
+    data = _load("jobs", "configs", f"{job}.yaml")
+    if known is not None:
+        assert set(data) <= known, set(data) - known
+    shared = data.get("out") or data.get("storage")
+    assert shared.startswith("s3://")  # multi-node: outputs on shared storage
+
+
+def test_example_configs_are_installed_with_the_package():
+    py = _load_toml()
+    assert "configs/*" in py["tool"]["setuptools"]["package-data"]["jobs"]
+
+
+def _load_toml():
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        return tomllib.load(f)
+
+
+def test_rayjob_manifests():
+    runtime_env = _load("cluster", "runtime_env.yaml")
+    launcher = _load("cluster", "launcher-aws.yaml")
+    image = launcher["docker"]["image"]
+    found = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(ROOT, "cluster", "k8s", "*.yaml")))
+    assert found == sorted(JOBS)
+    for job in JOBS:
+        m = _load("cluster", "k8s", f"{job}.yaml")
+        spec = m["spec"]
+        assert m["kind"] == "RayJob" and spec["rayClusterSpec"]["rayVersion"] == "2.60.0"
+        module = spec["entrypoint"].split()[2]
+        assert spec["entrypoint"] == f"python -m jobs.{job} --config /config/job.yaml"
+        assert importlib.util.find_spec(module) is not None, module
+        assert yaml.safe_load(spec["runtimeEnvYAML"]) == runtime_env, job
+        head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+        assert head["volumes"][0]["configMap"]["name"] == m["metadata"]["name"]
+        assert head["containers"][0]["volumeMounts"][0]["mountPath"] == "/config"
+        groups = spec["rayClusterSpec"]["workerGroupSpecs"]
+        containers = [c for g in groups for c in g["template"]["spec"]["containers"]] + head["containers"]
+        assert {c["image"] for c in containers} == {image}, job
+        for g in groups:
+            assert g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+            assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
+    assert spec["rayClusterSpec"]["enableInTreeAutoscaling"] is True
+
+
+def test_launcher_has_a_cpu_head_and_autoscaling_gpu_workers():
+    launcher = _load("cluster", "launcher-aws.yaml")
+    types_ = launcher["available_node_types"]
+    assert "GPU" not in types_[launcher["head_node_type"]]["resources"]
+    gpu = types_["gpu_worker"]
+    assert gpu["resources"]["GPU"] >= 1 and gpu["min_workers"] == 0 < gpu["max_workers"]
+    with open(os.path.join(ROOT, "cluster", "Dockerfile")) as f:
+        assert launcher["docker"]["image"] in f.read()
+
+
+@pytest.mark.parametrize("job", ["animate", "train", "ingest"])
+def test_misspelled_key_fails_before_ray(job, tmp_path, capsys, monkeypatch):
+    import importlib
+
+    import pipelines.ray_session
+
+    monkeypatch.setattr(pipelines.ray_session, "init_ray", lambda **kw: pytest.fail("Ray started"))
+    data = _load("jobs", "configs", f"{job}.yaml")
+    data["nmu_frames"] = 8
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(f"jobs.{job}").main(["--config", str(tmp_path / "bad.yaml")])
+    assert e.value.code == 2 and "unknown key(s) nmu_frames" in capsys.readouterr().err
+
+
+def test_wrong_type_fails_naming_the_key(tmp_path, capsys):
+    from jobs.animate import main
+
+    data = {**_load("jobs", "configs", "animate.yaml"), "steps": "many"}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(SystemExit) as e:
+        main(["--config", str(tmp_path / "bad.yaml")])
+    assert e.value.code == 2 and "steps" in capsys.readouterr().err
