@@ -179,7 +179,8 @@ def motion_lora_state(adapter: MotionAdapter, g: torch.Generator, rank: int, ori
 def _dreambooth_state(unet, text, g) -> dict[str, torch.Tensor]:
     """Full fine-tune stand-in: every base weight moved by ~10% noise, saved with LDM single-file keys."""
     def perturb(sd):
-        return {k: v + 0.1 * v.abs().mean() * torch.randn(v.shape, generator=g) for k, v in sd.items()}
+        # The mean in float64: a float32 reduction's last bit depends on the thread count, and the files must not.
+        return {k: v + 0.1 * v.abs().double().mean().float() * torch.randn(v.shape, generator=g) for k, v in sd.items()}
     state = unet_to_ldm(perturb(unet.state_dict()), dict(unet.config))
     state.update(text_encoder_to_ldm(perturb(text.state_dict())))
     return state

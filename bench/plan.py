@@ -31,6 +31,12 @@ sys.path[:0] = [ROOT]  # the project's packages before tests/ (which has a pipel
 sys.path.append(os.path.join(ROOT, "tests"))  # helpers_s3
 
 
+def _defaults():
+    from animatediff_core.settings import GenerationSettings
+
+    return GenerationSettings().updated(**SMALL)
+
+
 class PeakRSS:
     def __init__(self):
         self.peak, self.stop = 0, False
@@ -43,11 +49,14 @@ class PeakRSS:
             time.sleep(0.05)
 
 
+SMALL = dict(num_frames=4, height=32, width=32, steps=1)  # never generated: every row is finished or an error
+
+
 def run_job(tmp: str, models: str, table: str, out: str) -> tuple[float, object]:
     from pipelines.animate.job import AnimateConfig, preflight, run_animate
 
     cfg = AnimateConfig(prompts=[table], base=os.path.join(models, "base"), motion_module=[os.path.join(models, "motion_module.safetensors")],
-                        out=out, num_frames=4, height=32, width=32, steps=1, cpus_per_worker=0.5)
+                        out=out, cpus_per_worker=0.5, **SMALL)
     t = time.time()
     result = run_animate(preflight(cfg))
     return time.time() - t, result
@@ -61,7 +70,7 @@ def part1(tmp: str, models: str, args) -> None:
     path = os.path.join(tmp, "rows.parquet")
     table.to_parquet(path)
     out = os.path.join(tmp, "out")
-    write_finished(out, valid.prompt.tolist(), os.path.join(models, "motion_module.safetensors"))
+    write_finished(out, valid.prompt.tolist(), os.path.join(models, "motion_module.safetensors"), _defaults())
     mem = PeakRSS()
     base_rss = psutil.Process().memory_info().rss
     mem.thread.start()
@@ -96,7 +105,7 @@ def part2(tmp: str, models: str, args) -> None:
             path = os.path.join(tmp, "s3rows.parquet")
             table.to_parquet(path)
             out = "s3://bench-bucket/run"
-            write_finished(out, valid.prompt.tolist(), os.path.join(models, "motion_module.safetensors"))
+            write_finished(out, valid.prompt.tolist(), os.path.join(models, "motion_module.safetensors"), _defaults())
             proxy.reset()
             seconds, result = run_job(tmp, models, path, out)
             n = len(proxy.requests)

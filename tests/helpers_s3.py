@@ -74,10 +74,10 @@ class CountingProxy:
             return Counter((m, p.rsplit(".", 1)[-1] if "." in p.rsplit("/", 1)[-1] else "folder") for m, p, _ in self.requests)
 
 
-def write_finished(out: str, prompts: list[str], motion_uri: str) -> int:
+def write_finished(out: str, prompts: list[str], motion_uri: str, defaults=None) -> int:
     """Outputs as a finished run of the batch job leaves them, without generating: for each prompt
-    (checkpoint "base", the job's default settings) a 1-byte mp4 and a sidecar whose fingerprint
-    matches the row. Returns how many."""
+    (checkpoint "base", the job's settings `defaults`, else its default ones) a 1-byte mp4 and a sidecar
+    whose fingerprint matches the row. Returns how many."""
     import json
 
     import pandas as pd
@@ -90,7 +90,7 @@ def write_finished(out: str, prompts: list[str], motion_uri: str) -> int:
 
     layout = OutputLayout(out)
     name = motion_uri.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0] if motion_uri.endswith(".safetensors") else motion_uri.rstrip("/").rsplit("/", 1)[-1]
-    rows = expand_rows(normalize(pd.DataFrame({"prompt": prompts})), Plan(("base",), {name: 32}, GenerationSettings()))
+    rows = expand_rows(normalize(pd.DataFrame({"prompt": prompts})), Plan(("base",), {name: 32}, defaults or GenerationSettings()))
     for r in rows.to_dict("records"):
         video = layout.video(r["motion_module"], "base", r["id"])
         storage.write_bytes_atomic(video, b"x")
