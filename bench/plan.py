@@ -77,43 +77,48 @@ def part1(tmp: str, models: str, args) -> None:
     seconds, result = run_job(tmp, models, path, out)
     mem.stop = True
     s = result.summary
-    print(f"part 1: {s.rows} rows ({s.total('skipped')} finished, {s.total('error')} error, {s.total('ok') - s.total('skipped')} generated) "
+    print(f"part 1: {s.rows} rows ({s.total('skipped')} finished, {s.total('error')} error, {s.total('ok')} generated) "
           f"in {seconds:.1f}s = {s.rows / seconds:,.0f} rows/s; driver peak RSS {mem.peak / 2**20:.0f} MiB "
           f"(before the job {base_rss / 2**20:.0f} MiB); index.html {os.path.getsize(os.path.join(out, 'index.html')) / 1024:.0f} KiB")
 
 
-def part2(tmp: str, models: str, args) -> None:
-    from helpers_s3 import CountingProxy, write_finished
+def part2(tmp: str, models: str, args, proxy) -> None:
+    import s3fs
 
-    exe = shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server")
+    from helpers_s3 import write_finished
+
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir("bench-bucket")
+    valid = pd.DataFrame({"prompt": [f"finished prompt {i}" for i in range(args.s3_finished)]})
+    table = pd.concat([valid, pd.DataFrame({"prompt": [""] * args.s3_finished * 10})], ignore_index=True)
+    path = os.path.join(tmp, "s3rows.parquet")
+    table.to_parquet(path)
+    out = "s3://bench-bucket/run"
+    write_finished(out, valid.prompt.tolist(), os.path.join(models, "motion_module.safetensors"), _defaults())
+    proxy.reset()
+    seconds, result = run_job(tmp, models, path, out)
+    n = len(proxy.requests)
+    print(f"part 2: rerun of {len(table)} rows ({result.summary.total('skipped')} finished videos) on S3 in {seconds:.1f}s: "
+          f"{n} storage requests {dict(proxy.summary())}; a probe-per-row resume: >= {4 * args.s3_finished} "
+          f"for the finished rows alone")
+
+
+def s3_server():
+    """moto_server on 127.0.0.1 behind a counting proxy; the environment is set before Ray starts, so
+    its workers (the planning tasks read sidecars) reach the same server."""
     import socket
 
+    from helpers_s3 import CountingProxy
+
+    exe = shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     server = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(3)
-        with CountingProxy(f"http://127.0.0.1:{port}") as proxy:
-            os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
-                               "AWS_ENDPOINT_URL": proxy.endpoint, "AWS_ENDPOINT_URL_S3": proxy.endpoint})
-            import s3fs
-
-            s3fs.S3FileSystem(skip_instance_cache=True).mkdir("bench-bucket")
-            valid = pd.DataFrame({"prompt": [f"finished prompt {i}" for i in range(args.s3_finished)]})
-            table = pd.concat([valid, pd.DataFrame({"prompt": [""] * args.s3_finished * 10})], ignore_index=True)
-            path = os.path.join(tmp, "s3rows.parquet")
-            table.to_parquet(path)
-            out = "s3://bench-bucket/run"
-            write_finished(out, valid.prompt.tolist(), os.path.join(models, "motion_module.safetensors"), _defaults())
-            proxy.reset()
-            seconds, result = run_job(tmp, models, path, out)
-            n = len(proxy.requests)
-            print(f"part 2: rerun of {len(table)} rows ({result.summary.total('skipped')} finished videos) on S3 in {seconds:.1f}s: "
-                  f"{n} storage requests {dict(proxy.summary())}; a probe-per-row resume: >= {4 * args.s3_finished} "
-                  f"for the finished rows alone")
-    finally:
-        server.terminate()
+    time.sleep(3)
+    proxy = CountingProxy(f"http://127.0.0.1:{port}").__enter__()
+    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_ENDPOINT_URL": proxy.endpoint, "AWS_ENDPOINT_URL_S3": proxy.endpoint})
+    return server, proxy
 
 
 def main() -> None:
@@ -131,11 +136,14 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="bench-plan-")
     try:
         models = str(write_tiny_models(os.path.join(tmp, "models")))
+        server, proxy = s3_server()
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         print(f"machine: {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB")
         part1(tmp, models, args)
-        part2(tmp, models, args)
+        part2(tmp, models, args, proxy)
+        proxy.__exit__(None, None, None)
+        server.terminate()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -139,7 +139,7 @@ def test_hostile_table_good_rows_finish_nothing_escapes_and_exit_codes(tiny_mode
     assert meta.loc["good-1", "status"] == "ok" and meta.loc["good-2", "status"] == "ok"
     assert bool(meta.loc["good-2", "prompt_truncated"]) and "were truncated" in done.stdout
     assert "guidance_scale must be a finite number" in meta.loc["nan-guidance", "error"]
-    assert "supports (32 frames)" in meta.loc["frames", "error"]
+    assert "num_frames=1000000000000 is larger than 1024; use at most 1024" in meta.loc["frames", "error"]
     assert (meta.status == "error").sum() == len(rows) - 2
 
     # A table whose rows all fail exits 1 with one line (the error budget itself: tests/pipelines/animate).
