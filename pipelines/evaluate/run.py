@@ -59,7 +59,7 @@ class ScoreSettings:
     out: str
     base: str | None = None  # with a base: domain-similarity stills
     checkpoints: dict[str, CheckpointSpec] | None = None  # default: the checkpoint_uri of each metadata row
-    workers: int = 1
+    workers: int | str = 1  # a count or a range (2-16): an autoscaling pool
     num_gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
     videos_per_call: int = 16  # videos per metrics-actor call; their frames share CLIP batches
@@ -80,7 +80,10 @@ def _pool(cfg: ScoreSettings) -> dict:
     import ray.data
 
     gpu = cfg.num_gpus_per_worker > 0
-    return dict(compute=ray.data.ActorPoolStrategy(size=cfg.workers), batch_format="pandas",
+    from pipelines.ray_session import worker_range
+
+    low, high = worker_range(cfg.workers)
+    return dict(compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high), batch_format="pandas",
                 num_gpus=cfg.num_gpus_per_worker if gpu else None, num_cpus=1 if gpu else cfg.cpus_per_worker)
 
 
