@@ -80,6 +80,9 @@ def s3_env(s3_server, monkeypatch):
     for k, v in s3_server.items():
         monkeypatch.setenv(k, v)
     import fsspec
+    import s3fs
 
     fsspec.config.conf.pop("s3", None)
-    return s3_server
+    s3fs.S3FileSystem.clear_instance_cache()  # an instance cached by an earlier test keeps its endpoint
+    yield s3_server
+    s3fs.S3FileSystem.clear_instance_cache()
