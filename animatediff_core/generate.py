@@ -2,20 +2,31 @@
 
 Requests that share a shape run as one batched pipeline call. Each request gets its own seeded
 generator, so its initial noise does not depend on what else is in the batch. Identical prompts in
-a batch are encoded once. Requests longer than a context window or with a prompt schedule run one at
-a time through diffusers' FreeNoise path (long_video.py, prompt_travel.py); FreeInit wraps either.
+a batch are encoded once. Requests longer than a context window, looping or with a prompt schedule
+run one at a time through diffusers' FreeNoise path (long_video.py, prompt_travel.py); requests with
+control inputs (ControlNet, SparseCtrl keyframes, video-to-video) run one at a time through diffusers'
+matching AnimateDiff pipeline, built around the same loaded modules (no weight is copied). FreeInit
+wraps any of them.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from diffusers import AnimateDiffPipeline
+from diffusers import (
+    AnimateDiffControlNetPipeline,
+    AnimateDiffPipeline,
+    AnimateDiffSparseControlNetPipeline,
+    AnimateDiffVideoToVideoControlNetPipeline,
+    AnimateDiffVideoToVideoPipeline,
+)
+from PIL import Image
 
 from . import long_video
+from .conditioning import Inputs
 from .pipeline import max_frames as module_frames
 from .errors import ConfigError
 from .prompt_travel import parse_schedule
@@ -25,13 +36,13 @@ from .settings import GenerationSettings, validate_settings  # noqa: F401  (the 
 @dataclass(frozen=True)
 class Conditioning:
     """Optional extra inputs. `latents`: initial noise `(c, f, h/8, w/8)` instead of the seeded draw.
-
-    ControlNet / SparseCtrl / video-to-video inputs are added here as fields, so callers and the batch
-    job need no new arguments when they land.
-    """
+    `inputs`: the row's control frames, keyframes and init video (conditioning.read_inputs), with the
+    loaded models they need (`controlnet` for control frames, `keyframe_model` for keyframes)."""
 
     latents: torch.Tensor | None = None
-    extra: dict = field(default_factory=dict)
+    inputs: Inputs | None = None
+    controlnet: torch.nn.Module | None = None
+    keyframe_model: torch.nn.Module | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,8 @@ def generate(pipe: AnimateDiffPipeline, requests: list[Request]) -> list[np.ndar
     if any(r.settings.shape != s.shape for r in requests):
         raise ConfigError("generate() needs requests of one shape; group by GenerationSettings.shape first")
     _use_sampler(pipe, s.sampler)
+    if any(r.conditioning is not None and r.conditioning.inputs is not None for r in requests):
+        return [_generate_conditioned(pipe, r) for r in requests]
     with _free_init(pipe, s.free_init_iterations):
         if uses_windows(s, module_frames(pipe)):
             return [_generate_windowed(pipe, r) for r in requests]
@@ -81,7 +94,7 @@ def generate(pipe: AnimateDiffPipeline, requests: list[Request]) -> list[np.ndar
 
 def uses_windows(s: GenerationSettings, module_len: int) -> bool:
     """Whether `s` runs on the FreeNoise path: clips longer than a window, or a prompt schedule."""
-    return s.window(module_len) < s.num_frames or bool(s.prompt_schedule)
+    return s.window(module_len) < s.num_frames or bool(s.prompt_schedule) or s.context_loop
 
 
 @torch.no_grad()
@@ -114,7 +127,8 @@ def _generate_windowed(pipe: AnimateDiffPipeline, r: Request) -> np.ndarray:
     given = r.conditioning is not None and r.conditioning.latents is not None
     latents = _initial_latents(pipe, [r], [g], pipe._execution_device) if given else None
     prompt = parse_schedule(s.prompt_schedule, s.num_frames, r.prompt) if s.prompt_schedule else r.prompt
-    with long_video.windows(pipe, window, s.context_stride, s.context_weighting, split=window < s.num_frames):
+    with long_video.windows(pipe, window, s.context_stride, s.context_weighting, split=window < s.num_frames,
+                            loop=s.context_loop):
         out = pipe(
             prompt=prompt, negative_prompt=r.negative_prompt or "",
             num_frames=s.num_frames, height=s.height, width=s.width,
@@ -122,6 +136,67 @@ def _generate_windowed(pipe: AnimateDiffPipeline, r: Request) -> np.ndarray:
             generator=g, latents=latents, output_type="np",
         )
     return _to_uint8(out.frames)[0]
+
+
+PARTS = ("vae", "text_encoder", "tokenizer", "unet", "motion_adapter", "scheduler")
+
+
+@torch.no_grad()
+def _generate_conditioned(pipe: AnimateDiffPipeline, r: Request) -> np.ndarray:
+    """One request with control inputs, through the diffusers pipeline for them, built over `pipe`'s
+    modules: ControlNet (per-frame control images), SparseCtrl (keyframes), video-to-video (an input
+    video and `strength`), or video-to-video with ControlNet. Context windows and prompt travel apply
+    where the pipeline has FreeNoise (all but SparseCtrl, which settings.py keeps to one window)."""
+    s, c = r.settings, r.conditioning
+    inputs = c.inputs
+    parts = {name: getattr(pipe, name) for name in PARTS}
+    common = dict(negative_prompt=r.negative_prompt or "", height=s.height, width=s.width,
+                  num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
+                  generator=torch.Generator("cpu").manual_seed(int(r.seed)), output_type="np")
+    control = dict(conditioning_frames=_images(inputs.control), controlnet_conditioning_scale=s.control_scale) \
+        if inputs.control is not None else {}
+    if inputs.init is not None:
+        if s.strength == 0:
+            return vae_round_trip(pipe, inputs.init)
+        run = (AnimateDiffVideoToVideoControlNetPipeline(**parts, controlnet=c.controlnet) if control
+               else AnimateDiffVideoToVideoPipeline(**parts))
+        kwargs = dict(video=_images(inputs.init), strength=s.strength, **control)
+    elif inputs.keyframes:
+        run = AnimateDiffSparseControlNetPipeline(**parts, controlnet=c.keyframe_model)
+        kwargs = dict(num_frames=s.num_frames, conditioning_frames=_images([im for _, im in inputs.keyframes]),
+                      controlnet_frame_indices=[i for i, _ in inputs.keyframes],
+                      controlnet_conditioning_scale=s.control_scale)
+    else:
+        run = AnimateDiffControlNetPipeline(**parts, controlnet=c.controlnet)
+        kwargs = dict(num_frames=s.num_frames, **control)
+    run.set_progress_bar_config(disable=True)
+    prompt = parse_schedule(s.prompt_schedule, s.num_frames, r.prompt) if s.prompt_schedule else r.prompt
+    window = s.window(module_frames(pipe))
+    with _free_init(run, s.free_init_iterations):
+        if uses_windows(s, module_frames(pipe)):
+            with long_video.windows(run, window, s.context_stride, s.context_weighting,
+                                    split=window < s.num_frames, loop=s.context_loop):
+                out = run(prompt=prompt, **common, **kwargs)
+        else:
+            out = run(prompt=prompt, **common, **kwargs)
+    return _to_uint8(out.frames)[0]
+
+
+@torch.no_grad()
+def vae_round_trip(pipe: AnimateDiffPipeline, frames: np.ndarray) -> np.ndarray:
+    """`(f, h, w, 3) uint8` frames through the VAE and back (the latents' mode, no noise): what
+    video-to-video gives at strength 0."""
+    vae = pipe.vae
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    x = x.to(device=vae.device, dtype=vae.dtype)
+    latents = torch.cat([vae.encode(chunk).latent_dist.mode() for chunk in x.split(8)])
+    decoded = torch.cat([vae.decode(chunk).sample for chunk in latents.split(8)])
+    video = (decoded.float().clamp(-1, 1) / 2 + 0.5).permute(0, 2, 3, 1).cpu().numpy()
+    return _to_uint8(video[None])[0]
+
+
+def _images(frames) -> list[Image.Image]:
+    return [Image.fromarray(f) for f in frames]
 
 
 def _to_uint8(frames) -> list[np.ndarray]:

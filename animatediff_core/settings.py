@@ -20,6 +20,8 @@ WEIGHTINGS = ("pyramid", "flat", "delayed_reverse_sawtooth")  # diffusers' FreeN
 MAX_FREE_INIT = 8
 MAX_LORA_SCALE = 10.0
 LORA_EXTS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+PREPROCESSORS = ("canny", "none")  # how control_video frames become ControlNet inputs (conditioning.py)
+MAX_CONTROL_SCALE = 10.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,16 @@ class GenerationSettings:
     # A motion LoRA stacked on the checkpoint; weights, so the caller applies it (Personalizer.apply_motion_lora).
     motion_lora: str = ""  # URI of a motion LoRA file; "" = none
     motion_lora_scale: float = 1.0
+    context_loop: bool = False  # looping clip: context windows wrap around the last frame to the first
+    # Control beyond text (conditioning.py); URIs of any fsspec store. One ControlNet video, or keyframes.
+    control_video: str = ""  # reference video (or folder of images): per-frame ControlNet conditioning
+    control_model: str = ""  # SD-1.x ControlNet: diffusers folder, single file or Hub id
+    control_scale: float = 1.0
+    control_preprocess: str = "canny"  # canny: edges of the reference frames; none: frames are control images already
+    keyframes: str = ""  # SparseCtrl: JSON {"frame": "image URI"}, or one image URI (frame 0: image-to-video)
+    keyframe_model: str = ""  # SparseCtrl model (RGB or scribble): diffusers folder or Hub id
+    init_video: str = ""  # video-to-video: the input video, re-rendered with this row's checkpoint
+    strength: float = 0.8  # video-to-video: how far from the input (0: its VAE round trip, 1: pure noise)
 
     def updated(self, **overrides) -> "GenerationSettings":
         """A copy with the non-None overrides applied (per-row values over job defaults); unknown keys are an error."""
@@ -100,6 +112,7 @@ def validate_settings(s: GenerationSettings, max_frames: int, vae_scale: int = 8
          f"motion_lora_scale must be a number in [-{MAX_LORA_SCALE}, {MAX_LORA_SCALE}], got {m!r}")
     need(not s.motion_lora or s.motion_lora.lower().endswith(LORA_EXTS),
          f"motion_lora must be the URI of a {'/'.join(LORA_EXTS)} file, got {s.motion_lora[:80]!r}")
+    _validate_control(s, max_frames)
     if s.prompt_schedule:
         from .prompt_travel import parse_schedule
 
@@ -114,3 +127,33 @@ def validate_settings(s: GenerationSettings, max_frames: int, vae_scale: int = 8
     g = s.guidance_scale
     need(isinstance(g, (int, float)) and not isinstance(g, bool) and math.isfinite(g) and 0 <= g <= MAX_GUIDANCE,
          f"guidance_scale must be a number in [0, {MAX_GUIDANCE}], got {g!r}")
+
+
+def _number_in(v, low: float, high: float) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and low <= v <= high
+
+
+def _validate_control(s: GenerationSettings, max_frames: int) -> None:
+    """ControlNet, SparseCtrl, video-to-video and looping settings: values, and which go together
+    (each combination is one of diffusers' AnimateDiff pipelines)."""
+    need(isinstance(s.context_loop, bool), f"context_loop must be true or false, got {s.context_loop!r}")
+    need(s.control_preprocess in PREPROCESSORS,
+         f"control_preprocess must be one of {', '.join(PREPROCESSORS)}, got {s.control_preprocess!r}")
+    need(_number_in(s.control_scale, 0.0, MAX_CONTROL_SCALE),
+         f"control_scale must be a number in [0, {MAX_CONTROL_SCALE}], got {s.control_scale!r}")
+    need(_number_in(s.strength, 0.0, 1.0), f"strength must be a number in [0, 1], got {s.strength!r}")
+    need(not s.control_video or s.control_model,
+         "control_video needs a control_model (an SD-1.x ControlNet: diffusers folder, single file or Hub id)")
+    need(not s.control_model or s.control_video, "control_model is set but control_video is empty; give the reference video")
+    need(not s.keyframes or s.keyframe_model,
+         "keyframes need a keyframe_model (a SparseCtrl RGB or scribble model: diffusers folder or Hub id)")
+    need(not s.keyframe_model or s.keyframes, "keyframe_model is set but keyframes is empty; give keyframe images")
+    if s.keyframes:
+        from .conditioning import parse_keyframes
+
+        parse_keyframes(s.keyframes, s.num_frames)
+        need(not s.control_video and not s.init_video,
+             "keyframes (SparseCtrl) cannot be combined with control_video or init_video in one row; use one of them")
+        windowed = s.window(max_frames) < s.num_frames or s.context_loop or s.prompt_schedule
+        need(not windowed, f"keyframes (SparseCtrl) run in one context window: use at most {max_frames} frames, "
+             "no context_loop and no prompt_schedule (diffusers' SparseCtrl pipeline has no context windows)")

@@ -12,6 +12,11 @@
   out/motion_loras/                one random motion LoRA twice: zoom.safetensors in diffusers/peft keys
                                    (as jobs.train --motion-lora writes) and zoom_original.safetensors in the
                                    official v2 MotionLoRA layout (written last, from their own seed)
+  out/controlnet/                  a random SD-1.x ControlNet (diffusers folder), and controlnet.safetensors:
+                                   the same weights in one file (tiny preset only)
+  out/sparsectrl_rgb/, out/sparsectrl_scribble/
+                                   random SparseCtrl models, RGB (VAE-encoded keyframes) and scribble
+                                   (tiny preset only)
 The shapes follow SD-1.x (cross-attention UNet, 4-channel latents, CLIP text encoder) at toy width.
 """
 
@@ -140,7 +145,45 @@ def write_tiny_models(out: str | Path, seed: int = 0, preset: str = "tiny") -> P
 
     torch.manual_seed(seed + 2)  # the CLIP is written last, from its own seed: the files above do not depend on it
     write_clip(out / "clip", preset)
+    if preset == "tiny":  # SD-1.5-sized control models would add ~4 GB that no benchmark reads
+        torch.manual_seed(seed + 3)
+        write_control_models(out, unet, adapter)
     return out
+
+
+def write_control_models(out: Path, unet: UNet2DConditionModel, adapter: MotionAdapter) -> None:
+    """`controlnet/` (a diffusers ControlNetModel folder), `controlnet.safetensors` (the same weights in one
+    file, diffusers keys), `sparsectrl_rgb/` and `sparsectrl_scribble/` (SparseControlNetModel folders).
+    Random weights, the zero-initialized output convolutions included, so each changes the video."""
+    from diffusers import ControlNetModel, SparseControlNetModel
+
+    # The control-image encoder downsamples to the latent size: once per VAE level past the first.
+    import math
+    vae_scale = int(2 ** (len(json.loads((out / "base" / "vae" / "config.json").read_text())["block_out_channels"]) - 1))
+    embedding = (16, 32, 96, 256)[: int(math.log2(vae_scale)) + 1]
+    control = ControlNetModel.from_unet(unet, conditioning_channels=3, conditioning_embedding_out_channels=embedding)
+    _shake_zero_convs(control)
+    control.save_pretrained(out / "controlnet")
+    save_state_dict(control.state_dict(), str(out / "controlnet.safetensors"))
+    cfg, motion = dict(unet.config), adapter.config
+    for name, simplified, channels in (("sparsectrl_rgb", True, 4), ("sparsectrl_scribble", False, 3)):
+        sparse = SparseControlNetModel(
+            in_channels=cfg["in_channels"], conditioning_channels=channels,
+            down_block_types=tuple(t.replace("2D", "Motion") for t in cfg["down_block_types"]),
+            block_out_channels=cfg["block_out_channels"], layers_per_block=cfg["layers_per_block"],
+            norm_num_groups=cfg["norm_num_groups"], cross_attention_dim=cfg["cross_attention_dim"],
+            attention_head_dim=cfg["attention_head_dim"], motion_max_seq_length=motion["motion_max_seq_length"],
+            motion_num_attention_heads=motion["motion_num_attention_heads"],
+            use_simplified_condition_embedding=simplified, conditioning_embedding_out_channels=embedding)
+        _shake_zero_convs(sparse)
+        sparse.save_pretrained(out / name)
+
+
+def _shake_zero_convs(model: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim > 1 and not p.any():  # the zero-initialized convolutions (outputs, simplified embedding)
+                p.normal_(0.0, 0.2)
 
 
 def write_clip(out: str | Path, preset: str = "tiny") -> Path:

@@ -17,7 +17,6 @@ from fractions import Fraction
 from typing import NamedTuple, Sequence
 
 import av
-import decord
 import numpy as np
 from PIL import Image
 
@@ -181,6 +180,16 @@ def _decode_with_pyav(data: str | bytes, indices: list[int], size: tuple[int, in
     return np.stack([found[i] for i in indices])
 
 
+def decode_frames(src: Source, indices: Sequence[int], *, name: str | None = None) -> np.ndarray:
+    """Decode frames ``indices`` (repeats allowed) with PyAV, at the video's own size: for a few inputs
+    per row (control and init videos), where decord's random access does not pay."""
+    label, data = _name(src, name), fetch(src)
+    unique = sorted(set(int(i) for i in indices))
+    frames = _decode_with_pyav(data, unique, None, label)
+    at = {i: k for k, i in enumerate(unique)}
+    return frames[[at[int(i)] for i in indices]]
+
+
 def read_video(
     src: Source,
     indices: Sequence[int] | None = None,
@@ -198,6 +207,8 @@ def read_video(
     decord 0.6 fails for a few output widths (2, 3, 4, 6, 8, 12, 16, 24, 48, 72 px: it reads
     the padded RGB rows as 4 channels, dmlc/decord#336); those fall back to PyAV.
     """
+    import decord  # here, not at the top: generation-only installs (no decoding) can leave it out
+
     label, data = _name(src, name), fetch(src)
     height, width = size if size is not None else (-1, -1)
     try:

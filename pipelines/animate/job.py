@@ -22,7 +22,7 @@ import pandas as pd
 from animatediff_core import storage
 from animatediff_core.configs import check_fields, need, option
 from animatediff_core.errors import CheckpointError
-from animatediff_core.settings import SAMPLERS, WEIGHTINGS, CheckpointSpec, GenerationSettings
+from animatediff_core.settings import PREPROCESSORS, SAMPLERS, WEIGHTINGS, CheckpointSpec, GenerationSettings
 from pipelines import tables
 from pipelines.ray_session import count_nodes, has_gpus, stage, worker_range
 from pipelines.animate import schema
@@ -62,6 +62,21 @@ class GenerationFlags:
     motion_lora: str = option(_GEN.motion_lora, help="a motion LoRA file (official v2 camera-motion .ckpt or a jobs.train "
                               "--motion-lora file) stacked on every checkpoint (rows may override)")
     motion_lora_scale: float = option(_GEN.motion_lora_scale, help="the motion LoRA's weight (rows may override)")
+    context_loop: bool = option(_GEN.context_loop, help="looping clips: context windows wrap from the last frame to the "
+                                "first (rows may override)")
+    control_video: str = option(_GEN.control_video, help="ControlNet reference video or image folder for every row "
+                                "(rows may override)")
+    control_model: str = option(_GEN.control_model, help="SD-1.x ControlNet (diffusers folder, single file or Hub id) "
+                                "for rows with a control_video (rows may override)")
+    control_scale: float = option(_GEN.control_scale, help="ControlNet / SparseCtrl conditioning scale (rows may override)")
+    control_preprocess: str = option(_GEN.control_preprocess, choices=PREPROCESSORS, help="canny: Canny edges of the "
+                                     "reference frames; none: they already are control images (rows may override)")
+    keyframes: str = option(_GEN.keyframes, help='SparseCtrl keyframes for every row: an image URI or JSON {"frame": '
+                            '"image URI"} (rows may override)')
+    keyframe_model: str = option(_GEN.keyframe_model, help="SparseCtrl model (RGB or scribble; diffusers folder or Hub "
+                                 "id) for rows with keyframes (rows may override)")
+    init_video: str = option(_GEN.init_video, help="video-to-video input for every row (rows may override)")
+    strength: float = option(_GEN.strength, help="video-to-video strength: 0 keeps the input, 1 ignores it (rows may override)")
     workers: int | str = option(1, help="actors, each holding one loaded pipeline: a count (4) or a range (2-16) "
                                         "for an autoscaling pool that grows with the queue")
     num_gpus_per_worker: float | None = option(None, help="default: 1 if the cluster has GPUs, else 0")

@@ -189,6 +189,21 @@ def _as_float(name: str, v) -> float | None:
     return f
 
 
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _as_bool(name: str, v) -> bool | None:
+    v = _plain(v)
+    if v is None or isinstance(v, bool):
+        return v
+    text = str(v).strip().lower()
+    if text == "":
+        return None
+    if text in TRUE or text in FALSE:
+        return text in TRUE
+    raise ConfigError(f"{name} must be true or false, got {_short(v)}")
+
+
 def _short(v) -> str:
     s = repr(v)
     return s if len(s) <= 40 else s[:37] + "..."
@@ -203,6 +218,8 @@ def _settings(row: dict, defaults: GenerationSettings) -> GenerationSettings:
             over[k] = _as_int(k, row.get(k))
         elif kind == "float64":
             over[k] = _as_float(k, row.get(k))
+        elif kind == "bool":
+            over[k] = _as_bool(k, row.get(k))
         else:
             v = _plain(row.get(k))
             over[k] = str(v).strip() or None if v is not None else None
@@ -306,7 +323,7 @@ def _resolve(row: dict, key: str, checkpoint: str, motion: str, plan: Plan, chec
 
 def settings_of(row: dict) -> GenerationSettings:
     kinds = {c.name: c.type for c in schema.COLUMNS}
-    cast = {"int64": int, "float64": float, "string": str}
+    cast = {"int64": int, "float64": float, "string": str, "bool": bool}
     return GenerationSettings(**{k: cast[kinds[k]](row[k]) for k in schema.SETTINGS})
 
 

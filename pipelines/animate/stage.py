@@ -11,6 +11,7 @@ traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -21,12 +22,14 @@ import torch
 
 from animatediff_core import storage
 from animatediff_core.errors import AnimateDiffError, CheckpointError
-from animatediff_core.generate import Request, generate, uses_windows, validate_request
-from animatediff_core.long_video import window_starts
+from animatediff_core.conditioning import read_inputs
+from animatediff_core.control_models import ControlModels
+from animatediff_core.generate import Conditioning, Request, generate, uses_windows, validate_request
+from animatediff_core.long_video import ring_starts, window_starts
 from animatediff_core.motion_formats import load_motion_adapter
 from animatediff_core.numerics import apply_motion_norm, resolve
 from animatediff_core.personalize import CheckpointSpec, Personalizer
-from animatediff_core.pipeline import load_pipeline
+from animatediff_core.pipeline import load_pipeline, read_unet_config
 from animatediff_core.video_io import write_gif, write_video
 from pipelines.animate import schema
 from pipelines.animate.layout import OutputLayout
@@ -67,6 +70,7 @@ class AnimateStage:
         self.failed: dict[tuple[str, str], str] = {}  # (kind, name) -> why it could not load
         self.writers = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="animate-writer")
         self.text_limit = int(self.pipe.tokenizer.model_max_length)
+        self.controls = ControlModels(read_unet_config(base), self.device, dtype)  # ControlNet / SparseCtrl, by URI
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         batch = schema.typed(batch.reset_index(drop=True))
@@ -117,6 +121,14 @@ class AnimateStage:
                 batch.at[i, "prompt_truncated"] = self._too_long(req.prompt) or self._too_long(req.negative_prompt)
             except AnimateDiffError as e:
                 self._fail(batch, [i], str(e))
+        if ready:
+            try:  # the group's rows share their control settings: read the inputs and load the models once
+                conditioning = self._conditioning(ready[0][1].settings)
+            except AnimateDiffError as e:
+                self._fail(batch, [i for i, _ in ready], str(e))
+                return []
+            if conditioning is not None:
+                ready = [(i, dataclasses.replace(r, conditioning=conditioning)) for i, r in ready]
         writes = []
         for start in range(0, len(ready), self.max_batch):
             chunk = ready[start : start + self.max_batch]
@@ -132,6 +144,16 @@ class AnimateStage:
                 writes.append((i, self.writers.submit(self._write, batch.loc[i].to_dict(), frames, per_video)))
         return writes
 
+    def _conditioning(self, s) -> Conditioning | None:
+        """The control inputs `s` names (ControlNet frames, keyframes, init video) with their models; None if none."""
+        inputs = read_inputs(s)
+        if inputs is None:
+            return None
+        return Conditioning(
+            inputs=inputs,
+            controlnet=self.controls.get("controlnet", s.control_model) if s.control_video else None,
+            keyframe_model=self.controls.get("sparsectrl", s.keyframe_model) if s.keyframes else None)
+
     @property
     def limit(self) -> int:
         return int(self.pipe.unet.config["motion_max_seq_length"])
@@ -139,6 +161,8 @@ class AnimateStage:
     def _windows(self, s) -> int:
         if not uses_windows(s, self.limit):
             return 1
+        if s.context_loop:
+            return len(ring_starts(s.num_frames, s.window(self.limit), s.context_stride))
         return len(window_starts(s.num_frames, s.window(self.limit), s.context_stride))
 
     def _too_long(self, text: str) -> bool:

@@ -92,3 +92,32 @@ def test_free_init_resamples_and_switches_off(pipe):
     assert free.shape == base.shape and not np.array_equal(base, free)
     _plain_again(pipe)
     assert np.array_equal(base, generate(pipe, [Request("a cat", seed=5, settings=S)])[0])
+
+
+def test_looping_windows_wrap_around_the_clip(pipe):
+    """A looping block's windows run around a ring of frames: with flat weighting it commutes with a
+    circular shift by the stride (a plain block cannot: its first and last frames never share a window)."""
+    block = long_video._motion_blocks(pipe)[0]
+    x = torch.randn(3, 12, block.norm1.normalized_shape[0], generator=torch.Generator().manual_seed(0))
+    try:
+        block.__class__ = long_video.LoopingWindowBlock
+        block.set_free_noise_properties(8, 4, "flat")
+        with torch.no_grad():
+            out, shifted = block(x), block(torch.roll(x, 4, dims=1))
+        assert torch.allclose(torch.roll(out, 4, dims=1), shifted, atol=1e-5)
+        block.__class__ = long_video.FreeNoiseTransformerBlock
+        with torch.no_grad():
+            plain_out, plain_shifted = block(x), block(torch.roll(x, 4, dims=1))
+        assert not torch.allclose(torch.roll(plain_out, 4, dims=1), plain_shifted, atol=1e-3)
+    finally:
+        block.__class__ = BasicTransformerBlock
+    assert long_video.ring_starts(12, 8, 4) == [0, 4, 8]
+
+
+def test_looping_clip_is_generated_and_the_pipeline_comes_back(pipe):
+    s = S.updated(num_frames=16, context_length=8, context_weighting="flat")
+    loop = generate(pipe, [Request("a cat", seed=5, settings=s.updated(context_loop=True))])[0]
+    open_ended = generate(pipe, [Request("a cat", seed=5, settings=s)])[0]
+    assert loop.shape == (16, 32, 32, 3) and not np.array_equal(loop, open_ended)
+    _plain_again(pipe)
+    assert np.array_equal(loop, generate(pipe, [Request("a cat", seed=5, settings=s.updated(context_loop=True))])[0])

@@ -1,0 +1,182 @@
+"""Control beyond text: the inputs a row's ControlNet, SparseCtrl and video-to-video settings name.
+
+A row names its inputs by URI (any fsspec store): `control_video` and `init_video` are a video file or
+a folder of images, `keyframes` one image or a JSON map from frame index to image. `read_inputs` reads
+them, resamples videos to the row's frame count (evenly spaced frames of the whole source) and fits
+every frame to the row's size (scale to cover, center crop: no distortion), and turns ControlNet
+reference frames into control images (`canny`: edges computed here, no weights; `none`: the frames
+already are control images: depth maps, poses, edges). Every failure is a ConfigError naming the
+input and what to fix, which the batch job turns into that row's error.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from . import storage
+from .configs import need
+from .errors import ConfigError, VideoError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+CANNY_LOW, CANNY_HIGH = 100, 200  # OpenCV Canny's thresholds as diffusers' ControlNet examples use them
+MAX_SOURCE_FRAMES = 10_000  # a control or init video longer than this is a mistake, not an input
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A row's conditioning, read and fitted: `(f, h, w, 3) uint8` arrays and `(frame, image)` pairs."""
+
+    control: np.ndarray | None = None  # ControlNet images, one per frame
+    keyframes: tuple[tuple[int, np.ndarray], ...] = ()  # SparseCtrl conditioning frames
+    init: np.ndarray | None = None  # video-to-video input frames
+
+
+def parse_keyframes(text: str, num_frames: int) -> dict[int, str]:
+    """`{frame: image URI}` from a JSON object `{"0": "a.png", "15": "b.png"}` or one URI (frame 0)."""
+    text = text.strip()
+    if not text.startswith("{"):
+        need(bool(text), "keyframes is empty; give an image URI or a JSON {\"frame\": \"image URI\"} map")
+        return {0: text}
+    try:
+        obj = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"keyframes is not valid JSON ({getattr(e, 'msg', e)}); expected "
+                          '{"0": "first.png", "15": "last.png"} or one image URI') from None
+    need(isinstance(obj, dict) and obj, 'keyframes must be a non-empty JSON object {"frame": "image URI"}')
+    out = {}
+    for key, uri in obj.items():
+        try:
+            frame = int(str(key).strip())
+        except ValueError:
+            raise ConfigError(f"keyframes key {str(key)[:40]!r} is not a frame number; keys are frame indices") from None
+        need(0 <= frame < num_frames, f"keyframes frame {frame} is outside the clip's frames 0-{num_frames - 1}")
+        need(frame not in out, f"keyframes names frame {frame} twice")
+        need(isinstance(uri, str) and uri.strip(), f"keyframes frame {frame} needs an image URI, got {str(uri)[:60]!r}")
+        out[frame] = uri.strip()
+    return dict(sorted(out.items()))
+
+
+def read_inputs(s) -> Inputs | None:
+    """The inputs `s` (GenerationSettings) names, read and fitted; None when it names none."""
+    if not (s.control_video or s.keyframes or s.init_video):
+        return None
+    size = (s.height, s.width)
+    control = init = None
+    if s.control_video:
+        control = preprocess(read_frames(s.control_video, s.num_frames, size, "control_video"), s.control_preprocess)
+    if s.init_video:
+        init = read_frames(s.init_video, s.num_frames, size, "init_video")
+    keys = ()
+    if s.keyframes:
+        keys = tuple((i, read_image(uri, size, f"keyframe {i}")) for i, uri in parse_keyframes(s.keyframes, s.num_frames).items())
+    return Inputs(control, keys, init)
+
+
+def preprocess(frames: np.ndarray, how: str) -> np.ndarray:
+    if how == "canny":
+        return canny(frames)
+    need(how == "none", f"control_preprocess must be canny or none, got {how!r}")
+    return frames
+
+
+def read_frames(uri: str, num_frames: int, size: tuple[int, int], what: str) -> np.ndarray:
+    """`num_frames` evenly spaced frames of a video file or a folder of images, fitted to `size` (h, w)."""
+    try:
+        if storage.isdir(uri):
+            files = sorted(f for f in storage.fs_and_path(uri)[0].ls(storage.fs_and_path(uri)[1], detail=False)
+                           if f.lower().endswith(IMAGE_EXTS))
+            need(bool(files), f"{what} {uri}: the folder holds no images ({', '.join(IMAGE_EXTS)})")
+            picked = _evenly(len(files), num_frames)
+            base = uri.rstrip("/")
+            frames = [read_image(f"{base}/{PurePosixPath(files[i]).name}", size, what) for i in picked]
+            return np.stack(frames)
+        from .video_io import decode_frames, probe_video
+
+        total = min(probe_video(uri).num_frames, MAX_SOURCE_FRAMES)
+        frames = decode_frames(uri, _evenly(total, num_frames))
+    except VideoError as e:
+        raise ConfigError(f"{what} {uri}: {e}; give a readable video (mp4, webm, ...) or a folder of images") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{what} {uri}: cannot read it ({type(e).__name__}: {str(e)[:200]})") from None
+    return np.stack([fit(f, size) for f in frames])
+
+
+def read_image(uri: str, size: tuple[int, int], what: str) -> np.ndarray:
+    try:
+        data = storage.read_bytes(uri)
+        with Image.open(io.BytesIO(data)) as im:
+            rgb = np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {uri}: not found") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ConfigError(f"{what} {uri}: not a readable image ({type(e).__name__}: {str(e)[:200]})") from None
+    return fit(rgb, size)
+
+
+def _evenly(total: int, count: int) -> list[int]:
+    """`count` frame indices spread evenly over `total` source frames (repeats when the source is shorter)."""
+    return np.round(np.linspace(0, total - 1, count)).astype(int).tolist()
+
+
+def fit(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Scale `(h, w, 3) uint8` to cover `size` (h, w) keeping its aspect, then center-crop to it."""
+    h, w = size
+    src_h, src_w = frame.shape[:2]
+    if (src_h, src_w) == (h, w):
+        return frame
+    scale = max(h / src_h, w / src_w)
+    new_w, new_h = max(w, round(src_w * scale)), max(h, round(src_h * scale))
+    im = Image.fromarray(frame).resize((new_w, new_h), Image.Resampling.BICUBIC)
+    left, top = (new_w - w) // 2, (new_h - h) // 2
+    return np.asarray(im.crop((left, top, left + w, top + h)))
+
+
+def canny(frames: np.ndarray, low: float = CANNY_LOW, high: float = CANNY_HIGH) -> np.ndarray:
+    """Canny edges of `(f, h, w, 3) uint8` frames as white-on-black RGB frames, the way ControlNet's Canny
+    models were trained (OpenCV's defaults: 3x3 Sobel, L1 gradient magnitude, no blur, thresholds
+    100/200 on 8-bit luma): non-maximum suppression along the gradient, then hysteresis (weak edges
+    kept where they connect to a strong one)."""
+    from scipy import ndimage
+
+    x = torch.from_numpy(np.ascontiguousarray(frames)).float()
+    gray = (x * torch.tensor([0.299, 0.587, 0.114])).sum(-1)[:, None]  # (f, 1, h, w)
+    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+    padded = F.pad(gray, (1, 1, 1, 1), mode="replicate")
+    gx = F.conv2d(padded, sobel[None, None])[:, 0]
+    gy = F.conv2d(padded, sobel.T[None, None])[:, 0]
+    mag = gx.abs() + gy.abs()
+    # Quantize the gradient direction to 0, 45, 90, 135 degrees; compare with the two neighbours along it.
+    angle = torch.rad2deg(torch.atan2(gy, gx)) % 180
+    sector = ((angle + 22.5) // 45).long() % 4
+    m = F.pad(mag, (1, 1, 1, 1))
+    hh, ww = mag.shape[1:]
+
+    def at(dy, dx):
+        return m[:, 1 + dy : 1 + dy + hh, 1 + dx : 1 + dx + ww]
+
+    # (dy, dx) of the neighbour along the gradient for each sector (rows grow downwards).
+    steps = {0: (0, 1), 1: (1, 1), 2: (1, 0), 3: (1, -1)}
+    keep = torch.zeros_like(mag, dtype=torch.bool)
+    for k, (dy, dx) in steps.items():
+        local = (mag > at(dy, dx)) & (mag >= at(-dy, -dx))
+        keep |= (sector == k) & local
+    thin = torch.where(keep, mag, torch.zeros_like(mag)).numpy()
+    weak, strong = thin > low, thin > high
+    edges = np.zeros_like(weak)
+    connect = np.ones((3, 3), dtype=bool)
+    for i in range(len(thin)):
+        labels, n = ndimage.label(weak[i], structure=connect)
+        hit = np.zeros(n + 1, dtype=bool)
+        hit[np.unique(labels[strong[i]])] = True
+        hit[0] = False
+        edges[i] = hit[labels]
+    out = edges.astype(np.uint8) * 255
+    return np.repeat(out[..., None], 3, axis=-1)

@@ -1,0 +1,121 @@
+"""ControlNet and SparseCtrl models by URI, loaded beside one pipeline and kept in a small cache.
+
+A row names its control model (`control_model`, `keyframe_model`): a diffusers folder, a Hub id found
+in the local cache, or, for ControlNets, a single file (the original `control_*.pth/.safetensors`
+layout, or diffusers keys), whose config comes from the base UNet: an SD-1.x ControlNet copies the
+UNet's encoder. Models run in the pipeline's dtype on its device; the cache holds the last few, so a
+table that alternates two control models does not reload them for every row.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from diffusers import ControlNetModel, SparseControlNetModel
+
+from . import hub, storage
+from .errors import CheckpointError
+
+SINGLE_FILE_EXTS = (".safetensors", ".pth", ".ckpt", ".pt", ".bin")
+
+
+def controlnet_config(unet_config: dict) -> dict:
+    """An SD-1.x ControlNet's config from its base UNet's: the encoder settings, RGB conditioning."""
+    accepted = set(inspect.signature(ControlNetModel.__init__).parameters) - {"self"}
+    cfg = {k: v for k, v in unet_config.items() if k in accepted}
+    cfg["conditioning_channels"] = 3
+    return cfg
+
+
+def load_controlnet(uri: str, unet_config: dict, dtype: torch.dtype = torch.float32) -> ControlNetModel:
+    where = hub.resolve(uri)
+    if not storage.exists(where):
+        raise CheckpointError(f"control_model {uri}: not found (expected a diffusers ControlNet folder, a single file or a Hub id)")
+    local = storage.localize(where)
+    try:
+        if Path(local).is_dir():
+            return ControlNetModel.from_pretrained(local, torch_dtype=dtype, local_files_only=True).eval()
+        if not local.lower().endswith(SINGLE_FILE_EXTS):
+            raise CheckpointError(f"control_model {uri}: expected a folder or a {'/'.join(SINGLE_FILE_EXTS)} file")
+        return _controlnet_from_file(local, unet_config, dtype).eval()
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise CheckpointError(f"control_model {uri}: could not load an SD-1.x ControlNet for this base "
+                              f"({' '.join(str(e).split())[:300]})") from None
+
+
+def _embedding_channels(state: dict) -> tuple[int, ...] | None:
+    """The control-image encoder's widths, read off the file (diffusers or original keys), if present."""
+    for prefix, head in (("controlnet_cond_embedding.", "conv_in"), ("input_hint_block.", None), ("control_model.input_hint_block.", None)):
+        if head:  # diffusers: conv_in, then pairs of blocks (the second of each pair widens and downsamples)
+            if f"{prefix}conv_in.weight" not in state:
+                continue
+            widths = [state[f"{prefix}conv_in.weight"].shape[0]]
+            i = 1
+            while f"{prefix}blocks.{i}.weight" in state:
+                widths.append(state[f"{prefix}blocks.{i}.weight"].shape[0])
+                i += 2
+            return tuple(widths)
+        convs = sorted(int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix) and k.endswith(".weight"))
+        if convs:  # original: conv, (conv, widening conv) pairs, the zero conv last
+            return tuple(state[f"{prefix}{c}.weight"].shape[0] for c in [convs[0], *convs[2:-1:2]])
+    return None
+
+
+def _controlnet_from_file(path: str, unet_config: dict, dtype: torch.dtype) -> ControlNetModel:
+    from .checkpoints import load_state_dict
+
+    cfg = controlnet_config(unet_config)
+    state = load_state_dict(path)
+    widths = _embedding_channels(state)
+    if widths:
+        cfg["conditioning_embedding_out_channels"] = widths
+    if any(k.startswith("controlnet_cond_embedding.") for k in state):  # diffusers keys in one file
+        model = ControlNetModel.from_config(cfg)
+        model.load_state_dict(state, strict=True)
+        return model.to(dtype=dtype)
+    with tempfile.TemporaryDirectory() as folder:  # the original layout: diffusers converts it, given a config
+        Path(folder, "config.json").write_text(json.dumps({"_class_name": "ControlNetModel", **cfg}))
+        return ControlNetModel.from_single_file(path, config=folder, torch_dtype=dtype, local_files_only=True)
+
+
+def load_sparsectrl(uri: str, dtype: torch.dtype = torch.float32) -> SparseControlNetModel:
+    where = hub.resolve(uri)
+    if not storage.exists(where) or not storage.isdir(where):
+        raise CheckpointError(f"keyframe_model {uri}: not found (expected a diffusers SparseControlNetModel folder or a Hub id; "
+                              "convert official SparseCtrl .ckpt files with diffusers' convert_animatediff_sparsectrl_to_diffusers.py)")
+    try:
+        return SparseControlNetModel.from_pretrained(storage.localize(where), torch_dtype=dtype, local_files_only=True).eval()
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise CheckpointError(f"keyframe_model {uri}: could not load a SparseCtrl model ({str(e).splitlines()[0][:300]})") from None
+
+
+class ControlModels:
+    """The last `size` control models used, by (kind, URI), on `device` in `dtype`; failures remembered."""
+
+    def __init__(self, unet_config: dict, device, dtype: torch.dtype, size: int = 2):
+        self.unet_config, self.device, self.dtype, self.size = unet_config, device, dtype, size
+        self.models: OrderedDict[tuple[str, str], torch.nn.Module] = OrderedDict()
+        self.failed: dict[tuple[str, str], str] = {}
+
+    def get(self, kind: str, uri: str) -> torch.nn.Module:
+        key = (kind, uri)
+        if key in self.failed:
+            raise CheckpointError(self.failed[key])
+        if key not in self.models:
+            try:
+                model = load_controlnet(uri, self.unet_config, self.dtype) if kind == "controlnet" else load_sparsectrl(uri, self.dtype)
+            except CheckpointError as e:
+                self.failed[key] = str(e)
+                raise
+            while len(self.models) >= self.size:
+                self.models.popitem(last=False)
+            self.models[key] = model.to(self.device)
+        self.models.move_to_end(key)
+        return self.models[key]
