@@ -61,6 +61,21 @@ class GenerationSettings:
         need(not unknown, f"unknown generation setting(s) {', '.join(unknown)}")
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
+    def effective(self) -> "GenerationSettings":
+        """A copy with the control settings no input uses put back to their defaults (a job-wide
+        --control-model does not touch rows without a control_video: not their settings, nor their resume)."""
+        d = GenerationSettings()
+        unused = {}
+        if not self.control_video:
+            unused.update(control_model=d.control_model, control_preprocess=d.control_preprocess)
+        if not self.keyframes:
+            unused.update(keyframe_model=d.keyframe_model)
+        if not self.control_video and not self.keyframes:
+            unused.update(control_scale=d.control_scale)
+        if not self.init_video:
+            unused.update(strength=d.strength)
+        return replace(self, **unused)
+
     @property
     def shape(self) -> tuple:
         """Everything one pipeline call shares (all but fps, which only the writer reads)."""
@@ -144,10 +159,8 @@ def _validate_control(s: GenerationSettings, max_frames: int) -> None:
     need(_number_in(s.strength, 0.0, 1.0), f"strength must be a number in [0, 1], got {s.strength!r}")
     need(not s.control_video or s.control_model,
          "control_video needs a control_model (an SD-1.x ControlNet: diffusers folder, single file or Hub id)")
-    need(not s.control_model or s.control_video, "control_model is set but control_video is empty; give the reference video")
     need(not s.keyframes or s.keyframe_model,
          "keyframes need a keyframe_model (a SparseCtrl RGB or scribble model: diffusers folder or Hub id)")
-    need(not s.keyframe_model or s.keyframes, "keyframe_model is set but keyframes is empty; give keyframe images")
     if s.keyframes:
         from .conditioning import parse_keyframes
 

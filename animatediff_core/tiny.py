@@ -12,11 +12,10 @@
   out/motion_loras/                one random motion LoRA twice: zoom.safetensors in diffusers/peft keys
                                    (as jobs.train --motion-lora writes) and zoom_original.safetensors in the
                                    official v2 MotionLoRA layout (written last, from their own seed)
-  out/controlnet/                  a random SD-1.x ControlNet (diffusers folder), and controlnet.safetensors:
-                                   the same weights in one file (tiny preset only)
-  out/sparsectrl_rgb/, out/sparsectrl_scribble/
-                                   random SparseCtrl models, RGB (VAE-encoded keyframes) and scribble
-                                   (tiny preset only)
+  out/control/                     control models (tiny preset only): controlnet/ (a random SD-1.x
+                                   ControlNet, diffusers folder), controlnet.safetensors (the same weights
+                                   in one file), sparsectrl_rgb/ and sparsectrl_scribble/ (random SparseCtrl
+                                   models: RGB keyframes go through the VAE, scribbles do not)
 The shapes follow SD-1.x (cross-attention UNet, 4-channel latents, CLIP text encoder) at toy width.
 """
 
@@ -147,20 +146,18 @@ def write_tiny_models(out: str | Path, seed: int = 0, preset: str = "tiny") -> P
     write_clip(out / "clip", preset)
     if preset == "tiny":  # SD-1.5-sized control models would add ~4 GB that no benchmark reads
         torch.manual_seed(seed + 3)
-        write_control_models(out, unet, adapter)
+        write_control_models(out / "control", unet, adapter, vae_scale=2 ** (len(vae.config.block_out_channels) - 1))
     return out
 
 
-def write_control_models(out: Path, unet: UNet2DConditionModel, adapter: MotionAdapter) -> None:
-    """`controlnet/` (a diffusers ControlNetModel folder), `controlnet.safetensors` (the same weights in one
+def write_control_models(out: Path, unet: UNet2DConditionModel, adapter: MotionAdapter, vae_scale: int = 8) -> None:
+    """Under `out`: `controlnet/` (a diffusers ControlNetModel folder), `controlnet.safetensors` (the same weights in one
     file, diffusers keys), `sparsectrl_rgb/` and `sparsectrl_scribble/` (SparseControlNetModel folders).
     Random weights, the zero-initialized output convolutions included, so each changes the video."""
     from diffusers import ControlNetModel, SparseControlNetModel
 
     # The control-image encoder downsamples to the latent size: once per VAE level past the first.
-    import math
-    vae_scale = int(2 ** (len(json.loads((out / "base" / "vae" / "config.json").read_text())["block_out_channels"]) - 1))
-    embedding = (16, 32, 96, 256)[: int(math.log2(vae_scale)) + 1]
+    embedding = (16, 32, 96, 256)[: vae_scale.bit_length()]  # 8 -> 4 widths (SD), 2 -> 2 (the tiny VAE)
     control = ControlNetModel.from_unet(unet, conditioning_channels=3, conditioning_embedding_out_channels=embedding)
     _shake_zero_convs(control)
     control.save_pretrained(out / "controlnet")

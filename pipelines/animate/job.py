@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from animatediff_core import storage
+from animatediff_core import hub, storage
 from animatediff_core.configs import check_fields, need, option
 from animatediff_core.errors import CheckpointError
 from animatediff_core.settings import PREPROCESSORS, SAMPLERS, WEIGHTINGS, CheckpointSpec, GenerationSettings
@@ -159,6 +159,9 @@ def preflight(cfg: AnimateConfig) -> Prepared:
         except CheckpointError as e:
             raise CheckpointError(f"--motion-module {e}") from None
         motions[name] = dataclasses.replace(spec, max_frames=frames, norm=cfg.motion_norm)
+    for flag in ("control_video", "control_model", "keyframe_model", "init_video"):  # job-wide inputs: checked once here
+        uri = getattr(cfg, flag)
+        need(not uri or storage.exists(hub.resolve(uri)), f"--{flag.replace('_', '-')} {uri}: not found")
     layout = OutputLayout(cfg.out, by_motion=len(motions) > 1)
     storage.check_writable(cfg.out, "--out")
     log.info("planned: %d prompt table file(s), %d checkpoint(s) (%s), %d motion module(s) (%s)", len(files),

@@ -223,7 +223,7 @@ def _settings(row: dict, defaults: GenerationSettings) -> GenerationSettings:
         else:
             v = _plain(row.get(k))
             over[k] = str(v).strip() or None if v is not None else None
-    return defaults.updated(**over)
+    return defaults.updated(**over).effective()
 
 
 _TYPES = {c.name: c.type for c in schema.COLUMNS}

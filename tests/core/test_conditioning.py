@@ -100,7 +100,7 @@ def test_bad_inputs_say_what_to_fix(tmp_path):
 
 
 def test_controlnet_follows_the_control_video_and_scale_zero_is_text_only(pipe, models, tiny_models):
-    s = S.updated(control_video=CLIP, control_model=str(tiny_models / "controlnet"))
+    s = S.updated(control_video=CLIP, control_model=str(tiny_models / "control" / "controlnet"))
     net = models.get("controlnet", s.control_model)
     controlled = _run(pipe, s, controlnet=net)
     plain = _run(pipe, S)
@@ -108,19 +108,19 @@ def test_controlnet_follows_the_control_video_and_scale_zero_is_text_only(pipe, 
     off = _run(pipe, s.updated(control_scale=0.0), controlnet=net)
     assert np.abs(off.astype(int) - plain.astype(int)).max() <= 1  # no control: the text-to-video result
     # The same weights as one file (diffusers keys; the config comes from the base UNet) give the same video.
-    single = load_controlnet(str(tiny_models / "controlnet.safetensors"), read_unet_config(str(tiny_models / "base")))
+    single = load_controlnet(str(tiny_models / "control" / "controlnet.safetensors"), read_unet_config(str(tiny_models / "base")))
     assert np.array_equal(controlled, _run(pipe, s, controlnet=single))
 
 
 def test_controlnet_runs_in_context_windows_for_long_clips(pipe, models, tiny_models):
-    s = S.updated(num_frames=24, control_video=CLIP, control_model=str(tiny_models / "controlnet"))
+    s = S.updated(num_frames=24, control_video=CLIP, control_model=str(tiny_models / "control" / "controlnet"))
     video = _run(pipe, s, controlnet=models.get("controlnet", s.control_model))
     assert video.shape == (24, 32, 32, 3)
 
 
 @pytest.mark.parametrize("kind", ["sparsectrl_rgb", "sparsectrl_scribble"])
 def test_sparsectrl_keyframes_animate_a_still(pipe, models, tiny_models, still, kind):
-    s = S.updated(keyframes=still, keyframe_model=str(tiny_models / kind))  # one image at frame 0: image-to-video
+    s = S.updated(keyframes=still, keyframe_model=str(tiny_models / "control" / kind))  # one image at frame 0: image-to-video
     video = _run(pipe, s, keyframe_model=models.get("sparsectrl", s.keyframe_model))
     assert video.shape == (8, 32, 32, 3)
     assert np.abs(video.astype(int) - _run(pipe, S).astype(int)).mean() > 0.5
@@ -145,18 +145,18 @@ def test_video_to_video_at_strength_zero_is_the_inputs_vae_round_trip(pipe):
 
 
 def test_video_to_video_with_controlnet(pipe, models, tiny_models):
-    s = S.updated(init_video=CLIP, strength=0.75, steps=4, control_video=CLIP, control_model=str(tiny_models / "controlnet"))
+    s = S.updated(init_video=CLIP, strength=0.75, steps=4, control_video=CLIP, control_model=str(tiny_models / "control" / "controlnet"))
     video = _run(pipe, s, controlnet=models.get("controlnet", s.control_model))
     assert video.shape == (8, 32, 32, 3)
 
 
 def test_control_models_cache_and_bad_models(models, tiny_models, tmp_path):
-    a = models.get("controlnet", str(tiny_models / "controlnet"))
-    assert models.get("controlnet", str(tiny_models / "controlnet")) is a  # loaded once
+    a = models.get("controlnet", str(tiny_models / "control" / "controlnet"))
+    assert models.get("controlnet", str(tiny_models / "control" / "controlnet")) is a  # loaded once
     with pytest.raises(CheckpointError, match="control_model .*nothing: not found"):
         models.get("controlnet", str(tmp_path / "nothing"))
     with pytest.raises(CheckpointError, match="keyframe_model .*SparseControlNetModel folder"):
-        models.get("sparsectrl", str(tiny_models / "controlnet.safetensors"))
+        models.get("sparsectrl", str(tiny_models / "control" / "controlnet.safetensors"))
     wrong = tmp_path / "wrong.safetensors"
     from animatediff_core.checkpoints import save_state_dict
 

