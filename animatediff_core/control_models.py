@@ -10,8 +10,6 @@ table that alternates two control models does not reload them for every row.
 from __future__ import annotations
 
 import inspect
-import json
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -50,25 +48,37 @@ def load_controlnet(uri: str, unet_config: dict, dtype: torch.dtype = torch.floa
                               f"({' '.join(str(e).split())[:300]})") from None
 
 
-def _embedding_channels(state: dict) -> tuple[int, ...] | None:
-    """The control-image encoder's widths, read off the file (diffusers or original keys), if present."""
-    for prefix, head in (("controlnet_cond_embedding.", "conv_in"), ("input_hint_block.", None), ("control_model.input_hint_block.", None)):
-        if head:  # diffusers: conv_in, then pairs of blocks (the second of each pair widens and downsamples)
-            if f"{prefix}conv_in.weight" not in state:
-                continue
-            widths = [state[f"{prefix}conv_in.weight"].shape[0]]
-            i = 1
-            while f"{prefix}blocks.{i}.weight" in state:
-                widths.append(state[f"{prefix}blocks.{i}.weight"].shape[0])
-                i += 2
-            return tuple(widths)
-        convs = sorted(int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix) and k.endswith(".weight"))
-        if convs:  # original: conv, (conv, widening conv) pairs, the zero conv last
-            return tuple(state[f"{prefix}{c}.weight"].shape[0] for c in [convs[0], *convs[2:-1:2]])
+def _hint_convs(state: dict) -> tuple[str, list[int]] | None:
+    """The original layout's control-image encoder: its key prefix and conv indices (`input_hint_block.N`)."""
+    for prefix in ("control_model.input_hint_block.", "input_hint_block."):
+        convs = sorted({int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix) and k.endswith(".weight")})
+        if convs:
+            return prefix, convs
     return None
 
 
+def _embedding_channels(state: dict) -> tuple[int, ...] | None:
+    """The control-image encoder's widths, read off the file (diffusers or original keys), if present:
+    conv_in, then pairs of convs (the second of each pair widens and downsamples), then the zero conv."""
+    p = "controlnet_cond_embedding."
+    if f"{p}conv_in.weight" in state:
+        widths, i = [state[f"{p}conv_in.weight"].shape[0]], 1
+        while f"{p}blocks.{i}.weight" in state:
+            widths.append(state[f"{p}blocks.{i}.weight"].shape[0])
+            i += 2
+        return tuple(widths)
+    hint = _hint_convs(state)
+    if hint is None:
+        return None
+    prefix, convs = hint
+    return tuple(state[f"{prefix}{c}.weight"].shape[0] for c in [convs[0], *convs[2:-1:2]])
+
+
 def _controlnet_from_file(path: str, unet_config: dict, dtype: torch.dtype) -> ControlNetModel:
+    """One file, diffusers keys or the original `control_model.*` layout (converted by diffusers; the
+    control-image encoder mapped here, whatever its depth: diffusers' converter assumes SD's four widths)."""
+    from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
+
     from .checkpoints import load_state_dict
 
     cfg = controlnet_config(unet_config)
@@ -76,13 +86,17 @@ def _controlnet_from_file(path: str, unet_config: dict, dtype: torch.dtype) -> C
     widths = _embedding_channels(state)
     if widths:
         cfg["conditioning_embedding_out_channels"] = widths
-    if any(k.startswith("controlnet_cond_embedding.") for k in state):  # diffusers keys in one file
-        model = ControlNetModel.from_config(cfg)
-        model.load_state_dict(state, strict=True)
-        return model.to(dtype=dtype)
-    with tempfile.TemporaryDirectory() as folder:  # the original layout: diffusers converts it, given a config
-        Path(folder, "config.json").write_text(json.dumps({"_class_name": "ControlNetModel", **cfg}))
-        return ControlNetModel.from_single_file(path, config=folder, torch_dtype=dtype, local_files_only=True)
+    hint = _hint_convs(state)
+    if hint is not None:
+        prefix, convs = hint
+        names = ["conv_in", *(f"blocks.{i}" for i in range(len(convs) - 2)), "conv_out"]
+        embedding = {f"controlnet_cond_embedding.{n}.{p}": state[f"{prefix}{c}.{p}"]
+                     for n, c in zip(names, convs) for p in ("weight", "bias")}
+        converted = convert_controlnet_checkpoint(state, cfg)
+        state = {**{k: v for k, v in converted.items() if not k.startswith("controlnet_cond_embedding.")}, **embedding}
+    model = ControlNetModel.from_config(cfg)
+    model.load_state_dict(state, strict=True)
+    return model.to(dtype=dtype)
 
 
 def load_sparsectrl(uri: str, dtype: torch.dtype = torch.float32) -> SparseControlNetModel:

@@ -88,3 +88,21 @@ def align_text_keys(state: dict[str, torch.Tensor], expected: set[str]) -> dict[
     if any(k.startswith("text_model.") for k in expected):
         return state
     return {k[len("text_model."):] if k.startswith("text_model.") else k: v for k, v in state.items()}
+
+
+def controlnet_to_ldm(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
+    """ControlNetModel state dict -> the original `control_model.*` layout (lllyasviel's ControlNet files):
+    the UNet-encoder keys as `unet_to_ldm` names them, `zero_convs.N.0`, `middle_block_out.0`, and the
+    control-image encoder as `input_hint_block.{0, 2, ...}` (convs between SiLUs)."""
+    cn = "controlnet_cond_embedding."
+    shared = {k: v for k, v in state.items() if not k.startswith(("controlnet_down_blocks.", "controlnet_mid_block.", cn))}
+    out = {"control_model." + k[len(UNET_PREFIX):]: v for k, v in unet_to_ldm(shared, config).items()}
+    blocks = sorted({int(k[len(cn) + 7:].split(".")[0]) for k in state if k.startswith(cn + "blocks.")})
+    hint = ["conv_in", *(f"blocks.{i}" for i in blocks), "conv_out"]
+    for p in ("weight", "bias"):
+        out[f"control_model.middle_block_out.0.{p}"] = state[f"controlnet_mid_block.{p}"]
+        for i in range(sum(k.startswith("controlnet_down_blocks.") and k.endswith(".weight") for k in state)):
+            out[f"control_model.zero_convs.{i}.0.{p}"] = state[f"controlnet_down_blocks.{i}.{p}"]
+        for j, name in enumerate(hint):
+            out[f"control_model.input_hint_block.{2 * j}.{p}"] = state[f"{cn}{name}.{p}"]
+    return out

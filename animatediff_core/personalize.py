@@ -21,6 +21,7 @@ import torch
 from diffusers import AnimateDiffPipeline
 from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint
 
+from . import hub
 from .checkpoints import check_keys, load_state_dict
 from .errors import CheckpointError
 from .inflate import is_motion_param
@@ -90,7 +91,7 @@ class Personalizer:
             self.motion_lora = None
         if want is not None:
             if MOTION not in self._scales:
-                state = to_diffusers_keys(load_state_dict(uri), uri)
+                state = to_diffusers_keys(load_state_dict(hub.resolve(uri)), uri)  # a path, URI or Hub id
                 self._scales[MOTION] = want[1]  # set first: a half-loaded adapter is deleted on failure
                 try:
                     self.pipe.load_lora_weights(state, adapter_name=MOTION)

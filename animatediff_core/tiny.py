@@ -13,8 +13,9 @@
                                    (as jobs.train --motion-lora writes) and zoom_original.safetensors in the
                                    official v2 MotionLoRA layout (written last, from their own seed)
   out/control/                     control models (tiny preset only): controlnet/ (a random SD-1.x
-                                   ControlNet, diffusers folder), controlnet.safetensors (the same weights
-                                   in one file), sparsectrl_rgb/ and sparsectrl_scribble/ (random SparseCtrl
+                                   ControlNet, diffusers folder), controlnet.safetensors and
+                                   controlnet_original.safetensors (the same weights in one file, diffusers
+                                   keys and the original control_model.* layout), sparsectrl_rgb/ and sparsectrl_scribble/ (random SparseCtrl
                                    models: RGB keyframes go through the VAE, scribbles do not)
 The shapes follow SD-1.x (cross-attention UNet, 4-channel latents, CLIP text encoder) at toy width.
 """
@@ -33,7 +34,7 @@ from transformers.utils import logging as transformers_logging
 
 from .checkpoints import save_state_dict
 from .inflate import MotionModuleConfig, new_motion_adapter
-from .ldm_keys import text_encoder_to_ldm, unet_to_ldm
+from .ldm_keys import controlnet_to_ldm, text_encoder_to_ldm, unet_to_ldm
 from .motion_formats import save_motion_adapter
 from .schedule import ScheduleConfig
 from .tokenizer import write_clip_tokenizer
@@ -151,8 +152,8 @@ def write_tiny_models(out: str | Path, seed: int = 0, preset: str = "tiny") -> P
 
 
 def write_control_models(out: Path, unet: UNet2DConditionModel, adapter: MotionAdapter, vae_scale: int = 8) -> None:
-    """Under `out`: `controlnet/` (a diffusers ControlNetModel folder), `controlnet.safetensors` (the same weights in one
-    file, diffusers keys), `sparsectrl_rgb/` and `sparsectrl_scribble/` (SparseControlNetModel folders).
+    """Under `out`: `controlnet/` (a diffusers ControlNetModel folder), `controlnet.safetensors` and
+    `controlnet_original.safetensors` (the same weights in one file: diffusers keys, original layout), `sparsectrl_rgb/` and `sparsectrl_scribble/` (SparseControlNetModel folders).
     Random weights, the zero-initialized output convolutions included, so each changes the video."""
     from diffusers import ControlNetModel, SparseControlNetModel
 
@@ -162,6 +163,7 @@ def write_control_models(out: Path, unet: UNet2DConditionModel, adapter: MotionA
     _shake_zero_convs(control)
     control.save_pretrained(out / "controlnet")
     save_state_dict(control.state_dict(), str(out / "controlnet.safetensors"))
+    save_state_dict(controlnet_to_ldm(control.state_dict(), dict(unet.config)), str(out / "controlnet_original.safetensors"))
     cfg, motion = dict(unet.config), adapter.config
     for name, simplified, channels in (("sparsectrl_rgb", True, 4), ("sparsectrl_scribble", False, 3)):
         sparse = SparseControlNetModel(

@@ -18,7 +18,7 @@ def add_to_hf_cache(hf_home: Path, repo_id: str, files: dict[str, Path]) -> Path
     (repo / "blobs").mkdir(exist_ok=True)
     for inside, src in files.items():
         sources = [(inside, Path(src))] if Path(src).is_file() else [
-            (f"{inside}/{p.relative_to(src)}", p) for p in sorted(Path(src).rglob("*")) if p.is_file()]
+            (f"{inside}/{p.relative_to(src)}".lstrip("/"), p) for p in sorted(Path(src).rglob("*")) if p.is_file()]
         for rel, path in sources:
             data = path.read_bytes()
             blob = repo / "blobs" / hashlib.sha256(data).hexdigest()

