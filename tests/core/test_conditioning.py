@@ -121,14 +121,24 @@ def test_controlnet_runs_in_context_windows_for_long_clips(pipe, models, tiny_mo
     assert video.shape == (24, 32, 32, 3)
 
 
-@pytest.mark.parametrize("kind", ["sparsectrl_rgb", "sparsectrl_scribble"])
-def test_sparsectrl_keyframes_animate_a_still(pipe, models, tiny_models, still, kind):
-    s = S.updated(keyframes=still, keyframe_model=str(tiny_models / "control" / kind))  # one image at frame 0: image-to-video
+def test_sparsectrl_rgb_keyframes_animate_a_still(pipe, models, tiny_models, still):
+    s = S.updated(keyframes=still, keyframe_model=str(tiny_models / "control" / "sparsectrl_rgb"))  # frame 0: image-to-video
     video = _run(pipe, s, keyframe_model=models.get("sparsectrl", s.keyframe_model))
     assert video.shape == (8, 32, 32, 3)
     assert np.abs(video.astype(int) - _run(pipe, S).astype(int)).mean() > 0.5
     two = s.updated(keyframes=f'{{"0": "{still}", "7": "{still}"}}')
     assert not np.array_equal(video, _run(pipe, two, keyframe_model=models.get("sparsectrl", s.keyframe_model)))
+
+
+def test_sparsectrl_scribble_keyframes_from_canny_edges_of_a_real_clip(pipe, models, tiny_models, tmp_path):
+    edges = canny(read_frames(CLIP, 2, (32, 32), "control_video"))
+    for i, frame in enumerate(edges):
+        Image.fromarray(frame).save(tmp_path / f"edges{i}.png")
+    s = S.updated(keyframes=f'{{"0": "{tmp_path}/edges0.png", "7": "{tmp_path}/edges1.png"}}',
+                  keyframe_model=str(tiny_models / "control" / "sparsectrl_scribble"))
+    video = _run(pipe, s, keyframe_model=models.get("sparsectrl", s.keyframe_model))
+    assert video.shape == (8, 32, 32, 3)
+    assert np.abs(video.astype(int) - _run(pipe, S).astype(int)).mean() > 0.5
 
 
 def test_video_to_video_at_strength_zero_is_the_inputs_vae_round_trip(pipe):

@@ -264,11 +264,16 @@ def test_control_rows_run_and_bad_control_inputs_are_error_rows(stage, tiny_mode
         {"id": "loop", "prompt": "a rabbit", "context_loop": "true", "context_stride": "2"},
     ]
     rows = [dict(r, checkpoint="dreamy") for r in rows]
-    out = stage(_batch(stage, rows)).set_index("id")
+    rows.append({**rows[4], "checkpoint": "toon_lora"})  # video-to-video across a sweep: each checkpoint's style
+    out = stage(_batch(stage, rows))
+    restyled = out[out.id == "v2v"].set_index("checkpoint")
+    assert restyled.loc["toon_lora", "status"] == "ok" and restyled.sha256.nunique() == 2
+    out = out[out.checkpoint == "dreamy"].set_index("id")
     assert out.loc[["canny", "still", "v2v", "loop"], "status"].eq("ok").all(), out.error.to_dict()
     assert "control_video" in out.loc["junk", "error"] and "junk.mp4" in out.loc["junk", "error"]
     assert "keyframe 0" in out.loc["lost", "error"] and "gone.png: not found" in out.loc["lost", "error"]
     assert out.loc["loop", "windows"] == 2 and bool(out.loc["loop", "context_loop"])  # 4 frames, a window per 2
     assert out.loc["canny", "control_model"] == controlnet and out.loc["v2v", "strength"] == 0.5
-    again = stage(_batch(stage, rows)).set_index("id")
-    assert again.loc[["canny", "still", "v2v", "loop"], "skipped"].all()
+    again = stage(_batch(stage, rows))
+    assert again.set_index(["id", "checkpoint"]).loc[[("canny", "dreamy"), ("still", "dreamy"), ("v2v", "dreamy"),
+                                                      ("v2v", "toon_lora"), ("loop", "dreamy")], "skipped"].all()
