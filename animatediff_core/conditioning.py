@@ -12,7 +12,6 @@ input and what to fix, which the batch job turns into that row's error.
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -24,6 +23,7 @@ from PIL import Image
 from . import storage
 from .configs import need
 from .errors import ConfigError, VideoError
+from .settings import parse_keyframes
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CANNY_LOW, CANNY_HIGH = 100, 200  # OpenCV Canny's thresholds as diffusers' ControlNet examples use them
@@ -37,31 +37,6 @@ class Inputs:
     control: np.ndarray | None = None  # ControlNet images, one per frame
     keyframes: tuple[tuple[int, np.ndarray], ...] = ()  # SparseCtrl conditioning frames
     init: np.ndarray | None = None  # video-to-video input frames
-
-
-def parse_keyframes(text: str, num_frames: int) -> dict[int, str]:
-    """`{frame: image URI}` from a JSON object `{"0": "a.png", "15": "b.png"}` or one URI (frame 0)."""
-    text = text.strip()
-    if not text.startswith("{"):
-        need(bool(text), "keyframes is empty; give an image URI or a JSON {\"frame\": \"image URI\"} map")
-        return {0: text}
-    try:
-        obj = json.loads(text)
-    except ValueError as e:
-        raise ConfigError(f"keyframes is not valid JSON ({getattr(e, 'msg', e)}); expected "
-                          '{"0": "first.png", "15": "last.png"} or one image URI') from None
-    need(isinstance(obj, dict) and obj, 'keyframes must be a non-empty JSON object {"frame": "image URI"}')
-    out = {}
-    for key, uri in obj.items():
-        try:
-            frame = int(str(key).strip())
-        except ValueError:
-            raise ConfigError(f"keyframes key {str(key)[:40]!r} is not a frame number; keys are frame indices") from None
-        need(0 <= frame < num_frames, f"keyframes frame {frame} is outside the clip's frames 0-{num_frames - 1}")
-        need(frame not in out, f"keyframes names frame {frame} twice")
-        need(isinstance(uri, str) and uri.strip(), f"keyframes frame {frame} needs an image URI, got {str(uri)[:60]!r}")
-        out[frame] = uri.strip()
-    return dict(sorted(out.items()))
 
 
 def read_inputs(s) -> Inputs | None:

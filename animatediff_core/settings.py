@@ -5,10 +5,12 @@ start in milliseconds instead of importing the model stack.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, fields, replace
 
 from .configs import need
+from .errors import ConfigError
 
 MAX_SIDE = 2048
 MAX_STEPS = 1000
@@ -162,11 +164,34 @@ def _validate_control(s: GenerationSettings, max_frames: int) -> None:
     need(not s.keyframes or s.keyframe_model,
          "keyframes need a keyframe_model (a SparseCtrl RGB or scribble model: diffusers folder or Hub id)")
     if s.keyframes:
-        from .conditioning import parse_keyframes
-
         parse_keyframes(s.keyframes, s.num_frames)
         need(not s.control_video and not s.init_video,
              "keyframes (SparseCtrl) cannot be combined with control_video or init_video in one row; use one of them")
         windowed = s.window(max_frames) < s.num_frames or s.context_loop or s.prompt_schedule
         need(not windowed, f"keyframes (SparseCtrl) run in one context window: use at most {max_frames} frames, "
              "no context_loop and no prompt_schedule (diffusers' SparseCtrl pipeline has no context windows)")
+
+
+def parse_keyframes(text: str, num_frames: int) -> dict[int, str]:
+    """`{frame: image URI}` from a JSON object `{"0": "a.png", "15": "b.png"}` or one URI (frame 0)."""
+    text = text.strip()
+    if not text.startswith("{"):
+        need(bool(text), "keyframes is empty; give an image URI or a JSON {\"frame\": \"image URI\"} map")
+        return {0: text}
+    try:
+        obj = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"keyframes is not valid JSON ({getattr(e, 'msg', e)}); expected "
+                          '{"0": "first.png", "15": "last.png"} or one image URI') from None
+    need(isinstance(obj, dict) and obj, 'keyframes must be a non-empty JSON object {"frame": "image URI"}')
+    out = {}
+    for key, uri in obj.items():
+        try:
+            frame = int(str(key).strip())
+        except ValueError:
+            raise ConfigError(f"keyframes key {str(key)[:40]!r} is not a frame number; keys are frame indices") from None
+        need(0 <= frame < num_frames, f"keyframes frame {frame} is outside the clip's frames 0-{num_frames - 1}")
+        need(frame not in out, f"keyframes names frame {frame} twice")
+        need(isinstance(uri, str) and uri.strip(), f"keyframes frame {frame} needs an image URI, got {str(uri)[:60]!r}")
+        out[frame] = uri.strip()
+    return dict(sorted(out.items()))
