@@ -73,10 +73,11 @@ def read_frames(uri: str, num_frames: int, size: tuple[int, int], what: str) -> 
             base = uri.rstrip("/")
             frames = [read_image(f"{base}/{PurePosixPath(files[i]).name}", size, what) for i in picked]
             return np.stack(frames)
-        from .video_io import decode_frames, probe_video
+        from .video_io import decode_frames, fetch, probe_video
 
-        total = min(probe_video(uri).num_frames, MAX_SOURCE_FRAMES)
-        frames = decode_frames(uri, _evenly(total, num_frames))
+        data = fetch(uri)  # a local path stays a path; a remote video is read once, for the probe and the decode
+        total = min(probe_video(data, name=uri).num_frames, MAX_SOURCE_FRAMES)
+        frames = decode_frames(data, _evenly(total, num_frames), name=uri)
     except VideoError as e:
         raise ConfigError(f"{what} {uri}: {e}; give a readable video (mp4, webm, ...) or a folder of images") from None
     except (OSError, ValueError) as e:

@@ -176,3 +176,20 @@ def test_control_models_cache_and_bad_models(models, tiny_models, tmp_path):
     save_state_dict({"controlnet_cond_embedding.conv_in.weight": torch.zeros(16, 3, 3, 3)}, str(wrong))
     with pytest.raises(CheckpointError, match="could not load an SD-1.x ControlNet"):
         models.get("controlnet", str(wrong))
+
+
+def test_control_inputs_from_an_object_store(s3_env, still):
+    """Inputs are URIs of any fsspec store: a control video and a folder of keyframe images on S3."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("control-inputs")
+    fs.put_file(CLIP, "control-inputs/ref.mp4")
+    fs.put_file(still, "control-inputs/frames/a.png")
+    fs.put_file(still, "control-inputs/frames/b.png")
+    local = read_inputs(S.updated(control_video=CLIP, control_model="m"))
+    remote = read_inputs(S.updated(control_video="s3://control-inputs/ref.mp4", control_model="m"))
+    assert np.array_equal(local.control, remote.control)
+    keys = read_inputs(S.updated(keyframes='{"2": "s3://control-inputs/frames/b.png"}', keyframe_model="k")).keyframes
+    assert [i for i, _ in keys] == [2] and keys[0][1].shape == (32, 32, 3)
+    assert read_frames("s3://control-inputs/frames", 4, (32, 32), "control_video").shape == (4, 32, 32, 3)
