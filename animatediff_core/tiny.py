@@ -12,6 +12,7 @@
   out/motion_loras/                one random motion LoRA twice: zoom.safetensors in diffusers/peft keys
                                    (as jobs.train --motion-lora writes) and zoom_original.safetensors in the
                                    official v2 MotionLoRA layout (written last, from their own seed)
+  out/raft_small.pth               a random RAFT (small) in torchvision's state-dict keys, for motion_flow
 The shapes follow SD-1.x (cross-attention UNet, 4-channel latents, CLIP text encoder) at toy width.
 """
 
@@ -28,6 +29,7 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConf
 from transformers.utils import logging as transformers_logging
 
 from .checkpoints import save_state_dict
+from .flow import SMALL, raft_state
 from .inflate import MotionModuleConfig, new_motion_adapter
 from .ldm_keys import text_encoder_to_ldm, unet_to_ldm
 from .motion_formats import save_motion_adapter
@@ -140,6 +142,7 @@ def write_tiny_models(out: str | Path, seed: int = 0, preset: str = "tiny") -> P
 
     torch.manual_seed(seed + 2)  # the CLIP is written last, from its own seed: the files above do not depend on it
     write_clip(out / "clip", preset)
+    save_state_dict(raft_state(SMALL, seed=seed + 3), str(out / "raft_small.pth"))  # after the CLIP, from its own seed
     return out
 
 
