@@ -349,30 +349,34 @@ def to_network(frames: np.ndarray, min_side: int) -> tuple[torch.Tensor, tuple[f
 
 
 @torch.no_grad()
+def chunk_flows(raft: Raft, frames: np.ndarray):
+    """Yields ``(n, 2, h', w')`` float32 flows of `raft.pair_batch` consecutive pairs at a time (see `pair_flows`).
+
+    Frames are converted a chunk at a time, so a long video never sits in memory as float. Each frame of a
+    chunk is encoded once (the encoders normalize each image on its own: its features do not depend on
+    its batch)."""
+    for start in range(0, len(frames) - 1, raft.pair_batch):
+        x, (sy, sx), (sh, sw) = to_network(frames[start : start + raft.pair_batch + 1], raft.net.spec.min_side)
+        top, left = (x.shape[-2] - sh) // 2, (x.shape[-1] - sw) // 2
+        x = x.to(raft.device)
+        fmaps = raft.net.feature_encoder(x)
+        flow = raft.net.refine(fmaps[:-1], fmaps[1:], raft.net.context_encoder(x[:-1]), raft.iters)
+        flow = flow[:, :, top : top + sh, left : left + sw].float().cpu()
+        if (sy, sx) != (1.0, 1.0):
+            flow = flow / torch.tensor([sx, sy]).view(1, 2, 1, 1)  # upscaled frames' pixels -> the given frames'
+        yield flow
+
+
 def pair_flows(raft: Raft, frames: np.ndarray) -> torch.Tensor:
     """``(f, h, w, 3) uint8`` -> ``(f - 1, 2, h', w')`` float32 flow from each frame to the next, in pixels of
     the given frames, on the network's grid: ``(h', w') = (h, w)`` unless the frames were upscaled to
-    RAFT's minimum side (the padding is cropped off).
-
-    `raft.pair_batch` pairs go through the network at once; each frame is encoded once (the encoders
-    normalize each image on its own, so a frame's features do not depend on its batch)."""
-    x, (sy, sx), (sh, sw) = to_network(frames, raft.net.spec.min_side)
-    top, left = (x.shape[-2] - sh) // 2, (x.shape[-1] - sw) // 2
-    out = []
-    for start in range(0, len(x) - 1, raft.pair_batch):
-        chunk = x[start : start + raft.pair_batch + 1].to(raft.device)
-        fmaps = raft.net.feature_encoder(chunk)
-        flow = raft.net.refine(fmaps[:-1], fmaps[1:], raft.net.context_encoder(chunk[:-1]), raft.iters)
-        out.append(flow[:, :, top : top + sh, left : left + sw].float().cpu())
-    flows = torch.cat(out) if out else torch.zeros(0, 2, sh, sw)
-    if (sy, sx) != (1.0, 1.0):
-        flows = flows / torch.tensor([sx, sy]).view(1, 2, 1, 1)  # upscaled frames' pixels -> the given frames'
-    return flows
+    RAFT's minimum side (the padding is cropped off)."""
+    return torch.cat(list(chunk_flows(raft, frames)))
 
 
 def pair_magnitudes(raft: Raft, frames: np.ndarray) -> np.ndarray:
     """``(f - 1,)`` float64: each consecutive pair's mean optical-flow magnitude, in pixels."""
-    return pair_flows(raft, frames).norm(dim=1).mean(dim=(1, 2)).double().numpy()
+    return np.concatenate([f.norm(dim=1).mean(dim=(1, 2)).double().numpy() for f in chunk_flows(raft, frames)] or [np.zeros(0)])
 
 
 def motion_flow(raft: Raft, frames: np.ndarray) -> float:

@@ -1,10 +1,9 @@
 """The metrics actor: one loaded CLIP, many videos per call, all their frames through CLIP in batches.
 
 `__init__` loads CLIP (and RAFT, when given) once per actor (on the GPU where the actor has one);
-`__call__(batch)` decodes the
-batch's videos (and stills), calls `metrics.score_videos` once, and returns the rows with the metric
-columns. A video that failed to generate keeps NaN metrics; one that cannot be decoded gets a
-`metrics_error` and NaN metrics. Every row given comes back.
+`__call__(batch)` decodes the batch's videos (and stills), calls `metrics.score_videos` once, and returns
+the rows with the metric columns. A video that failed to generate keeps NaN metrics; one that cannot be
+decoded gets a `metrics_error` and NaN metrics. Every row given comes back.
 """
 
 from __future__ import annotations
