@@ -325,8 +325,9 @@ def load_raft(uri: str, device: str | torch.device = "cpu", iters: int = ITERS, 
 
 def raft_state(spec: RaftSpec = SMALL, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random weights in torchvision's keys (for the tiny model set): PyTorch's default init from `seed`."""
-    torch.manual_seed(seed)
-    return RaftNet(spec).state_dict()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return RaftNet(spec).state_dict()
 
 
 def to_network(frames: np.ndarray, min_side: int) -> tuple[torch.Tensor, tuple[float, float], tuple[int, int]]:
