@@ -15,6 +15,8 @@ Definitions (one value per video):
 - ``motion_pixel``: mean absolute difference of consecutive frames in 8-bit levels (0-255), the
   weight-free stand-in for optical-flow magnitude. It is ``255 * (1 - temporal_flicker)``: one is
   reported as an amount, the other as a score.
+- ``motion_flow``: mean optical-flow magnitude between consecutive frames, in pixels (RAFT, `flow.py`),
+  when the caller gives RAFT weights; NaN otherwise.
 - ``domain_similarity`` (AnimateDiff paper, sec. 5): mean cosine between each frame's CLIP image
   embedding and that of a still the same personalized checkpoint makes without the motion module.
 Metrics of consecutive frames are NaN for a one-frame video; ``domain_similarity`` is NaN without a still.
@@ -30,9 +32,10 @@ from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
 from . import storage
 from .errors import CheckpointError
+from .flow import Raft, motion_flow
 
 METRICS = ("text_alignment", "frame_consistency", "frame_consistency_all_pairs", "temporal_flicker",
-           "motion_pixel", "domain_similarity")
+           "motion_pixel", "motion_flow", "domain_similarity")
 
 
 @dataclass(frozen=True)
@@ -144,10 +147,11 @@ def domain_similarity(frame_emb: torch.Tensor, still_emb: torch.Tensor | None) -
 
 
 def score_videos(clip: Clip, videos: list[np.ndarray], prompts: list[str],
-                 stills: list[np.ndarray | None] | None = None, batch_size: int = 64) -> list[dict]:
+                 stills: list[np.ndarray | None] | None = None, batch_size: int = 64, raft: Raft | None = None) -> list[dict]:
     """Every metric for each video: one dict per video with the METRICS keys plus ``prompt_tokens``
     and ``prompt_truncated``. All frames (and stills) of all videos go through CLIP in batches of
     ``batch_size``; each distinct prompt is encoded once. ``stills[i]`` is ``(h, w, 3) uint8`` or None.
+    ``motion_flow`` is NaN without `raft`.
     """
     stills = stills if stills is not None else [None] * len(videos)
     images = [v for v in videos] + [s[None] for s in stills if s is not None]
@@ -170,6 +174,7 @@ def score_videos(clip: Clip, videos: list[np.ndarray], prompts: list[str],
             "frame_consistency_all_pairs": frame_consistency_all_pairs(frame_emb),
             "temporal_flicker": 1.0 - motion / 255.0,
             "motion_pixel": motion,
+            "motion_flow": motion_flow(raft, video) if raft is not None else float("nan"),
             "domain_similarity": domain_similarity(frame_emb, still_emb),
             "prompt_tokens": counts[k],
             "prompt_truncated": counts[k] > clip.max_tokens,

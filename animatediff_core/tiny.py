@@ -12,6 +12,7 @@
   out/motion_loras/                one random motion LoRA twice: zoom.safetensors in diffusers/peft keys
                                    (as jobs.train --motion-lora writes) and zoom_original.safetensors in the
                                    official v2 MotionLoRA layout (written last, from their own seed)
+  out/raft_small.pth               a random RAFT (small) in torchvision's state-dict keys, for motion_flow
   out/control/                     control models (tiny preset only): controlnet/ (a random SD-1.x
                                    ControlNet, diffusers folder), controlnet.safetensors and
                                    controlnet_original.safetensors (the same weights in one file, diffusers
@@ -33,6 +34,7 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConf
 from transformers.utils import logging as transformers_logging
 
 from .checkpoints import save_state_dict
+from .flow import SMALL, raft_state
 from .inflate import MotionModuleConfig, new_motion_adapter
 from .ldm_keys import controlnet_to_ldm, text_encoder_to_ldm, unet_to_ldm
 from .motion_formats import save_motion_adapter
@@ -145,6 +147,7 @@ def write_tiny_models(out: str | Path, seed: int = 0, preset: str = "tiny") -> P
 
     torch.manual_seed(seed + 2)  # the CLIP is written last, from its own seed: the files above do not depend on it
     write_clip(out / "clip", preset)
+    save_state_dict(raft_state(SMALL, seed=seed + 3), str(out / "raft_small.pth"))  # after the CLIP, from its own seed
     if preset == "tiny":  # SD-1.5-sized control models would add ~4 GB that no benchmark reads
         torch.manual_seed(seed + 3)
         write_control_models(out / "control", unet, adapter, vae_scale=2 ** (len(vae.config.block_out_channels) - 1))

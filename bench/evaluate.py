@@ -4,9 +4,11 @@
 
 One process run: the batch job generates N videos (1 actor, 1 CPU, 2 torch threads, GIFs on); then the
 evaluation's stages run on that folder the same way (1 actor): the metrics stage (decode + tiny CLIP) and
-the domain-similarity stills (1-frame generations). Also times the core scoring call in-process (no Ray).
+the domain-similarity stills (1-frame generations). Also times the core scoring call in-process (no Ray),
+without and with motion_flow (the tiny random raft_small, 12 updates).
 `--vit-l` adds per-frame CPU timings at real shapes (random weights, in memory): CLIP ViT-L/14 at 224 px
-against one SD-1.5 UNet forward at 512x512, from which generation's cost per video is estimated.
+and RAFT-large on a 512x512 frame pair against one SD-1.5 UNet forward at 512x512, from which
+generation's cost per video is estimated.
 Prints figures and ratios; record them in bench/README.md with the machine.
 """
 
@@ -18,6 +20,7 @@ import shutil
 import tempfile
 import time
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -49,26 +52,29 @@ def stages(models: str, folder: str, out: str) -> dict[str, float]:
     return {"metrics": metrics_s, "stills": time.time() - t}
 
 
-def core_scoring(models: str, folder: str) -> float:
-    """Seconds to decode and score every video in-process: the actor's work without Ray."""
-    from animatediff_core import metrics
+def core_scoring(models: str, folder: str, raft: bool = False) -> float:
+    """Seconds to decode and score every video in-process: the actor's work without Ray (with RAFT: motion_flow too)."""
+    from animatediff_core import flow, metrics
     from animatediff_core.video_io import read_video
     from pipelines.animate.report import read_metadata
 
     clip = metrics.load_clip(os.path.join(models, "clip"))
+    flow_model = flow.load_raft(os.path.join(models, "raft_small.pth")) if raft else None
     meta = read_metadata(folder)
     t = time.time()
     for start in range(0, len(meta), 16):
         chunk = meta.iloc[start : start + 16]
-        metrics.score_videos(clip, [read_video(u, num_threads=1) for u in chunk.video_uri], list(chunk.prompt))
+        metrics.score_videos(clip, [read_video(u, num_threads=1) for u in chunk.video_uri], list(chunk.prompt), raft=flow_model)
     return time.time() - t
 
 
 def vit_l_vs_unet(frames: int = 16, steps: int = 25) -> dict[str, float]:
-    """Seconds per frame: CLIP ViT-L/14 image tower at 224 px vs one SD-1.5 UNet forward (CFG batch of 2)."""
+    """Seconds per frame: CLIP ViT-L/14 image tower at 224 px vs one SD-1.5 UNet forward (CFG batch of 2);
+    RAFT-large per 512x512 frame pair (12 updates)."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPConfig, CLIPModel
 
+    from animatediff_core import flow
     from animatediff_core.tiny import CLIP_PRESETS, SD15_UNET
 
     with torch.no_grad():
@@ -79,12 +85,18 @@ def vit_l_vs_unet(frames: int = 16, steps: int = 25) -> dict[str, float]:
         clip.visual_projection(clip.vision_model(pixel_values=x).pooler_output)
         clip_s = (time.time() - t) / frames
         del clip
+        raft = flow.Raft(flow.RaftNet(flow.LARGE).eval())
+        pair = np.random.default_rng(0).integers(0, 256, (2, 512, 512, 3), dtype=np.uint8)
+        t = time.time()
+        flow.pair_flows(raft, pair)
+        raft_s = time.time() - t
+        del raft
         unet = UNet2DConditionModel(**SD15_UNET).eval()  # diffusers' defaults are SD-1.x's
         t = time.time()
         unet(torch.randn(2, 4, 64, 64), torch.tensor(500), encoder_hidden_states=torch.randn(2, 77, 768))
         unet_s = time.time() - t
     return {"clip_frame": clip_s, "unet_frame_step": unet_s, "generation_video_estimate": unet_s * frames * steps,
-            "clip_video": clip_s * frames}
+            "clip_video": clip_s * frames, "raft_pair": raft_s, "raft_video": raft_s * (frames - 1)}
 
 
 def main() -> None:
@@ -120,12 +132,15 @@ def run(args, tmp: str) -> None:
     gen_s = generate(models, table, args, folder)
     st = stages(models, folder, os.path.join(tmp, "eval"))
     core_s = core_scoring(models, folder)
+    core_flow_s = core_scoring(models, folder, raft=True)
     n = args.n
     print(f"N={n} videos, {args.frames} frames {args.size}x{args.size}, {args.steps} steps, cpus={os.cpu_count()}")
     print(f"generation (batch job, end to end):        {gen_s:.1f}s  {n / gen_s:.3f} videos/s")
     print(f"metrics stage (Ray Data, decode + CLIP):   {st['metrics']:.1f}s  {n / st['metrics']:.3f} videos/s"
           f"  = {gen_s / st['metrics']:.1f}x generation's rate")
     print(f"metrics, core call in-process (no Ray):    {core_s:.1f}s  {n / core_s:.2f} videos/s  {n * args.frames / core_s:.0f} frames/s")
+    print(f"  the same with motion_flow (tiny raft_small): {core_flow_s:.1f}s  {n / core_flow_s:.2f} videos/s"
+          f"  ({core_flow_s / core_s:.1f}x the time without)")
     print(f"domain-similarity stills (Ray Data):       {st['stills']:.1f}s  {n / st['stills']:.3f} stills/s")
     if args.vit_l:
         v = vit_l_vs_unet(args.frames)
@@ -133,7 +148,10 @@ def run(args, tmp: str) -> None:
               f"of {args.frames} frames")
         print(f"[real shapes, CPU] SD-1.5 UNet forward, 512x512, CFG batch 2: {v['unet_frame_step']:.2f} s/frame/step; "
               f"generation >= {v['generation_video_estimate']:.0f} s/video at 25 steps (UNet only)")
-        print(f"  metrics / generation cost per video <= {v['clip_video'] / v['generation_video_estimate']:.4f}")
+        print(f"[real shapes, CPU] RAFT-large, 512x512 pair, 12 updates: {v['raft_pair']:.1f} s/pair, "
+              f"{v['raft_video']:.0f} s/video of {args.frames} frames")
+        print(f"  metrics / generation cost per video <= {v['clip_video'] / v['generation_video_estimate']:.4f}"
+              f" (with motion_flow: {(v['clip_video'] + v['raft_video']) / v['generation_video_estimate']:.4f})")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python -m jobs.evaluate --base SD15_DIR --motion-module mm.ckpt [more.ckpt | folder | train-run] \\
         --checkpoints ckpts/ --clip CLIP_DIR --out OUT [--prompts table.csv] [--seeds-per-prompt 2]
     python -m jobs.evaluate --score-only BATCH_OUT --clip CLIP_DIR --out OUT   # regenerates nothing
+    ... --raft raft_large.pth   # also motion_flow: optical flow from torchvision's RAFT weights (downloaded beforehand)
 
 The generation flags (--num-frames, --steps, --workers, ...) are the batch job's (GenerationFlags).
 """
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.evaluate import runs
 
     folders = runs.find_runs(cfg.score_only) if cfg.score_only else None  # checked before the heavy imports
+    from animatediff_core.flow import load_raft_state
     from animatediff_core.metrics import check_clip_folder
     from pipelines.animate.job import AnimateConfig, preflight, run_animate
     from pipelines.animate.plan import read_checkpoint_set
@@ -31,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.ray_session import init_ray
 
     check_clip_folder(cfg.clip)
+    if cfg.raft:
+        load_raft_state(cfg.raft)  # a wrong file fails here, not in every actor
     tables, start = prompts.read_prompt_tables(cfg.prompts), time.time()
     storage.write_text_atomic(storage.join(cfg.out, "job.yaml"), dump_config(cfg))
     if folders is None:  # generate through the batch job: its resume, its error rows, one sweep over every module

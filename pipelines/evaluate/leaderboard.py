@@ -4,7 +4,8 @@ Intervals are Student-t intervals over videos, `mean +- t(0.975, n-1) * sd / sqr
 videos that have a value for that metric (NaN below 2 values: no interval from one sample). Videos are
 treated as independent draws of (prompt, seed); the suite's prompts are shared by every entry, so two
 entries whose intervals overlap may still differ in a paired comparison. Failed generations and
-videos that could not be scored are counted in `errors`, never dropped from `videos`.
+videos that could not be scored are counted in `errors`, never dropped from `videos`. A metric the
+scored table lacks (`motion_flow` from tables written before it existed) gets NaN columns.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def leaderboard(scored: pd.DataFrame) -> pd.DataFrame:
                "videos": len(g), "n": int((~failed).sum()), "errors": int(failed.sum()),
                "truncated_prompts": int(g.loc[~failed, "prompt_truncated"].astype(bool).sum())}
         for m in METRICS:
-            mean, low, high, n = mean_ci(g.loc[~failed, m].to_numpy())
+            mean, low, high, n = mean_ci(g.loc[~failed, m].to_numpy() if m in g else np.array([]))
             row.update({f"{m}_mean": mean, f"{m}_ci_low": low, f"{m}_ci_high": high})
             if m == "domain_similarity":
                 row["domain_similarity_n"] = n  # stills can be missing where videos are not

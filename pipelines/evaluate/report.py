@@ -25,7 +25,8 @@ from animatediff_core.metrics import METRICS
 
 TITLES = {"text_alignment": "text alignment (CLIPScore, 0-100)", "frame_consistency": "frame consistency (consecutive)",
           "frame_consistency_all_pairs": "frame consistency (all pairs)", "temporal_flicker": "temporal flicker (1 = still)",
-          "motion_pixel": "motion: mean abs. pixel change (0-255)", "domain_similarity": "domain similarity to the still"}
+          "motion_pixel": "motion: mean abs. pixel change (0-255)", "motion_flow": "motion: optical flow (RAFT), pixels",
+          "domain_similarity": "domain similarity to the still"}
 
 
 def write_tables(scored: pd.DataFrame, board: pd.DataFrame, out: str) -> None:
@@ -96,14 +97,15 @@ def _href(uri: str, out: str) -> str:
 
 
 def _leaderboard_html(board: pd.DataFrame) -> str:
-    head = ["rank", "checkpoint", "motion module", "step", "videos", "n", "errors", *[TITLES[m] for m in METRICS]]
+    shown = [m for m in METRICS if f"{m}_mean" in board and board[f"{m}_mean"].notna().any()]  # no motion_flow without --raft
+    head = ["rank", "checkpoint", "motion module", "step", "videos", "n", "errors", *[TITLES[m] for m in shown]]
     body = []
     for r in board.to_dict("records"):
         cells = [f'<td data-v="{r["rank"]}">{r["rank"]}</td>', f"<td>{html.escape(str(r['checkpoint']))}</td>",
                  f"<td>{html.escape(str(r['motion_module_label']))}</td>",
                  f'<td data-v="{"" if pd.isna(r["step"]) else int(r["step"])}">{"" if pd.isna(r["step"]) else int(r["step"])}</td>',
                  *[f'<td data-v="{r[k]}">{r[k]}</td>' for k in ("videos", "n", "errors")]]
-        for m in METRICS:
+        for m in shown:
             mean, low, high = r[f"{m}_mean"], r[f"{m}_ci_low"], r[f"{m}_ci_high"]
             text = "–" if pd.isna(mean) else f"{mean:.3f}" + ("" if pd.isna(low) else f" <small>[{low:.3f}, {high:.3f}]</small>")
             cells.append(f'<td data-v="{"" if pd.isna(mean) else mean}">{text}</td>')
@@ -135,7 +137,7 @@ def _cell(r: dict | None, out: str) -> str:
         return '<span class="err">not in this run</span>'
     if r["status"] != "ok":
         return f'<span class="err" title="{html.escape(str(r["error"]))}">generation failed</span>'
-    tip = html.escape(" ".join(f"{m}={r[m]:.3f}" for m in METRICS if not pd.isna(r[m])) or str(r.get("metrics_error", "")))
+    tip = html.escape(" ".join(f"{m}={r[m]:.3f}" for m in METRICS if not pd.isna(r.get(m))) or str(r.get("metrics_error", "")))
     video = _href(r["video_uri"], out)
     media = (f'<img loading="lazy" src="{_href(r["gif_uri"], out)}" alt="preview">' if r.get("gif_uri")
              else f'<video src="{video}" autoplay loop muted></video>')
@@ -176,8 +178,9 @@ Click a column header to sort.</p>
 
 def summary(scored: pd.DataFrame, board: pd.DataFrame, seconds: float, report_uri: str) -> str:
     """The job's closing lines: the leaderboard's main columns and where the outputs are."""
+    flow = ["motion_flow_mean"] if board["motion_flow_mean"].notna().any() else []  # only with --raft
     cols = ["rank", "checkpoint", "motion_module_label", "n", "errors", "text_alignment_mean",
-            "frame_consistency_mean", "motion_pixel_mean", "domain_similarity_mean"]
+            "frame_consistency_mean", "motion_pixel_mean", *flow, "domain_similarity_mean"]
     out = report_uri[: -len("report.html")].rstrip("/")
     return "\n".join([board[cols].to_string(index=False, float_format="%.3f"),
                       f"{len(scored)} videos ({int(board['errors'].sum())} errors) evaluated in {seconds:.1f}s; "

@@ -1,7 +1,7 @@
 """Evaluation on Ray Data: batch-job output folders -> one metrics row per video.
 
     metadata of every folder (driver) -> [stills: StillStage actor pool, when a base is given]
-        -> MetricsStage actor pool (CLIP loaded once per actor, GPU-pinned where GPUs exist) -> rows
+        -> MetricsStage actor pool (CLIP, and RAFT when given, loaded once per actor, GPU-pinned where GPUs exist) -> rows
 
 Only paths and metadata travel through the object store: actors read the videos and stills themselves.
 Nothing here writes a video: scoring an existing folder regenerates nothing.
@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from animatediff_core.configs import need, option
+from animatediff_core.flow import ITERS, PAIR_BATCH
 from animatediff_core.settings import CheckpointSpec
 from pipelines.animate.job import GenerationFlags
 from pipelines.evaluate.runs import add_categories, read_runs
@@ -43,12 +44,17 @@ class EvaluateConfig(GenerationFlags):
     domain_similarity: bool = option(True, help="render stills without the motion module to compare styles (needs --base)")
     videos_per_call: int = option(16, help="videos per metrics-actor call")
     frame_batch: int = option(64, help="frames per CLIP forward pass")
+    raft: str | None = option(None, help="torchvision raft_small/raft_large weights (.pth or .safetensors) for motion_flow")
+    raft_iters: int = option(ITERS, help="RAFT refinement iterations per frame pair")
+    flow_batch: int = option(PAIR_BATCH, help="consecutive frame pairs per RAFT forward pass")
 
     def __post_init__(self):
         super().__post_init__()
         need(bool(self.score_only) or bool(self.base and self.motion_module),
              "give --base and --motion-module to generate, or --score-only FOLDER to score existing videos")
         need(self.seeds_per_prompt >= 1, f"seeds_per_prompt must be at least 1, got {self.seeds_per_prompt}")
+        need(self.raft_iters >= 1 and self.flow_batch >= 1,
+             f"raft_iters and flow_batch must be at least 1, got {self.raft_iters} and {self.flow_batch}")
 
 
 @dataclass
@@ -66,6 +72,9 @@ class ScoreSettings:
     frame_batch: int = 64  # frames per CLIP forward pass
     precision: str = "auto"
     torch_threads: int | None = None
+    raft: str | None = None  # with RAFT weights: motion_flow
+    raft_iters: int = ITERS
+    flow_batch: int = PAIR_BATCH  # consecutive frame pairs per RAFT forward pass
 
     @classmethod
     def of(cls, cfg: EvaluateConfig, checkpoints: dict[str, CheckpointSpec] | None) -> "ScoreSettings":
@@ -73,7 +82,8 @@ class ScoreSettings:
 
         gpus = cfg.num_gpus_per_worker if cfg.num_gpus_per_worker is not None else (1.0 if has_gpus() else 0.0)
         return cls(cfg.clip, cfg.out, cfg.base if cfg.domain_similarity else None, checkpoints, cfg.workers, gpus,
-                   cfg.cpus_per_worker, cfg.videos_per_call, cfg.frame_batch, cfg.precision, cfg.torch_threads)
+                   cfg.cpus_per_worker, cfg.videos_per_call, cfg.frame_batch, cfg.precision, cfg.torch_threads,
+                   cfg.raft, cfg.raft_iters, cfg.flow_batch)
 
 
 def _pool(cfg: ScoreSettings) -> dict:
@@ -117,8 +127,10 @@ def score(rows: pd.DataFrame, cfg: ScoreSettings) -> pd.DataFrame:
     if "still_uri" not in rows.columns:
         rows = rows.assign(still_uri="")
     threads = cfg.torch_threads or max(1, int(cfg.cpus_per_worker))
+    log.info("motion_flow: %s", f"RAFT {cfg.raft}, {cfg.raft_iters} updates per frame pair" if cfg.raft else "no --raft weights, left empty")
     ds = ray.data.from_pandas(rows).map_batches(
-        MetricsStage, fn_constructor_kwargs=dict(clip=cfg.clip, precision=cfg.precision, threads=threads, frame_batch=cfg.frame_batch),
+        MetricsStage, fn_constructor_kwargs=dict(clip=cfg.clip, precision=cfg.precision, threads=threads, frame_batch=cfg.frame_batch,
+                                                 raft=cfg.raft, raft_iters=cfg.raft_iters, flow_batch=cfg.flow_batch),
         batch_size=cfg.videos_per_call, **_pool(cfg))
     scored = ds.to_pandas()
     return scored.sort_values(["motion_module_label", "checkpoint", "prompt", "seed"], kind="stable").reset_index(drop=True)

@@ -1,9 +1,9 @@
 """The metrics actor: one loaded CLIP, many videos per call, all their frames through CLIP in batches.
 
-`__init__` loads CLIP once per actor (on the GPU where the actor has one); `__call__(batch)` decodes the
-batch's videos (and stills), calls `metrics.score_videos` once, and returns the rows with the metric
-columns. A video that failed to generate keeps NaN metrics; one that cannot be decoded gets a
-`metrics_error` and NaN metrics. Every row given comes back.
+`__init__` loads CLIP (and RAFT, when given) once per actor (on the GPU where the actor has one);
+`__call__(batch)` decodes the batch's videos (and stills), calls `metrics.score_videos` once, and returns
+the rows with the metric columns. A video that failed to generate keeps NaN metrics; one that cannot be
+decoded gets a `metrics_error` and NaN metrics. Every row given comes back.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from animatediff_core import metrics
+from animatediff_core import flow, metrics
 from animatediff_core.errors import AnimateDiffError
 from animatediff_core.video_io import read_video
 from pipelines.evaluate.stills import read_still
@@ -22,13 +22,16 @@ SCORE_COLUMNS = [*metrics.METRICS, "prompt_tokens", "prompt_truncated", "metrics
 
 
 class MetricsStage:
-    def __init__(self, clip: str, precision: str = "auto", threads: int = 1, frame_batch: int = 64):
+    def __init__(self, clip: str, precision: str = "auto", threads: int = 1, frame_batch: int = 64,
+                 raft: str | None = None, raft_iters: int = flow.ITERS, flow_batch: int = flow.PAIR_BATCH):
         quiet_model_libraries()
         cuda = torch.cuda.is_available()
         torch.set_num_threads(threads)
         dt = DTYPES.get(precision) or (torch.float16 if cuda else torch.float32)  # auto: fp16 on GPU
         self.clip = metrics.load_clip(clip, device="cuda" if cuda else "cpu", dtype=dt)
         self.frame_batch = frame_batch
+        # RAFT runs in float32 whatever `precision` says: its correlations are dot products of 128-256 channels
+        self.raft = flow.load_raft(raft, "cuda" if cuda else "cpu", raft_iters, flow_batch) if raft else None
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         batch = batch.reset_index(drop=True)
@@ -47,7 +50,8 @@ class MetricsStage:
             ready.append(i)
             stills.append(self._still(row))
         if ready:
-            scores = metrics.score_videos(self.clip, videos, [batch.at[i, "prompt"] for i in ready], stills, self.frame_batch)
+            scores = metrics.score_videos(self.clip, videos, [batch.at[i, "prompt"] for i in ready], stills, self.frame_batch,
+                                          self.raft)
             for i, score in zip(ready, scores):
                 for k, v in score.items():
                     batch.at[i, k] = v

@@ -2,6 +2,7 @@ import hashlib
 import subprocess
 import sys
 
+from animatediff_core.flow import SMALL, load_raft
 from animatediff_core.tiny import write_tiny_models
 
 
@@ -21,8 +22,9 @@ def test_tiny_models_are_deterministic_and_complete(tmp_path, tiny_models):
                 "base/tokenizer/vocab.json", "base/tokenizer/merges.txt", "base/scheduler/scheduler_config.json",
                 "motion_adapter/config.json", "motion_module.safetensors",
                 "checkpoints/dreamy.safetensors", "checkpoints/toon_lora.safetensors",
-                "clip/config.json", "clip/preprocessor_config.json", "clip/vocab.json", "clip/merges.txt"):
+                "clip/config.json", "clip/preprocessor_config.json", "clip/vocab.json", "clip/merges.txt", "raft_small.pth"):
         assert (tiny_models / rel).is_file(), rel
+    assert load_raft(str(tiny_models / "raft_small.pth")).net.spec == SMALL  # torchvision's raft_small keys
     other = write_tiny_models(tmp_path / "other", seed=1)
     assert (other / "motion_module.safetensors").read_bytes() != (tiny_models / "motion_module.safetensors").read_bytes()
 

@@ -1,6 +1,7 @@
 """`python -m jobs.evaluate` end to end through the CLI on the tiny models (CLIP included)."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -19,7 +20,7 @@ def _run(args, timeout=300):
 
 @pytest.fixture(scope="module")
 def generated(tiny_models, tmp_path_factory):
-    """2 checkpoints x 3 prompts x 1 seed, generated through the batch job and scored."""
+    """2 checkpoints x 3 prompts x 1 seed, generated through the batch job and scored (with RAFT: motion_flow)."""
     root = tmp_path_factory.mktemp("evaluate")
     ckpts = root / "ckpts"
     ckpts.mkdir()
@@ -31,7 +32,8 @@ def generated(tiny_models, tmp_path_factory):
     out = root / "out"
     done = _run(["--prompts", str(prompts), "--seeds-per-prompt", "1", "--base", str(tiny_models / "base"),
                  "--motion-module", str(tiny_models / "motion_module.safetensors"), "--checkpoints", str(ckpts),
-                 "--clip", str(tiny_models / "clip"), "--out", str(out), *SMALL])
+                 "--clip", str(tiny_models / "clip"), "--raft", str(tiny_models / "raft_small.pth"), "--raft-iters", "4",
+                 "--out", str(out), *SMALL])
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done.stdout
 
@@ -41,13 +43,22 @@ def test_generate_and_evaluate(generated):
     assert "report:" in stdout and "text_alignment_mean" in stdout
     scored = pd.read_parquet(out / "metrics.parquet")
     assert len(scored) == 6 and (scored.status == "ok").all() and set(scored.category) == {"animals", "vehicles"}
-    assert scored[["text_alignment", "frame_consistency", "temporal_flicker", "motion_pixel", "domain_similarity"]].notna().all().all()
+    assert scored[["text_alignment", "frame_consistency", "temporal_flicker", "motion_pixel", "motion_flow",
+                   "domain_similarity"]].notna().all().all()
+    assert (scored.motion_flow >= 0).all() and "motion_flow_mean" in stdout
     board = pd.read_csv(out / "leaderboard.csv")
     assert sorted(board.checkpoint) == ["dreamy", "toon_lora"] and board.n.tolist() == [3, 3] and board.errors.tolist() == [0, 0]
-    assert {"text_alignment_mean", "frame_consistency_mean", "motion_pixel_mean", "domain_similarity_ci_high"} <= set(board.columns)
+    assert {"text_alignment_mean", "frame_consistency_mean", "motion_pixel_mean", "motion_flow_mean", "motion_flow_ci_low",
+            "domain_similarity_ci_high"} <= set(board.columns)
+    for _, r in board.iterrows():
+        assert r.motion_flow_mean == pytest.approx(scored[scored.checkpoint == r.checkpoint].motion_flow.mean())
     assert len(list((out / "generated").rglob("*.mp4"))) == 6 and len(list((out / "stills").rglob("*.png"))) == 6
     assert (board.domain_similarity_ci_low <= board.domain_similarity_mean).all() and (board.domain_similarity_n == 3).all()
-    assert (out / "report.html").read_text().count('<td class="cell">') == 3 * 2
+    page = (out / "report.html").read_text()
+    assert page.count('<td class="cell">') == 3 * 2 and "optical flow (RAFT), pixels" in page
+    images = re.findall(r'<img[^>]* src="([^"]+)"', page)
+    assert all((out / src).is_file() for src in images) and len(images) == 7 + 6  # a plot per metric, a GIF per video
+    assert (out / "plots" / "motion_flow.png").is_file()
 
 
 def test_score_only_regenerates_nothing(generated, tiny_models, tmp_path):
@@ -61,6 +72,7 @@ def test_score_only_regenerates_nothing(generated, tiny_models, tmp_path):
     first = pd.read_parquet(out / "metrics.parquet").sort_values(["checkpoint", "id"])
     assert np.allclose(again.text_alignment, first.text_alignment) and np.allclose(again.frame_consistency, first.frame_consistency)
     assert again.domain_similarity.isna().all()  # no --base: no stills, nothing rendered
+    assert again.motion_flow.isna().all() and "motion_flow" not in done.stdout  # no --raft: no optical flow
     assert not (tmp_path / "scores" / "stills").exists() and (tmp_path / "scores" / "report.html").is_file()
 
 
@@ -68,9 +80,11 @@ def test_score_only_regenerates_nothing(generated, tiny_models, tmp_path):
     (["--score-only", "/nonexistent/run"], "/nonexistent/run: not a batch-job output folder"),
     (["--score-only", "GENERATED", "--clip", "/nonexistent/clip"], "--clip /nonexistent/clip: not a transformers CLIPModel folder"),
     (["--base", "/b"], "give --base and --motion-module to generate, or --score-only"),
+    (["--score-only", "GENERATED", "--raft", "MODELS/checkpoints/dreamy.safetensors"],
+     "dreamy.safetensors: not a torchvision RAFT state dict: expected raft_small or raft_large keys"),
 ])
 def test_one_line_errors(generated, tiny_models, tmp_path, args, message):
-    args = [str(generated[0] / "generated") if a == "GENERATED" else a for a in args]
+    args = [str(generated[0] / "generated") if a == "GENERATED" else a.replace("MODELS", str(tiny_models)) for a in args]
     argv = ["--clip", str(tiny_models / "clip"), "--out", str(tmp_path / "o"), *args]
     done = _run(argv, timeout=120)
     assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr
