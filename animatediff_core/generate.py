@@ -31,6 +31,7 @@ from .pipeline import max_frames as module_frames
 from .errors import ConfigError
 from .prompt_travel import parse_schedule
 from .settings import GenerationSettings, validate_settings  # noqa: F401  (the settings a Request carries)
+from .speed import decode_kwargs
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def _generate_batch(pipe: AnimateDiffPipeline, requests: list[Request]) -> list[
         negative_prompt_embeds=negative_embeds if s.guidance_scale > 1 else None,
         num_frames=s.num_frames, height=s.height, width=s.width,
         num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
-        generator=generators, latents=latents, output_type="np",
+        generator=generators, latents=latents, output_type="np", **decode_kwargs(pipe),
     )
     return _to_uint8(out.frames)
 
@@ -133,7 +134,7 @@ def _generate_windowed(pipe: AnimateDiffPipeline, r: Request) -> np.ndarray:
             prompt=prompt, negative_prompt=r.negative_prompt or "",
             num_frames=s.num_frames, height=s.height, width=s.width,
             num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
-            generator=g, latents=latents, output_type="np",
+            generator=g, latents=latents, output_type="np", **decode_kwargs(pipe),
         )
     return _to_uint8(out.frames)[0]
 
@@ -160,15 +161,15 @@ def _generate_conditioned(pipe: AnimateDiffPipeline, r: Request) -> np.ndarray:
             return vae_round_trip(pipe, inputs.init)
         run = (AnimateDiffVideoToVideoControlNetPipeline(**parts, controlnet=c.controlnet) if control
                else AnimateDiffVideoToVideoPipeline(**parts))
-        kwargs = dict(video=_images(inputs.init), strength=s.strength, **control)
+        kwargs = dict(video=_images(inputs.init), strength=s.strength, **control, **decode_kwargs(pipe))
     elif inputs.keyframes:
-        run = AnimateDiffSparseControlNetPipeline(**parts, controlnet=c.keyframe_model)
+        run = AnimateDiffSparseControlNetPipeline(**parts, controlnet=c.keyframe_model)  # no decode_chunk_size
         kwargs = dict(num_frames=s.num_frames, conditioning_frames=_images([im for _, im in inputs.keyframes]),
                       controlnet_frame_indices=[i for i, _ in inputs.keyframes],
                       controlnet_conditioning_scale=s.control_scale)
     else:
         run = AnimateDiffControlNetPipeline(**parts, controlnet=c.controlnet)
-        kwargs = dict(num_frames=s.num_frames, **control)
+        kwargs = dict(num_frames=s.num_frames, **control, **decode_kwargs(pipe))
     run.set_progress_bar_config(disable=True)
     prompt = parse_schedule(s.prompt_schedule, s.num_frames, r.prompt) if s.prompt_schedule else r.prompt
     window = s.window(module_frames(pipe))

@@ -12,7 +12,8 @@ A motion LoRA (`apply_motion_lora`: camera motions, or what `jobs.train --motion
 on top as a second peft adapter on the motion modules' attention, whatever the personalized checkpoint.
 
 Switching never reloads the motion modules, VAE or tokenizer; switching between LoRAs leaves the
-base weights untouched; leaving a DreamBooth restores the base from an in-memory copy.
+base weights untouched; leaving a DreamBooth restores the base from an in-memory copy. Every switch
+runs inside `speed.weights_change`, so fused projections (`--fuse-qkv`) follow the new weights.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .inflate import is_motion_param
 from .ldm_keys import align_text_keys
 from .motion_lora import to_diffusers_keys
 from .settings import CheckpointSpec
+from .speed import weights_change
 
 BASE = "base"
 PERSONALIZED, MOTION = "personalized", "motion_lora"  # peft adapter names
@@ -66,19 +68,20 @@ class Personalizer:
         kind = detect_kind(state, spec.uri) if state is not None else BASE
         if spec.kind and state is not None and spec.kind != kind:
             raise CheckpointError(f"{spec.uri}: declared kind {spec.kind!r} but the keys are those of a {kind} checkpoint")
-        self._unload_lora()
-        if kind != "dreambooth":  # a DreamBooth file overwrites every base weight it holds: no restore first
-            self._restore_base()
-        self.current = None
-        try:
-            if kind == "dreambooth":
-                self._load_dreambooth(state, spec.uri)
-            elif kind == "lora":
-                self._load_lora(state, spec)
-        except Exception:
-            self.reset()
-            raise
-        self.current = spec
+        with weights_change(self.pipe):  # speed options (fused projections) refitted to the new weights after
+            self._unload_lora()
+            if kind != "dreambooth":  # a DreamBooth file overwrites every base weight it holds: no restore first
+                self._restore_base()
+            self.current = None
+            try:
+                if kind == "dreambooth":
+                    self._load_dreambooth(state, spec.uri)
+                elif kind == "lora":
+                    self._load_lora(state, spec)
+            except Exception:
+                self.reset()
+                raise
+            self.current = spec
 
     def apply_motion_lora(self, uri: str | None, scale: float = 1.0) -> None:
         """Stack the motion LoRA at `uri` (None: none) with weight `scale` over the active checkpoint.
@@ -86,6 +89,10 @@ class Personalizer:
         want = (uri, float(scale)) if uri else None
         if want == self.motion_lora:
             return
+        with weights_change(self.pipe):
+            self._apply_motion_lora(uri, want)
+
+    def _apply_motion_lora(self, uri: str | None, want: tuple[str, float] | None) -> None:
         if self.motion_lora is not None and (want is None or want[0] != self.motion_lora[0]):
             self._drop(MOTION)
             self.motion_lora = None
@@ -105,10 +112,11 @@ class Personalizer:
 
     def reset(self) -> None:
         """Back to the plain base weights (no personalized checkpoint, no motion LoRA)."""
-        self.apply_motion_lora(None)
-        self._unload_lora()
-        self._restore_base()
-        self.current = None
+        with weights_change(self.pipe):
+            self.apply_motion_lora(None)
+            self._unload_lora()
+            self._restore_base()
+            self.current = None
 
     def _unload_lora(self) -> None:
         if self._lora is not None:

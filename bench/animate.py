@@ -21,8 +21,10 @@ import pandas as pd
 import torch
 
 
-def plain_loop(models: str, prompts: list[str], args, out: str) -> float:
-    """The baseline a user would write: one AnimateDiffPipeline, one call per prompt."""
+def plain_loop(models: str, prompts: list[str], args, out: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
+               marks: list | None = None) -> float:
+    """The baseline a user would write: one AnimateDiffPipeline, one call per prompt, each video written as an mp4.
+    `marks` (if given) gets ("loaded", time) and then ("video", time) after each mp4 (bench/gpu_job.py)."""
     from diffusers import AnimateDiffPipeline, AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -34,13 +36,22 @@ def plain_loop(models: str, prompts: list[str], args, out: str) -> float:
         vae=AutoencoderKL.from_pretrained(b, subfolder="vae"), text_encoder=CLIPTextModel.from_pretrained(b, subfolder="text_encoder"),
         tokenizer=CLIPTokenizer.from_pretrained(b, subfolder="tokenizer"), unet=UNet2DConditionModel.from_pretrained(b, subfolder="unet"),
         motion_adapter=MotionAdapter.from_pretrained(os.path.join(models, "motion_adapter")),
-        scheduler=DDIMScheduler.from_pretrained(b, subfolder="scheduler"))
+        scheduler=DDIMScheduler.from_pretrained(b, subfolder="scheduler")).to(device, dtype)
     pipe.set_progress_bar_config(disable=True)
+    _mark(marks, "loaded")
     for i, prompt in enumerate(prompts):
         frames = pipe(prompt, num_frames=args.frames, height=args.size, width=args.size, num_inference_steps=args.steps,
                       guidance_scale=7.5, generator=torch.Generator().manual_seed(i), output_type="np").frames[0]
         write_video(os.path.join(out, f"{i}.mp4"), (frames * 255).round().astype("uint8"), fps=8)
+        _mark(marks, "video")
     return time.time() - start
+
+
+def _mark(marks: list | None, what: str) -> None:
+    if marks is not None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        marks.append((what, time.time()))
 
 
 def ray_job(models: str, table: str, args, out: str) -> tuple[float, int]:

@@ -20,19 +20,7 @@ import tempfile
 import time
 
 import torch
-
-
-def _sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def timed(fn, *a, **k):
-    _sync()
-    t = time.time()
-    out = fn(*a, **k)
-    _sync()
-    return out, time.time() - t
+from gpu_common import timed  # bench/ is on sys.path when this script runs
 
 
 def train_check(models: str, args, dev: str) -> dict:

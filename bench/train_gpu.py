@@ -19,22 +19,9 @@ import dataclasses
 import json
 import os
 import tempfile
-import time
 
 import torch
-
-
-def _sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def timed(fn):
-    _sync()
-    start = time.time()
-    out = fn()
-    _sync()
-    return out, time.time() - start
+from gpu_common import timed  # bench/ is on sys.path when this script runs
 
 
 def steps(trainer, batch, n: int, first: int = 1):

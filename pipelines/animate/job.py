@@ -23,6 +23,7 @@ from animatediff_core import hub, storage
 from animatediff_core.configs import check_fields, need, option
 from animatediff_core.errors import CheckpointError
 from animatediff_core.settings import PREPROCESSORS, SAMPLERS, WEIGHTINGS, CheckpointSpec, GenerationSettings
+from animatediff_core.speed import FLAGS as SPEED_FLAGS, SpeedOptions
 from pipelines import tables
 from pipelines.ray_session import count_nodes, has_gpus, stage, worker_range
 from pipelines.animate import schema
@@ -35,6 +36,13 @@ log = logging.getLogger(__name__)
 _GEN = GenerationSettings()
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 MOTION_NORMS = ("official", "diffusers")  # animatediff_core/numerics.py MODES (that module imports torch)
+_SPEED = {f.name: f for f in dataclasses.fields(SpeedOptions)}
+
+
+def _speed_option(name: str):
+    """A job field for the speed option `name`: its default and help are SpeedOptions' (animatediff_core/speed.py)."""
+    f = _SPEED[name]
+    return option(f.default, **f.metadata)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,9 +96,16 @@ class GenerationFlags:
     gif: bool = option(True, help="write GIF previews beside the mp4s")
     motion_norm: str | None = option(None, choices=MOTION_NORMS, help="motion-module numerics: official (AnimateDiff's own "
                                      "function for the module's version) or diffusers; default: what the module records, else official")
+    # Speed options (off by default; bench/gpu_job.py measures each on a GPU), applied once per actor.
+    fuse_qkv: bool = _speed_option("fuse_qkv")
+    channels_last: bool = _speed_option("channels_last")
+    compile: bool = _speed_option("compile")
+    compile_cache: str = _speed_option("compile_cache")
+    vae_chunk: int = _speed_option("vae_chunk")
 
     def __post_init__(self):
         check_fields(self)
+        self.speed  # noqa: B018  (checks the speed options' values: SpeedOptions.__post_init__)
         worker_range(self.workers)
         need(self.batch_size >= 1, f"batch_size must be >= 1, found {self.batch_size}")
         need(self.max_batch is None or self.max_batch >= 1, f"max_batch must be >= 1, found {self.max_batch}")
@@ -99,6 +114,10 @@ class GenerationFlags:
     @property
     def defaults(self) -> GenerationSettings:
         return GenerationSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(GenerationSettings)})
+
+    @property
+    def speed(self) -> SpeedOptions:
+        return SpeedOptions(**{name: getattr(self, name) for name in SPEED_FLAGS})
 
     def generation_flags(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(GenerationFlags)}
@@ -294,7 +313,7 @@ def _generation(planned, prep: Prepared, layout: OutputLayout, run_id: str):
         AnimateStage,
         fn_constructor_kwargs=dict(base=cfg.base, motions=prep.motions, checkpoints=prep.checkpoints, layout=layout,
                                    run_id=run_id, gif=cfg.gif, precision=cfg.precision, max_batch=cfg.max_batch,
-                                   threads=cfg.torch_threads or max(1, int(cfg.cpus_per_worker))),
+                                   threads=cfg.torch_threads or max(1, int(cfg.cpus_per_worker)), speed=cfg.speed),
         batch_format="pandas",
         batch_size=cfg.batch_size,
         compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),

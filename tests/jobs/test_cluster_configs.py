@@ -122,3 +122,18 @@ def test_wrong_type_fails_naming_the_key(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--config", str(tmp_path / "bad.yaml")])
     assert e.value.code == 2 and "steps" in capsys.readouterr().err
+
+
+def test_speed_flags_become_the_actors_options_and_bad_values_name_the_fix(capsys):
+    from animatediff_core.speed import SpeedOptions
+    from jobs.animate import main
+    from jobs.config import parse_config
+    from pipelines.animate.job import AnimateConfig
+
+    need = ["--prompts", "p.csv", "--base", "b", "--motion-module", "m"]
+    cfg, _ = parse_config(AnimateConfig, need + ["--fuse-qkv", "--channels-last", "--vae-chunk", "64"])
+    assert cfg.speed == SpeedOptions(fuse_qkv=True, channels_last=True, vae_chunk=64)
+    assert parse_config(AnimateConfig, need)[0].speed == SpeedOptions()  # all off by default
+    with pytest.raises(SystemExit) as e:
+        main(need + ["--compile-cache", "/tmp/cache"])
+    assert e.value.code == 2 and "add --compile or drop --compile-cache" in capsys.readouterr().err

@@ -277,3 +277,31 @@ def test_control_rows_run_and_bad_control_inputs_are_error_rows(stage, tiny_mode
     again = stage(_batch(stage, rows))
     assert again.set_index(["id", "checkpoint"]).loc[[("canny", "dreamy"), ("still", "dreamy"), ("v2v", "dreamy"),
                                                       ("v2v", "toon_lora"), ("loop", "dreamy")], "skipped"].all()
+
+
+def test_speed_options_are_applied_once_and_survive_every_switch(tiny_models, specs, tmp_path):
+    """--fuse-qkv --channels-last --vae-chunk through a sweep of motion modules, DreamBooth and LoRAs (motion LoRAs
+    with fused projections: tests/core/test_speed.py)."""
+    import torch
+
+    from animatediff_core.motion_formats import load_motion_adapter, save_motion_adapter
+    from animatediff_core.speed import SpeedOptions, fused_count
+
+    other = load_motion_adapter(str(tiny_models / "motion_module.safetensors"))
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(2)))
+    save_motion_adapter(other, str(tmp_path / "other.safetensors"), fmt="original")
+    motions = {"mm": MotionSpec("mm", str(tiny_models / "motion_module.safetensors"), 32),
+               "other": MotionSpec("other", str(tmp_path / "other.safetensors"), 32)}
+    layout = OutputLayout(str(tmp_path / "out"), by_motion=True)
+    speed = SpeedOptions(fuse_qkv=True, channels_last=True, vae_chunk=2)
+    stage = stage_mod.AnimateStage(str(tiny_models / "base"), motions, specs, layout, "20260101T000000-cccccc", speed=speed)
+    full, keys = fused_count(stage.pipe), set(stage.pipe.unet.state_dict())
+    assert full > 0
+    plan = Plan(("dreamy", "toon_lora", "film_peft_lora"), {"mm": 32, "other": 32}, SMALL)
+    rows = expand_rows(normalize(pd.DataFrame([{"prompt": "a cat", "id": "cat"}, {"prompt": "a dog", "id": "dog"}])), plan)
+    out = stage(rows)
+    assert len(out) == 12 and (out.status == "ok").all(), [e for e in out.error if e]
+    stage.personalizer.reset()
+    assert fused_count(stage.pipe) == full and set(stage.pipe.unet.state_dict()) == keys
