@@ -130,6 +130,8 @@ class Personalizer:
             present = {a for names in self.pipe.get_list_adapters().values() for a in names}
             if adapter in present:  # a load that failed early left nothing to delete
                 self.pipe.delete_adapters([adapter])
+            for part in ("unet", "text_encoder"):
+                _unwrap_empty_lora_layers(getattr(self.pipe, part))
             self._set_adapters()
         else:
             self.pipe.unload_lora_weights()
@@ -180,3 +182,15 @@ class Personalizer:
         except (ValueError, KeyError, RuntimeError) as e:
             raise CheckpointError(f"{spec.uri}: LoRA does not fit this SD-1.x base ({str(e).splitlines()[0][:300]})") from None
         self._set_adapters()
+
+
+def _unwrap_empty_lora_layers(model: torch.nn.Module) -> None:
+    """Put plain modules back where a deleted adapter was the only one: peft's `delete_adapter` leaves its
+    wrapper layers in place (`.base_layer.weight` keys), which strict loads of the next checkpoint or
+    motion module would refuse. Layers another adapter still uses stay wrapped."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer) and not any(len(getattr(module, n)) for n in module.adapter_layer_names):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, module.get_base_layer())

@@ -52,3 +52,33 @@ def test_files_that_are_not_motion_loras_are_refused(pipe, tiny_models):
     with pytest.raises(CheckpointError, match="not a motion LoRA"):
         p.apply_motion_lora(str(tiny_models / "checkpoints" / "film_peft_lora.safetensors"))
     assert p.motion_lora is None and not pipe.get_list_adapters().get("unet")
+
+
+def test_leaving_one_of_two_loras_leaves_plain_layers_for_the_next_switch(pipe, tiny_models):
+    """A LoRA checkpoint under a motion LoRA, then a DreamBooth: the checkpoint LoRA's layers must go back to
+    plain modules (a strict DreamBooth load sees no peft wrappers), and the motion LoRA stays on; the other
+    way round, a new motion module loads after a motion LoRA left."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    p = Personalizer(pipe)
+    zoom = str(tiny_models / "motion_loras" / "zoom.safetensors")
+    p.apply(CheckpointSpec("toon", str(tiny_models / "checkpoints" / "toon_lora.safetensors")))
+    p.apply_motion_lora(zoom, 1.0)
+    p.apply(CheckpointSpec("dreamy", str(tiny_models / "checkpoints" / "dreamy.safetensors")))
+    assert set(pipe.get_active_adapters()) == {"motion_lora"}
+    wrapped = [n for n, m in pipe.unet.named_modules() if isinstance(m, BaseTunerLayer)]
+    assert wrapped and all("motion_modules" in n for n in wrapped)
+    assert not any(isinstance(m, BaseTunerLayer) for m in pipe.text_encoder.modules())
+    dreamy_zoom = _video(pipe)
+    p.apply(CheckpointSpec("toon", str(tiny_models / "checkpoints" / "toon_lora.safetensors")))
+    p.apply(CheckpointSpec("dreamy", str(tiny_models / "checkpoints" / "dreamy.safetensors")))
+    assert np.array_equal(_video(pipe), dreamy_zoom)
+    # A motion LoRA leaving from over a LoRA checkpoint (what the actor does before a motion-module swap).
+    p.apply(CheckpointSpec("toon", str(tiny_models / "checkpoints" / "toon_lora.safetensors")))
+    p.apply_motion_lora(None)
+    assert set(pipe.get_active_adapters()) == {"personalized"}
+    from animatediff_core.motion_formats import load_motion_adapter
+
+    pipe.unet.load_motion_modules(load_motion_adapter(str(tiny_models / "motion_module.safetensors")))  # strict: no wrappers
+    p.reset()
+    assert not any(isinstance(m, BaseTunerLayer) for m in pipe.unet.modules())
