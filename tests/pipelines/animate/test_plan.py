@@ -174,3 +174,10 @@ def test_new_settings_keep_old_ids_and_key_rows_that_use_them():
     spec = CheckpointSpec(long["checkpoint"])
     mm = MotionSpec("mm", "mm")
     assert "context_stride" in fingerprint(long, mm, spec) and "context_stride" not in fingerprint(plain, mm, spec)
+
+
+def test_readme_lists_the_metadata_columns_the_schema_declares():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    assert ", ".join(schema.NAMES) in readme  # the README's output table names every column, in order
