@@ -82,6 +82,15 @@ class SkipTally:
         return dict(self.counts)
 
 
+def start_tally(initial: dict | None = None):
+    """The run's SkipTally, pinned to the driver's node: losing a worker node mid-run must not take the
+    counts, and the training loop's reads of them, down with it."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    return SkipTally.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(initial)
+
+
 class ClipDecoder:
     """Ray Data stage (one per actor): `videoid, video_uri, caption` rows -> `videoid, caption, clip` rows
     of usable videos only; skips are counted in `self.skipped` and, when given, the `tally` actor.

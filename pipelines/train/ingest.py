@@ -25,7 +25,7 @@ from animatediff_core.configs import check_fields, need, option
 from animatediff_core.errors import ConfigError
 from animatediff_core.objective import encode_frames, encode_text
 from animatediff_core.pipeline import check_base_folder, load_base
-from pipelines.train.decode import ClipDecoder, SkipTally, clip_array
+from pipelines.train.decode import ClipDecoder, start_tally, clip_array
 from pipelines.ray_session import has_gpus
 from pipelines.train.webvid import INGEST_META, DataSource, check_tables, find_source, read_rows
 
@@ -105,7 +105,7 @@ def shapes(base: str, clip: ClipConfig) -> tuple[list[int], list[int]]:
 def run_ingest(run: IngestRun, source: DataSource) -> dict:
     """Decode, encode and write the shards, then `_ingest.json`; returns that metadata."""
     use_gpu = has_gpus()
-    tally = SkipTally.remote()
+    tally = start_tally()
     clips = read_rows(source, num_cpus=run.decode_cpus).map_batches(
         ClipDecoder, fn_constructor_args=(run.clip, tally), batch_format="pandas", batch_size=4,
         num_cpus=run.decode_cpus, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=run.decoders))

@@ -28,7 +28,7 @@ from animatediff_core.configs import check_fields, need, option
 from animatediff_core.errors import AnimateDiffError, ConfigError
 from animatediff_core.pipeline import check_base_folder, read_unet_config
 from animatediff_core.trainer import TrainConfig
-from pipelines.train.decode import ClipDecoder, SkipTally
+from pipelines.train.decode import ClipDecoder, start_tally
 from pipelines.ray_session import has_gpus
 from pipelines import run_folder
 from pipelines.run_folder import list_checkpoints
@@ -177,7 +177,7 @@ def train(run: TrainRun, plan: TrainPlan) -> TrainSummary:
     gave no usable clip in a whole pass (with the skip counts by reason).
     """
     start = time.time()
-    tally = SkipTally.remote(_skips_at(run.run_dir, plan.resumed_from))
+    tally = start_tally(_skips_at(run.run_dir, plan.resumed_from))
     try:
         build_trainer(run, plan.cfg, plan.source, tally).fit()
     except ray.train.TrainingFailedError as e:

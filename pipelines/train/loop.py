@@ -188,6 +188,17 @@ def mean_over_workers(value: float) -> float:
     return float(t) / dist.get_world_size()
 
 
+def _skip_counts(tally) -> dict:
+    """The run's skip counts; empty (with a warning) if the tally is gone: counts are metrics, not training."""
+    if tally is None:
+        return {}
+    try:
+        return ray.get(tally.totals.remote())
+    except ray.exceptions.RayActorError as e:
+        _say(f"skip counts unavailable: {type(e).__name__}")
+        return {}
+
+
 def train_worker(config: dict) -> None:
     """`train_loop_per_worker` of the TorchTrainer; `config` is `{"plan": WorkerPlan}`."""
     plan: WorkerPlan = config["plan"]
@@ -220,7 +231,7 @@ def train_worker(config: dict) -> None:
                                     step_generator(cfg.seed, rank, trainer.step))
         loss = mean_over_workers(result.loss)
         elapsed = time.perf_counter() - t0
-        skipped = ray.get(tally.totals.remote()) if tally is not None and rank == 0 else {}
+        skipped = _skip_counts(tally) if rank == 0 else {}
         record = {"step": trainer.step, "loss": loss, "lr": result.lr, "grad_norm": result.grad_norm,
                   "clips_per_s": cfg.batch_size * world / elapsed, "data_wait_fraction": waited / elapsed,
                   "skipped_videos": dict(sorted(skipped.items())), "epoch": stream.epoch, "time": time.time()}

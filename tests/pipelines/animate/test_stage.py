@@ -260,7 +260,7 @@ def test_control_rows_run_and_bad_control_inputs_are_error_rows(stage, tiny_mode
         {"id": "junk", "prompt": "a rabbit", "control_video": str(junk), "control_model": controlnet},
         {"id": "still", "prompt": "a rabbit", "keyframes": str(still), "keyframe_model": sparse},
         {"id": "lost", "prompt": "a rabbit", "keyframes": f'{{"0": "{tmp_path}/gone.png"}}', "keyframe_model": sparse},
-        {"id": "v2v", "prompt": "a rabbit", "init_video": clip, "strength": "0.5", "steps": "2"},
+        {"id": "v2v", "prompt": "a rabbit", "init_video": clip, "strength": "0.75", "steps": "4"},  # 3 of 4 steps
         {"id": "loop", "prompt": "a rabbit", "context_loop": "true", "context_stride": "2"},
     ]
     rows = [dict(r, checkpoint="dreamy") for r in rows]
@@ -273,7 +273,7 @@ def test_control_rows_run_and_bad_control_inputs_are_error_rows(stage, tiny_mode
     assert "control_video" in out.loc["junk", "error"] and "junk.mp4" in out.loc["junk", "error"]
     assert "keyframe 0" in out.loc["lost", "error"] and "gone.png: not found" in out.loc["lost", "error"]
     assert out.loc["loop", "windows"] == 2 and bool(out.loc["loop", "context_loop"])  # 4 frames, a window per 2
-    assert out.loc["canny", "control_model"] == controlnet and out.loc["v2v", "strength"] == 0.5
+    assert out.loc["canny", "control_model"] == controlnet and out.loc["v2v", "strength"] == 0.75
     again = stage(_batch(stage, rows))
     assert again.set_index(["id", "checkpoint"]).loc[[("canny", "dreamy"), ("still", "dreamy"), ("v2v", "dreamy"),
                                                       ("v2v", "toon_lora"), ("loop", "dreamy")], "skipped"].all()
