@@ -29,7 +29,7 @@ from pipelines.ray_session import count_nodes, has_gpus, stage, worker_range
 from pipelines.animate import schema
 from pipelines.animate.layout import OutputLayout, new_run_id
 from pipelines.animate.plan import MotionSpec, Plan, is_done, is_pending, mark_conflicts, plan_block, read_checkpoint_set, read_motion_set
-from pipelines.animate.report import Summary, drop_older_shards, write_index, write_shard
+from pipelines.animate.report import SHARD, Summary, drop_older_shards, write_index, write_shard
 from pipelines.animate.resume import list_finished
 
 log = logging.getLogger(__name__)
@@ -287,15 +287,16 @@ def run_animate(prep: Prepared) -> Result:
     log.info("%d row(s) to generate", pending)
     if pending:  # no actor (and no model load) for a plan with nothing to generate
         done = done.union(_generation(planned, prep, layout, run_id))
-    summary = Summary()
+    summary, received = Summary(), set()
     for batch in done.iter_batches(batch_format="pandas", batch_size=None):
         summary.add(batch)
+        received.update(batch[SHARD].unique())
     seconds = time.time() - start
     index = write_index(summary, layout)
-    dropped = drop_older_shards(layout, run_id)
+    dropped = drop_older_shards(layout, run_id, received)
     log.info("run %s: %d rows, %d ok, %d error, %d skipped in %.1fs%s", run_id, summary.rows, summary.total("ok"),
              summary.total("error"), summary.total("skipped"), seconds,
-             f"; {dropped} metadata shard(s) of earlier runs replaced" if dropped else "")
+             f"; {dropped} metadata shard(s) of earlier runs (or of batches retried after an actor died) removed" if dropped else "")
     return Result(summary, seconds, index, run_id)
 
 

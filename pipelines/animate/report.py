@@ -53,17 +53,23 @@ def _shard_key(batch: pd.DataFrame, source: str) -> str:
 URI_COLUMNS = ("checkpoint_uri", "motion_module_uri", "video_uri", "gif_uri")
 
 
+SHARD = "_shard"  # the column that tells the driver which shard holds a returned row (not stored)
+
+
 def write_shard(batch: pd.DataFrame, layout: OutputLayout, run_id: str, source: str = "plan") -> pd.DataFrame:
     """Write `batch` (schema rows) as one metadata shard, atomically; `source` (plan: rows that needed
-    no generation; actor: generated rows) starts its key. A retried batch rewrites its own shard."""
+    no generation; actor: generated rows) starts its key. A retried batch rewrites its own shard. The
+    rows come back with the shard's key in `SHARD`, so the driver knows which shards it received."""
     batch = schema.typed(batch)
     for column in URI_COLUMNS:  # metadata is shared widely: no credentials from a URI in it
         batch[column] = batch[column].map(redact_uri)
+    key = ""
     if len(batch):
+        key = _shard_key(batch, source)
         buf = io.BytesIO()
         batch.to_parquet(buf, index=False, schema=schema.ARROW_SCHEMA)
-        storage.write_bytes_atomic(layout.shard(run_id, _shard_key(batch, source)), buf.getvalue())
-    return batch
+        storage.write_bytes_atomic(layout.shard(run_id, key), buf.getvalue())
+    return batch.assign(**{SHARD: key})
 
 
 class Summary:
@@ -171,9 +177,12 @@ def read_metadata(out: str) -> pd.DataFrame:
     return table[table["_run"] == latest].drop(columns="_run").reset_index(drop=True)
 
 
-def drop_older_shards(layout: OutputLayout, run_id: str) -> int:
-    """After a run completed: remove the shards of earlier runs (every row of this run has its own)."""
-    old = [s for s in list_shards(layout) if shard_run_id(s) != run_id]
+def drop_older_shards(layout: OutputLayout, run_id: str, received: set[str] | None = None) -> int:
+    """After a run completed: remove the shards of earlier runs (every row of this run has its own) and,
+    given the keys of the shards whose rows reached the driver (`received`), this run's orphans: shards
+    that an actor wrote before it died, whose batch Ray then ran again elsewhere under another key."""
+    old = [s for s in list_shards(layout) if shard_run_id(s) != run_id
+           or (received is not None and s.rsplit("/", 1)[-1].removesuffix(".parquet")[len(run_id) + 1:] not in received)]
     for s in old:
         fs, path = storage.fs_and_path(s)
         fs.rm(path)

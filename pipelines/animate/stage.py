@@ -88,17 +88,25 @@ class AnimateStage:
             except Exception as e:  # a bug, not bad data: keep the traceback for whoever runs the job
                 log.exception("internal error on %d row(s) of checkpoint %r", len(group), group["checkpoint"].iloc[0])
                 self._fail(batch, group.index, f"internal error: {type(e).__name__}: {e}")
+        sidecars = []
         for i, future in writes:
             try:
-                meta = future.result()
+                meta, sidecar = future.result()
                 for k, v in meta.items():
                     batch.at[i, k] = v
                 batch.at[i, "status"] = "ok"
+                sidecars.append((i, sidecar))
             except Exception as e:
                 log.warning("writing row %s failed: %s: %s", batch.at[i, "id"], type(e).__name__, e)
                 self._fail(batch, [i], f"writing the video failed: {type(e).__name__}: {str(e)[:300]}")
         batch.loc[batch["status"] == "pending", ["status", "error"]] = ["error", "internal error: row was not generated"]
-        return write_shard(batch, self.layout, self.run_id, source="actor")
+        out = write_shard(batch, self.layout, self.run_id, source="actor")
+        # Sidecars go last, after the metadata: a sidecar means "finished" to reruns, so a process killed in
+        # between leaves metadata without a sidecar (regenerated next run), never a finished row without metadata.
+        for (i, _), done in zip(sidecars, self.writers.map(lambda item: self._write_sidecar(*item[1]), sidecars)):
+            if done is not None:
+                log.warning("sidecar of row %s not written (%s): a rerun regenerates it", batch.at[i, "id"], done)
+        return out
 
     def _fail(self, batch: pd.DataFrame, index, message: str) -> None:
         log.info("error row(s) %s: %s", ", ".join(map(str, batch.loc[index, "id"][:5])), message)
@@ -215,7 +223,15 @@ class AnimateStage:
             write_gif(gif_uri, frames, fps=int(row["fps"]))
         meta = {"video_uri": uri, "gif_uri": gif_uri, "seconds": round(gen_seconds + time.time() - t0, 4),
                 "bytes": num_bytes, "sha256": sha256}
-        # The sidecar goes last: its presence means the video is complete and matches these settings.
+        # The sidecar is written after the batch's metadata shard: its presence means the video is complete,
+        # matches these settings and has its metadata row.
         sidecar = {**meta, "fingerprint": fingerprint(row, self.motions[motion], self.specs[ckpt])}
-        storage.write_bytes_atomic(self.layout.sidecar(motion, ckpt, rid), json.dumps(sidecar).encode())
-        return meta
+        return meta, (self.layout.sidecar(motion, ckpt, rid), json.dumps(sidecar).encode())
+
+    @staticmethod
+    def _write_sidecar(uri: str, data: bytes) -> str | None:
+        try:
+            storage.write_bytes_atomic(uri, data)
+            return None
+        except Exception as e:  # the row is in the metadata; without its sidecar a rerun regenerates it
+            return f"{type(e).__name__}: {str(e)[:200]}"

@@ -305,3 +305,18 @@ def test_speed_options_are_applied_once_and_survive_every_switch(tiny_models, sp
     assert len(out) == 12 and (out.status == "ok").all(), [e for e in out.error if e]
     stage.personalizer.reset()
     assert fused_count(stage.pipe) == full and set(stage.pipe.unet.state_dict()) == keys
+
+
+def test_a_completed_run_removes_shards_whose_rows_never_reached_the_driver(tmp_path):
+    """A batch retried after its actor died writes a second shard under another key: at the end of the
+    run only the shards the driver received (and none of earlier runs) stay, so every row appears once."""
+    from pipelines.animate.report import SHARD, drop_older_shards, list_shards, write_shard
+
+    layout = OutputLayout(str(tmp_path))
+    row = {"id": "a", "prompt": "p", "checkpoint": "base", "motion_module": "mm", "status": "ok"}
+    old = write_shard(pd.DataFrame([row]), layout, "20260101T000000-aaaaaa")
+    kept = write_shard(pd.DataFrame([row]), layout, "20260102T000000-bbbbbb", source="actor")
+    write_shard(pd.DataFrame([row]), layout, "20260102T000000-bbbbbb", source="actor")  # the orphan's twin
+    assert old[SHARD].iloc[0] and len(list_shards(layout)) == 3
+    assert drop_older_shards(layout, "20260102T000000-bbbbbb", set(kept[SHARD])) == 2
+    assert len(read_metadata(str(tmp_path))) == 1
