@@ -66,8 +66,8 @@ def read_frames(uri: str, num_frames: int, size: tuple[int, int], what: str) -> 
     """`num_frames` evenly spaced frames of a video file or a folder of images, fitted to `size` (h, w)."""
     try:
         if storage.isdir(uri):
-            files = sorted(f for f in storage.fs_and_path(uri)[0].ls(storage.fs_and_path(uri)[1], detail=False)
-                           if f.lower().endswith(IMAGE_EXTS))
+            fs, path = storage.fs_and_path(uri)
+            files = sorted(f for f in fs.ls(path, detail=False) if f.lower().endswith(IMAGE_EXTS))
             need(bool(files), f"{what} {uri}: the folder holds no images ({', '.join(IMAGE_EXTS)})")
             picked = _evenly(len(files), num_frames)
             base = uri.rstrip("/")

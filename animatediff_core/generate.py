@@ -11,7 +11,7 @@ wraps any of them.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,13 +173,10 @@ def _generate_conditioned(pipe: AnimateDiffPipeline, r: Request) -> np.ndarray:
     run.set_progress_bar_config(disable=True)
     prompt = parse_schedule(s.prompt_schedule, s.num_frames, r.prompt) if s.prompt_schedule else r.prompt
     window = s.window(module_frames(pipe))
-    with _free_init(run, s.free_init_iterations):
-        if uses_windows(s, module_frames(pipe)):
-            with long_video.windows(run, window, s.context_stride, s.context_weighting,
-                                    split=window < s.num_frames, loop=s.context_loop):
-                out = run(prompt=prompt, **common, **kwargs)
-        else:
-            out = run(prompt=prompt, **common, **kwargs)
+    windows = long_video.windows(run, window, s.context_stride, s.context_weighting, split=window < s.num_frames,
+                                 loop=s.context_loop) if uses_windows(s, module_frames(pipe)) else nullcontext()
+    with _free_init(run, s.free_init_iterations), windows:
+        out = run(prompt=prompt, **common, **kwargs)
     return _to_uint8(out.frames)[0]
 
 
