@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= outputs/demo
 
-.PHONY: demo test install bench clean
+.PHONY: demo test test-fast install bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+# The inner loop: unit and core tests and one tiny end-to-end job, under 5 minutes on 2 cores.
+# `make test` (what CI runs) is everything, the tests marked slow included.
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests
 
 bench: install
 	$(PY) bench/animate.py

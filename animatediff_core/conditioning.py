@@ -19,11 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from scipy import ndimage
 
 from . import storage
 from .configs import need
 from .errors import ConfigError, VideoError
 from .settings import parse_keyframes
+from .video_io import decode_frames, fetch, probe_video
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CANNY_LOW, CANNY_HIGH = 100, 200  # OpenCV Canny's thresholds as diffusers' ControlNet examples use them
@@ -73,8 +75,6 @@ def read_frames(uri: str, num_frames: int, size: tuple[int, int], what: str) -> 
             base = uri.rstrip("/")
             frames = [read_image(f"{base}/{PurePosixPath(files[i]).name}", size, what) for i in picked]
             return np.stack(frames)
-        from .video_io import decode_frames, fetch, probe_video
-
         data = fetch(uri)  # a local path stays a path; a remote video is read once, for the probe and the decode
         total = min(probe_video(data, name=uri).num_frames, MAX_SOURCE_FRAMES)
         frames = decode_frames(data, _evenly(total, num_frames), name=uri)
@@ -120,8 +120,6 @@ def canny(frames: np.ndarray, low: float = CANNY_LOW, high: float = CANNY_HIGH) 
     models were trained (OpenCV's defaults: 3x3 Sobel, L1 gradient magnitude, no blur, thresholds
     100/200 on 8-bit luma): non-maximum suppression along the gradient, then hysteresis (weak edges
     kept where they connect to a strong one)."""
-    from scipy import ndimage
-
     x = torch.from_numpy(np.ascontiguousarray(frames)).float()
     gray = (x * torch.tensor([0.299, 0.587, 0.114])).sum(-1)[:, None]  # (f, 1, h, w)
     sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])

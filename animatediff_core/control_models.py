@@ -15,8 +15,10 @@ from pathlib import Path
 
 import torch
 from diffusers import ControlNetModel, SparseControlNetModel
+from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 
 from . import hub, storage
+from .checkpoints import load_state_dict
 from .errors import CheckpointError
 
 SINGLE_FILE_EXTS = (".safetensors", ".pth", ".ckpt", ".pt", ".bin")
@@ -77,9 +79,6 @@ def _embedding_channels(state: dict) -> tuple[int, ...] | None:
 def _controlnet_from_file(path: str, unet_config: dict, dtype: torch.dtype) -> ControlNetModel:
     """One file, diffusers keys or the original `control_model.*` layout (converted by diffusers; the
     control-image encoder mapped here, whatever its depth: diffusers' converter assumes SD's four widths)."""
-    from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
-
-    from .checkpoints import load_state_dict
 
     cfg = controlnet_config(unet_config)
     state = load_state_dict(path)

@@ -28,8 +28,9 @@ from PIL import Image
 from . import long_video
 from .conditioning import Inputs
 from .pipeline import max_frames as module_frames
-from .errors import ConfigError
+from .configs import need
 from .prompt_travel import parse_schedule
+from .schedule import DEFAULT_SAMPLER, SAMPLERS
 from .settings import GenerationSettings, validate_settings  # noqa: F401  (the settings a Request carries)
 from .speed import decode_kwargs
 
@@ -56,10 +57,9 @@ class Request:
 
 
 def validate_request(r: Request, max_frames: int, vae_scale: int = 8) -> None:
-    if not isinstance(r.prompt, str) or not r.prompt.strip():
-        raise ConfigError("prompt is empty; give a text prompt")
-    if not isinstance(r.seed, (int, np.integer)) or isinstance(r.seed, bool) or not 0 <= r.seed < 2**63:
-        raise ConfigError(f"seed must be an integer in [0, 2**63), got {r.seed!r}")
+    need(isinstance(r.prompt, str) and r.prompt.strip(), "prompt is empty; give a text prompt")
+    need(isinstance(r.seed, (int, np.integer)) and not isinstance(r.seed, bool) and 0 <= r.seed < 2**63,
+         f"seed must be an integer in [0, 2**63), got {r.seed!r}")
     validate_settings(r.settings, max_frames, vae_scale)
 
 
@@ -82,8 +82,7 @@ def generate(pipe: AnimateDiffPipeline, requests: list[Request]) -> list[np.ndar
     if not requests:
         return []
     s = requests[0].settings
-    if any(r.settings.shape != s.shape for r in requests):
-        raise ConfigError("generate() needs requests of one shape; group by GenerationSettings.shape first")
+    need(not any(r.settings.shape != s.shape for r in requests), "generate() needs requests of one shape; group by GenerationSettings.shape first")
     _use_sampler(pipe, s.sampler)
     if any(r.conditioning is not None and r.conditioning.inputs is not None for r in requests):
         return [_generate_conditioned(pipe, r) for r in requests]
@@ -222,10 +221,8 @@ def _free_init(pipe: AnimateDiffPipeline, iterations: int):
 
 def _use_sampler(pipe: AnimateDiffPipeline, name: str) -> None:
     """Put the sampler `name` on the pipeline (a fresh scheduler when it changes; schedulers keep state)."""
-    from .schedule import ScheduleConfig
-
-    if getattr(pipe.scheduler, "_animatediff_sampler", "ddim") != name:
-        pipe.scheduler = ScheduleConfig().sampler(name)
+    if getattr(pipe.scheduler, "_animatediff_sampler", DEFAULT_SAMPLER) != name:
+        pipe.scheduler = SAMPLERS[name].build()
         pipe.scheduler._animatediff_sampler = name
 
 
@@ -238,7 +235,7 @@ def _initial_latents(pipe, requests, generators, device) -> torch.Tensor:
     rows = []
     for r, g in zip(requests, generators):
         given = r.conditioning.latents if r.conditioning is not None else None
-        if given is not None and tuple(given.shape) != shape:
-            raise ConfigError(f"conditioning latents must have shape {shape}, got {tuple(given.shape)}")
+        if given is not None:
+            need(tuple(given.shape) == shape, f"conditioning latents must have shape {shape}, got {tuple(given.shape)}")
         rows.append(given if given is not None else torch.randn(shape, generator=g, dtype=torch.float32))
     return torch.stack(rows).to(device=device, dtype=dtype)  # the pipeline applies init_noise_sigma

@@ -43,7 +43,7 @@ def resolve(ref: str, allow_patterns: list[str] | None = None) -> str:
     if parsed is None:
         return storage.localize(ref) if str(ref).startswith(("http://", "https://")) else ref
     repo, path = parsed
-    import huggingface_hub as hf
+    import huggingface_hub as hf  # here: only Hub ids need it; planning resolves plain paths without it
 
     try:
         if path.endswith(FILE_EXTS):

@@ -17,7 +17,10 @@ when known, and carried in memory, and in a MotionAdapter folder's config.json, 
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import struct
 import tempfile
 
 import torch
@@ -26,7 +29,7 @@ from diffusers import MotionAdapter
 from . import hub, storage
 from .checkpoints import check_keys, load_state_dict, read_safetensors_metadata, save_state_dict
 from .errors import CheckpointError
-from .inflate import MotionModuleConfig
+from .inflate import MotionModuleConfig, check_adapter_fits
 from .numerics import CONFIG_KEYS, METADATA_KEYS, MODES, VERSIONS
 
 # (original, diffusers) substrings; applied left-to-right original->diffusers, right-to-left back.
@@ -132,10 +135,6 @@ def load_original_motion_module(uri: str, cfg: MotionModuleConfig | None = None)
 def _header_shapes(uri: str) -> dict[str, torch.Tensor]:
     """`{key: meta tensor}` of a checkpoint, read without its data where the format allows (a
     safetensors header; a zip pickle memory-mapped), so a preflight check costs no weights in memory."""
-    import json
-    import os
-    import struct
-
     local = storage.localize(uri) if uri.endswith(".safetensors") else None
     if local is not None and os.path.isfile(local):
         with open(local, "rb") as f:
@@ -151,17 +150,14 @@ def _header_shapes(uri: str) -> dict[str, torch.Tensor]:
     return {k: v.to("meta") for k, v in load_state_dict(uri).items()}
 
 
-def inspect_motion_module(uri: str, unet_config: dict, cfg: MotionModuleConfig | None = None) -> int:
+def inspect_motion_module(uri: str, unet_config: dict, cfg: MotionModuleConfig | None = None) -> dict:
     """Check, from keys and shapes alone, that `uri` is a motion module that fits a UNet with
-    `unet_config`; returns the most frames it supports. CheckpointError (one line) otherwise."""
-    from .inflate import check_adapter_fits
-
+    `unet_config`; returns its MotionAdapter config with the numerics it records (`numerics.resolve`
+    reads it; `motion_max_seq_length`: the most frames it supports). CheckpointError (one line) otherwise."""
     uri = hub.resolve(uri)
     if not storage.exists(uri):
         raise CheckpointError(f"{uri}: motion module not found (expected a MotionAdapter folder or a .safetensors/.ckpt file)")
     if storage.isdir(uri):
-        import json
-
         try:
             config = json.loads(storage.read_bytes(storage.join(uri, "config.json")))
             weights = storage.join(uri, "diffusion_pytorch_model.safetensors")
@@ -175,6 +171,7 @@ def inspect_motion_module(uri: str, unet_config: dict, cfg: MotionModuleConfig |
                 raise CheckpointError(f"{uri}: config.json is not a MotionAdapter config ({e})") from None
         if found is not None:
             check_keys({k: tuple(v.shape) for k, v in adapter.state_dict().items()}, found, "AnimateDiff motion module", uri)
+        adapter.register_to_config(**{k: v for k, v in config.items() if k in CONFIG_KEYS.values()})
     else:
         meta = read_safetensors_metadata(uri) if uri.endswith(".safetensors") else {}
         converted, pe_len = original_to_diffusers(_header_shapes(uri))
@@ -189,11 +186,12 @@ def inspect_motion_module(uri: str, unet_config: dict, cfg: MotionModuleConfig |
                                       f"({str(e).splitlines()[0][:200]})") from None
         expected = {k: tuple(v.shape) for k, v in adapter.state_dict().items() if not k.endswith("pos_embed.pe")}
         check_keys(expected, converted, "AnimateDiff motion module", uri)
+        _record_from_metadata(adapter, meta, uri)
     try:
         check_adapter_fits(unet_config, adapter)
     except CheckpointError as e:
         raise CheckpointError(f"{uri}: {e}") from None
-    return int(adapter.config["motion_max_seq_length"])
+    return dict(adapter.config)
 
 
 def _record_from_metadata(adapter: MotionAdapter, meta: dict[str, str], uri: str) -> None:

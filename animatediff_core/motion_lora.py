@@ -28,7 +28,8 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from .checkpoints import check_keys, load_state_dict, save_state_dict
-from .errors import CheckpointError, ConfigError
+from .configs import need
+from .errors import CheckpointError
 
 ADAPTER = "motion_lora"
 # Module names that get adapters: the temporal attention projections of every motion module.
@@ -41,8 +42,7 @@ def add_motion_lora(unet: UNetMotionModel, rank: int, adapter_name: str = ADAPTE
 
     The UNet's output is unchanged until the adapters are trained. Returns how many layers got one.
     """
-    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
-        raise ConfigError(f"motion LoRA rank must be an integer >= 1, found {rank!r}")
+    need(isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1, f"motion LoRA rank must be an integer >= 1, found {rank!r}")
     targets = [n for n, _ in unet.named_modules() if re.fullmatch(TARGET_RE, n)]
     if not targets:
         raise CheckpointError("no motion-module attention layers to put LoRA adapters on: the UNet has no motion modules")
@@ -68,8 +68,7 @@ def lora_rank(state: dict[str, torch.Tensor]) -> int:
 
 def save_motion_lora(unet: UNetMotionModel, uri: str, adapter_name: str = ADAPTER) -> None:
     """Write only the motion LoRA weights to a .safetensors file (any fsspec URI)."""
-    if not uri.endswith(".safetensors"):
-        raise ConfigError(f"{uri}: motion LoRA files are written as .safetensors")
+    need(uri.endswith(".safetensors"), f"{uri}: motion LoRA files are written as .safetensors")
     state = motion_lora_state_dict(unet, adapter_name)
     meta = {"format": "animatediff-motion-lora", "rank": str(lora_rank(state)), "alpha": str(lora_rank(state))}
     save_state_dict(state, uri, metadata=meta)

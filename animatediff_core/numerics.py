@@ -28,9 +28,9 @@ from diffusers import UNetMotionModel
 from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 
-from .errors import CheckpointError, ConfigError
-
-MODES = ("official", "diffusers")
+from .configs import need
+from .errors import CheckpointError
+from .settings import MOTION_NORMS as MODES
 VERSIONS = ("v1", "v2", "v3")
 # What a module records about its numerics: keys of a MotionAdapter's config (diffusers saves and
 # loads `_`-prefixed keys without complaint) and of an original-layout file's safetensors metadata.
@@ -46,6 +46,11 @@ class Numerics:
     version: str = "v2"
 
     @property
+    def label(self) -> str:
+        """"official/v2": how the numerics are recorded where a video's identity needs them."""
+        return f"{self.mode}/{self.version}"
+
+    @property
     def temporal_per_frame(self) -> bool:
         return self.mode == "official"
 
@@ -55,14 +60,12 @@ class Numerics:
 
 
 def check_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise ConfigError(f"motion_norm must be one of {', '.join(MODES)}, found {mode!r}")
+    need(mode in MODES, f"motion_norm must be one of {', '.join(MODES)}, found {mode!r}")
     return mode
 
 
 def check_version(version: str) -> str:
-    if version not in VERSIONS:
-        raise ConfigError(f"motion module version must be one of {', '.join(VERSIONS)}, found {version!r}")
+    need(version in VERSIONS, f"motion module version must be one of {', '.join(VERSIONS)}, found {version!r}")
     return version
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from diffusers import AnimateDiffPipeline
 from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint
+from peft.tuners.tuners_utils import BaseTunerLayer
 
 from . import hub
 from .checkpoints import check_keys, load_state_dict
@@ -188,8 +189,6 @@ def _unwrap_empty_lora_layers(model: torch.nn.Module) -> None:
     """Put plain modules back where a deleted adapter was the only one: peft's `delete_adapter` leaves its
     wrapper layers in place (`.base_layer.weight` keys), which strict loads of the next checkpoint or
     motion module would refuse. Layers another adapter still uses stay wrapped."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
     for name, module in list(model.named_modules()):
         if isinstance(module, BaseTunerLayer) and not any(len(getattr(module, n)) for n in module.adapter_layer_names):
             parent, _, child = name.rpartition(".")

@@ -6,6 +6,7 @@ folders (s3://, gs://, ...) are copied to a local cache first.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import torch
@@ -49,8 +50,6 @@ def check_base_folder(uri: str) -> str:
 
 def read_unet_config(base: str) -> dict:
     """The base UNet's config.json (for checks that need shapes, not weights)."""
-    import json
-
     return json.loads(storage.read_bytes(storage.join(check_base_folder(base), "unet", "config.json")))
 
 

@@ -1,16 +1,18 @@
-"""AnimateDiff's noise schedule: the one the motion modules were trained with.
+"""AnimateDiff's noise schedule, and the samplers generation offers over it, each declared once.
 
 Source: guoyww/AnimateDiff `configs/training/*.yaml` and `configs/inference/inference-v*.yaml`:
 linear betas 0.00085 -> 0.012 over 1000 steps, epsilon prediction, DDIM at inference with
-steps_offset=1 and clip_sample off. Users who ran diffusers with other settings (scaled_linear betas,
-"leading" spacing, clip_sample on) reported blurry, flickering clips, so these are pinned here.
+steps_offset=1 and clip_sample off.
+
+`SAMPLERS` is the one list of samplers: a name, the diffusers scheduler class and its options over the
+linear betas, and a help line. Settings take their choices from it, and the resume fingerprint records
+a sampler's definition (`Sampler.definition`), so changing what a name means regenerates its videos.
+Plain Python at import: diffusers is imported when a scheduler is built, so planning stays torch-free.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-
-from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, LCMScheduler
 
 
 @dataclass(frozen=True)
@@ -21,32 +23,45 @@ class ScheduleConfig:
     beta_schedule: str = "linear"
     prediction_type: str = "epsilon"
 
-    def training_scheduler(self) -> DDPMScheduler:
-        """Forward process for the L2-on-noise objective (`add_noise`)."""
-        return DDPMScheduler(**asdict(self), clip_sample=False)
+    def training_scheduler(self):
+        """DDPMScheduler: the forward process for the L2-on-noise objective (`add_noise`)."""
+        return _scheduler("DDPMScheduler", {**asdict(self), "clip_sample": False})
 
-    def inference_scheduler(self) -> DDIMScheduler:
-        """DDIM sampler as AnimateDiff samples: steps_offset 1, clip_sample off, linspace spacing."""
-        return DDIMScheduler(
-            **asdict(self),
-            steps_offset=1,
-            clip_sample=False,
-            timestep_spacing="linspace",
-            set_alpha_to_one=False,
-        )
+    def inference_scheduler(self):
+        """The default sampler (`ddim`)."""
+        return SAMPLERS[DEFAULT_SAMPLER].build(self)
 
-    def sampler(self, name: str):
-        """The scheduler for a sampler name (`settings.SAMPLERS`), over the same linear betas:
-        - ddim: AnimateDiff's own (above);
-        - euler_trailing: AnimateDiff-Lightning's 2/4/8-step motion modules (ByteDance/AnimateDiff-Lightning:
-          EulerDiscreteScheduler, trailing timestep spacing, linear betas; guidance 1.0);
-        - lcm: AnimateLCM's motion module + LCM LoRA (wangfuyun/AnimateLCM: LCMScheduler, linear betas;
-          4-8 steps, guidance 1-2).
-        """
-        if name == "ddim":
-            return self.inference_scheduler()
-        if name == "euler_trailing":
-            return EulerDiscreteScheduler(**asdict(self), timestep_spacing="trailing")
-        if name == "lcm":
-            return LCMScheduler(**asdict(self), clip_sample=False)
-        raise ValueError(f"unknown sampler {name!r}")  # validated upstream: settings.validate_settings
+
+@dataclass(frozen=True)
+class Sampler:
+    name: str
+    scheduler: str  # a diffusers scheduler class
+    options: tuple[tuple[str, object], ...]  # its keyword arguments over ScheduleConfig's betas
+    help: str
+
+    def build(self, schedule: ScheduleConfig = ScheduleConfig()):
+        return _scheduler(self.scheduler, {**asdict(schedule), **dict(self.options)})
+
+    @property
+    def definition(self) -> dict:
+        """What the name means, for fingerprints: the class and every option."""
+        return {"scheduler": self.scheduler, **dict(self.options), **asdict(ScheduleConfig())}
+
+
+def _scheduler(cls_name: str, kwargs: dict):
+    import diffusers  # here: planning imports this module for the sampler names, without torch
+
+    return getattr(diffusers, cls_name)(**kwargs)
+
+
+_SAMPLERS = (
+    Sampler("ddim", "DDIMScheduler",
+            (("steps_offset", 1), ("clip_sample", False), ("timestep_spacing", "linspace"), ("set_alpha_to_one", False)),
+            "AnimateDiff's DDIM (steps_offset 1, clip_sample off, linspace spacing)"),
+    Sampler("euler_trailing", "EulerDiscreteScheduler", (("timestep_spacing", "trailing"),),
+            "AnimateDiff-Lightning's 2/4/8-step modules (ByteDance/AnimateDiff-Lightning: Euler, trailing spacing; guidance 1.0)"),
+    Sampler("lcm", "LCMScheduler", (("clip_sample", False),),
+            "AnimateLCM's motion module + LCM LoRA (wangfuyun/AnimateLCM: 4-8 steps, guidance 1-2)"),
+)
+SAMPLERS = {s.name: s for s in _SAMPLERS}
+DEFAULT_SAMPLER = "ddim"

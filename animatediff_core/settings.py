@@ -1,94 +1,123 @@
 """What to generate and with which weights: per-video settings, personalized-checkpoint specs, and
 their validation. Plain Python (no torch, no diffusers), so planning tasks that only check rows
 start in milliseconds instead of importing the model stack.
+
+`GenerationSettings` is the one declaration of a generation setting: each field carries its default,
+help, choices, range and tags. Everything else is derived from it: the job flags and YAML keys
+(`jobs/config.py` flattens it into `--num-frames` ...), the prompt table's setting columns
+(`pipelines/animate/schema.py`), what defines a video (`pipelines/animate/identity.py`: ids, seeds,
+the resume fingerprint, still keys) and the README's settings table (a test holds them together).
+Adding a setting is one field here, plus its cross-field rule in `validate_settings` if it has one.
+
+Tags (`configs.option(..., tag=value)`):
+- `key`: how the setting takes part in a video's identity. "always": in every row's id, seed and
+  fingerprint (the first release's settings); "changed" (the default): only when a row gives a value
+  other than the default, so adding a setting keeps every existing id; "file": changes the file but
+  not the frames (fingerprint only).
+- `still`: changes a still (a 1-frame image with the motion modules bypassed: evaluation's domain similarity).
+- `card`: shown on the index page's preview cards.
+- `uri`: the cell names files to read (bounded, allow-listed reads).
+- `needs`: the setting only acts when one of these settings is set; otherwise it is put back to its
+  default (`effective`), so a job-wide value does not touch the identity of rows that do not use it.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, fields, replace
 
-from .configs import need
+from .configs import check_fields, need, option, tag
 from .errors import ConfigError
+from .prompt_travel import parse_schedule
+from .schedule import DEFAULT_SAMPLER, SAMPLERS
 
 MAX_SIDE = 2048
 MAX_STEPS = 1000
 MAX_GUIDANCE = 50.0
-KINDS = ("dreambooth", "lora")
-SAMPLERS = ("ddim", "euler_trailing", "lcm")  # see schedule.ScheduleConfig.sampler
 MAX_FRAMES = 1024  # longer clips run in context windows; this bounds a row's memory and time
-WEIGHTINGS = ("pyramid", "flat", "delayed_reverse_sawtooth")  # diffusers' FreeNoise weighting schemes
 MAX_FREE_INIT = 8
 MAX_LORA_SCALE = 10.0
-LORA_EXTS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-PREPROCESSORS = ("canny", "none")  # how control_video frames become ControlNet inputs (conditioning.py)
 MAX_CONTROL_SCALE = 10.0
+KINDS = ("dreambooth", "lora")
+WEIGHT_EXTS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")  # files that hold weights (modules, LoRAs)
+WEIGHTINGS = ("pyramid", "flat", "delayed_reverse_sawtooth")  # diffusers' FreeNoise weighting schemes
+PREPROCESSORS = ("canny", "none")  # how control_video frames become ControlNet inputs (conditioning.py)
+MOTION_NORMS = ("official", "diffusers")  # motion-module numerics (numerics.py)
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
     """Per-video generation settings. Defaults: AnimateDiff's inference recipe for SD-1.5."""
 
-    num_frames: int = 16
-    height: int = 512
-    width: int = 512
-    steps: int = 25
-    guidance_scale: float = 7.5
-    fps: int = 8
-    sampler: str = "ddim"  # ddim (AnimateDiff), euler_trailing (AnimateDiff-Lightning), lcm (AnimateLCM)
+    num_frames: int = option(16, low=1, high=MAX_FRAMES, key="always", card=True, help="frames per video",
+                             hint="clips longer than the motion module run in context windows")
+    height: int = option(512, low=1, high=MAX_SIDE, key="always", still=True, card=True, help="pixels (a multiple of 8)")
+    width: int = option(512, low=1, high=MAX_SIDE, key="always", still=True, card=True, help="pixels (a multiple of 8)")
+    steps: int = option(25, low=1, high=MAX_STEPS, key="always", still=True, card=True, help="sampler steps")
+    guidance_scale: float = option(7.5, low=0, high=MAX_GUIDANCE, key="always", still=True, card=True,
+                                   help="classifier-free guidance")
+    fps: int = option(8, low=1, high=240, key="file", help="frames per second of the mp4/GIF")
+    sampler: str = option(DEFAULT_SAMPLER, choices=tuple(SAMPLERS), still=True, card=True,
+                          help="; ".join(f"{s.name}: {s.help}" for s in SAMPLERS.values()))
     # Long videos (long_video.py): more frames than the module's length run in sliding context windows.
-    context_length: int = 0  # frames per window; 0: the motion module's length
-    context_stride: int = 4  # frames between window starts
-    context_weighting: str = "pyramid"  # how overlapping windows are averaged
-    prompt_schedule: str = ""  # JSON {frame: prompt} (prompt_travel.py); "" = the row's prompt on every frame
-    free_init_iterations: int = 0  # FreeInit sampling passes (0 or 1: off); each pass costs a full sampling
+    context_length: int = option(0, low=0, help="frames per context window for long clips; 0: the motion module's length")
+    context_stride: int = option(4, low=1, help="frames between context-window starts")
+    context_weighting: str = option("pyramid", choices=WEIGHTINGS, help="how overlapping windows are averaged")
+    prompt_schedule: str = option("", help='prompt travel: JSON {"frame": "prompt", ...}; empty: the row\'s prompt on every frame')
+    free_init_iterations: int = option(0, low=0, high=MAX_FREE_INIT, help="FreeInit sampling passes (0: off); each costs a full sampling")
     # A motion LoRA stacked on the checkpoint; weights, so the caller applies it (Personalizer.apply_motion_lora).
-    motion_lora: str = ""  # URI of a motion LoRA file; "" = none
-    motion_lora_scale: float = 1.0
-    context_loop: bool = False  # looping clip: context windows wrap around the last frame to the first
+    motion_lora: str = option("", uri=True, card=True, help="a motion LoRA file stacked on the checkpoint "
+                              "(official v2 camera-motion .ckpt, or a jobs.train --motion-lora file)")
+    motion_lora_scale: float = option(1.0, low=-MAX_LORA_SCALE, high=MAX_LORA_SCALE, help="the motion LoRA's weight")
+    context_loop: bool = option(False, help="a looping clip: context windows wrap from the last frame to the first")
     # Control beyond text (conditioning.py); URIs of any fsspec store. One ControlNet video, or keyframes.
-    control_video: str = ""  # reference video (or folder of images): per-frame ControlNet conditioning
-    control_model: str = ""  # SD-1.x ControlNet: diffusers folder, single file or Hub id
-    control_scale: float = 1.0
-    control_preprocess: str = "canny"  # canny: edges of the reference frames; none: frames are control images already
-    keyframes: str = ""  # SparseCtrl: JSON {"frame": "image URI"}, or one image URI (frame 0: image-to-video)
-    keyframe_model: str = ""  # SparseCtrl model (RGB or scribble): diffusers folder or Hub id
-    init_video: str = ""  # video-to-video: the input video, re-rendered with this row's checkpoint
-    strength: float = 0.8  # video-to-video: how far from the input (0: its VAE round trip, 1: pure noise)
+    control_video: str = option("", uri=True, card=True, help="ControlNet reference: a video or a folder of images (any fsspec URI)")
+    control_model: str = option("", uri=True, needs=("control_video",),
+                                help="the SD-1.x ControlNet: diffusers folder, single file or Hub id")
+    control_scale: float = option(1.0, low=0, high=MAX_CONTROL_SCALE, needs=("control_video", "keyframes"),
+                                  help="ControlNet / SparseCtrl conditioning scale (0: the text-only video)")
+    control_preprocess: str = option("canny", choices=PREPROCESSORS, needs=("control_video",),
+                                     help="canny: edges of the reference frames; none: they already are control images")
+    keyframes: str = option("", uri=True, card=True,
+                            help='SparseCtrl: one image URI (image-to-video) or JSON {"frame": "image URI"}')
+    keyframe_model: str = option("", uri=True, needs=("keyframes",),
+                                 help="the SparseCtrl model (RGB or scribble): diffusers folder or Hub id")
+    init_video: str = option("", uri=True, card=True, help="video-to-video: the input video (any fsspec URI)")
+    strength: float = option(0.8, low=0, high=1, needs=("init_video",),
+                             help="video-to-video: 0 keeps the input (its VAE round trip), 1 ignores it")
+
+    def __post_init__(self):
+        check_fields(self)
 
     def updated(self, **overrides) -> "GenerationSettings":
         """A copy with the non-None overrides applied (per-row values over job defaults); unknown keys are an error."""
-        unknown = sorted(set(overrides) - {f.name for f in fields(self)})
+        unknown = sorted(set(overrides) - set(NAMES))
         need(not unknown, f"unknown generation setting(s) {', '.join(unknown)}")
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
     def effective(self) -> "GenerationSettings":
-        """A copy with the control settings no input uses put back to their defaults (a job-wide
-        --control-model does not touch rows without a control_video: not their settings, nor their resume)."""
-        d = GenerationSettings()
-        unused = {}
-        if not self.control_video:
-            unused.update(control_model=d.control_model, control_preprocess=d.control_preprocess)
-        if not self.keyframes:
-            unused.update(keyframe_model=d.keyframe_model)
-        if not self.control_video and not self.keyframes:
-            unused.update(control_scale=d.control_scale)
-        if not self.init_video:
-            unused.update(strength=d.strength)
-        return replace(self, **unused)
+        """A copy with the settings no input uses (tag `needs`) put back to their defaults: a job-wide
+        --control-model does not touch rows without a control_video, neither their settings nor their resume."""
+        unused = {f.name: f.default for f in fields(self)
+                  if tag(f, "needs") and not any(getattr(self, other) for other in tag(f, "needs"))}
+        return replace(self, **unused) if unused else self
 
     @property
     def shape(self) -> tuple:
-        """Everything one pipeline call shares (all but fps, which only the writer reads)."""
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "fps"}
-        values["guidance_scale"] = float(values["guidance_scale"])
-        return tuple(values.values())
+        """Everything one pipeline call shares: every setting that changes the frames (not fps)."""
+        return tuple(float(getattr(self, n)) if n == "guidance_scale" else getattr(self, n) for n in FRAME_SETTINGS)
 
     def window(self, module_frames: int) -> int:
         """Frames per context window for a motion module of `module_frames`; equals num_frames when one
         window covers the clip (then the plain, all-frames-at-once path runs)."""
         return min(self.num_frames, self.context_length or module_frames)
+
+
+FIELDS = {f.name: f for f in fields(GenerationSettings)}
+NAMES = tuple(FIELDS)
+FRAME_SETTINGS = tuple(n for n, f in FIELDS.items() if tag(f, "key", "changed") != "file")
+STILL_SETTINGS = tuple(n for n, f in FIELDS.items() if tag(f, "still"))
+URI_SETTINGS = tuple(n for n, f in FIELDS.items() if tag(f, "uri"))
 
 
 @dataclass(frozen=True)
@@ -101,64 +130,29 @@ class CheckpointSpec:
     scale: float = 1.0
 
 
-def _positive_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0 or (hasattr(v, "dtype") and v.dtype.kind == "i" and v > 0)
-
-
 def validate_settings(s: GenerationSettings, max_frames: int, vae_scale: int = 8) -> None:
-    """Raise ConfigError saying what to fix when a value is non-positive, absurd or unsupported; limits
-    in messages are the real ones. `max_frames`: the motion module's length (a context window's limit)."""
-    for name in ("num_frames", "height", "width", "steps", "fps", "context_stride"):
-        v = getattr(s, name)
-        need(_positive_int(v), f"{name} must be a positive integer, got {v!r}")
-    need(s.num_frames <= MAX_FRAMES, f"num_frames={s.num_frames} is larger than {MAX_FRAMES}; use at most {MAX_FRAMES} "
-         f"(clips longer than the motion module's {max_frames} frames run in context windows)")
+    """The rules between settings and those that depend on the motion module (`max_frames`: its length,
+    a context window's limit) and the VAE; each value's own type, choices and range were checked when
+    `s` was built. Raises ConfigError saying what to fix."""
     c = s.context_length
-    need(_positive_int(c) or c == 0, f"context_length must be 0 (the motion module's length) or a positive integer, got {c!r}")
     need(c <= max_frames, f"context_length={c} exceeds the motion module's length ({max_frames} frames); "
          f"use at most {max_frames}, or 0 for the module's length")
     need(s.context_stride <= s.window(max_frames) or s.window(max_frames) == s.num_frames,
          f"context_stride={s.context_stride} is larger than the context window ({s.window(max_frames)} frames): "
          "frames between windows would never be denoised; use a stride up to the window length")
-    need(s.context_weighting in WEIGHTINGS, f"context_weighting must be one of {', '.join(WEIGHTINGS)}, got {s.context_weighting!r}")
-    f = s.free_init_iterations
-    need((_positive_int(f) or f == 0) and f <= MAX_FREE_INIT,
-         f"free_init_iterations must be an integer from 0 to {MAX_FREE_INIT}, got {f!r}")
-    m = s.motion_lora_scale
-    need(isinstance(m, (int, float)) and not isinstance(m, bool) and math.isfinite(m) and abs(m) <= MAX_LORA_SCALE,
-         f"motion_lora_scale must be a number in [-{MAX_LORA_SCALE}, {MAX_LORA_SCALE}], got {m!r}")
-    need(not s.motion_lora or s.motion_lora.lower().endswith(LORA_EXTS),
-         f"motion_lora must be the URI of a {'/'.join(LORA_EXTS)} file, got {s.motion_lora[:80]!r}")
+    need(not s.motion_lora or s.motion_lora.lower().endswith(WEIGHT_EXTS),
+         f"motion_lora must be the URI of a {'/'.join(WEIGHT_EXTS)} file, got {s.motion_lora[:80]!r}")
     _validate_control(s, max_frames)
     if s.prompt_schedule:
-        from .prompt_travel import parse_schedule
-
         parse_schedule(s.prompt_schedule, s.num_frames, prompt="-")  # the row's prompt is checked on its own
     for name in ("height", "width"):
         v = getattr(s, name)
-        need(v <= MAX_SIDE, f"{name}={v} is larger than {MAX_SIDE}")
         need(v % vae_scale == 0, f"{name}={v} must be a multiple of {vae_scale}")
-    need(s.steps <= MAX_STEPS, f"steps={s.steps} is larger than {MAX_STEPS}")
-    need(s.fps <= 240, f"fps={s.fps} is larger than 240")
-    need(s.sampler in SAMPLERS, f"sampler must be one of {', '.join(SAMPLERS)}, got {s.sampler!r}")
-    g = s.guidance_scale
-    need(isinstance(g, (int, float)) and not isinstance(g, bool) and math.isfinite(g) and 0 <= g <= MAX_GUIDANCE,
-         f"guidance_scale must be a number in [0, {MAX_GUIDANCE}], got {g!r}")
-
-
-def _number_in(v, low: float, high: float) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and low <= v <= high
 
 
 def _validate_control(s: GenerationSettings, max_frames: int) -> None:
-    """ControlNet, SparseCtrl, video-to-video and looping settings: values, and which go together
-    (each combination is one of diffusers' AnimateDiff pipelines)."""
-    need(isinstance(s.context_loop, bool), f"context_loop must be true or false, got {s.context_loop!r}")
-    need(s.control_preprocess in PREPROCESSORS,
-         f"control_preprocess must be one of {', '.join(PREPROCESSORS)}, got {s.control_preprocess!r}")
-    need(_number_in(s.control_scale, 0.0, MAX_CONTROL_SCALE),
-         f"control_scale must be a number in [0, {MAX_CONTROL_SCALE}], got {s.control_scale!r}")
-    need(_number_in(s.strength, 0.0, 1.0), f"strength must be a number in [0, 1], got {s.strength!r}")
+    """ControlNet, SparseCtrl and video-to-video: which inputs go together (each combination is one of
+    diffusers' AnimateDiff pipelines)."""
     need(not s.control_video or s.control_model,
          "control_video needs a control_model (an SD-1.x ControlNet: diffusers folder, single file or Hub id)")
     need(not s.keyframes or s.keyframe_model,

@@ -41,13 +41,12 @@ class SpeedOptions:
                                        "each new shape or adapter set compile)")
     compile_cache: str = option("", help="local folder for torch.compile's caches (TORCHINDUCTOR_CACHE_DIR), "
                                          "reused by later actors and runs on the machine")
-    vae_chunk: int = option(0, help="decode latents this many frames at a time (0: diffusers' 16); more is "
+    vae_chunk: int = option(0, low=0, help="decode latents this many frames at a time (0: diffusers' 16); more is "
                                     "faster on a GPU with memory to spare, fewer saves memory")
     compile_backend: str = option("inductor", choices=COMPILE_BACKENDS, help="torch.compile backend")
 
     def __post_init__(self):
         check_fields(self)
-        need(self.vae_chunk >= 0, f"vae_chunk must be >= 0 frames (0: diffusers' default), found {self.vae_chunk}")
         need(not self.compile_cache or self.compile,
              f"compile_cache {self.compile_cache!r} is set but compile is off: add --compile or drop --compile-cache")
         need("://" not in self.compile_cache,

@@ -7,11 +7,16 @@ A URI is a local path, ``file://``, ``s3://``, ``gs://``, ``memory://`` or (for 
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import tempfile
+import time
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from .errors import ConfigError
 
 
 def fs_and_path(uri: str, **storage_options) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -92,10 +97,6 @@ def write_bytes_atomic(uri: str, data: bytes, **storage_options) -> None:
 
 def check_writable(uri: str, flag: str) -> None:
     """Raise ConfigError naming `flag` unless a file can be written (and removed again) under `uri`."""
-    import time
-
-    from .errors import ConfigError
-
     probe = join(uri, f".write-test-{os.getpid()}-{time.time_ns()}")
     try:
         write_bytes_atomic(probe, b"")
@@ -114,7 +115,7 @@ def arrow_location(uri: str, **storage_options):
     """``(path, pyarrow filesystem or None)`` for Ray Data's and pyarrow's readers and writers: local
     paths as they are (None: pyarrow's own local filesystem), anything else through fsspec, so s3://,
     gs:// and memory:// behave as everywhere else in the project."""
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
+    from pyarrow.fs import FSSpecHandler, PyFileSystem  # here: planning needs pyarrow's filesystems only for Ray Data
 
     fs, path = fs_and_path(uri, **storage_options)
     if isinstance(fs, LocalFileSystem):
@@ -136,8 +137,6 @@ def localize(uri: str, cache_dir: str | None = None, **storage_options) -> str:
     fs, path = fs_and_path(uri, **storage_options)
     if isinstance(fs, LocalFileSystem):
         return path
-    import hashlib
-
     root = cache_dir or os.environ.get("ANIMATEDIFF_CACHE") or os.path.join(tempfile.gettempdir(), "animatediff-cache")
     local = os.path.join(root, hashlib.sha256(str(uri).encode()).hexdigest()[:16], os.path.basename(path.rstrip("/")))
     if not os.path.exists(local):
@@ -147,8 +146,6 @@ def localize(uri: str, cache_dir: str | None = None, **storage_options) -> str:
         try:
             os.replace(tmp, local)
         except OSError:  # another process on this node finished the same copy first
-            import shutil
-
             if not os.path.exists(local):
                 raise
             shutil.rmtree(tmp, ignore_errors=True) if os.path.isdir(tmp) else os.remove(tmp)

@@ -28,7 +28,7 @@ import re
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
+from diffusers import AutoencoderKL, ControlNetModel, MotionAdapter, SparseControlNetModel, UNet2DConditionModel
 from diffusers.utils import logging as diffusers_logging
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPTextModel
 from transformers.utils import logging as transformers_logging
@@ -38,6 +38,7 @@ from .flow import SMALL, raft_state
 from .inflate import MotionModuleConfig, new_motion_adapter
 from .ldm_keys import controlnet_to_ldm, text_encoder_to_ldm, unet_to_ldm
 from .motion_formats import save_motion_adapter
+from .motion_lora import TARGET_RE
 from .schedule import ScheduleConfig
 from .tokenizer import write_clip_tokenizer
 
@@ -158,8 +159,6 @@ def write_control_models(out: Path, unet: UNet2DConditionModel, adapter: MotionA
     """Under `out`: `controlnet/` (a diffusers ControlNetModel folder), `controlnet.safetensors` and
     `controlnet_original.safetensors` (the same weights in one file: diffusers keys, original layout), `sparsectrl_rgb/` and `sparsectrl_scribble/` (SparseControlNetModel folders).
     Random weights, the zero-initialized output convolutions included, so each changes the video."""
-    from diffusers import ControlNetModel, SparseControlNetModel
-
     # The control-image encoder downsamples to the latent size: once per VAE level past the first.
     embedding = (16, 32, 96, 256)[: vae_scale.bit_length()]  # 8 -> 4 widths (SD), 2 -> 2 (the tiny VAE)
     control = ControlNetModel.from_unet(unet, conditioning_channels=3, conditioning_embedding_out_channels=embedding)
@@ -204,8 +203,6 @@ def motion_lora_state(adapter: MotionAdapter, g: torch.Generator, rank: int, ori
     """Random LoRA weights on every motion-module attention projection of `adapter`, in diffusers/peft
     keys (`unet.<module>.lora_A.weight`) or the original layout
     (`<...>.temporal_transformer.transformer_blocks.0.attention_blocks.0.processor.to_q_lora.down.weight`)."""
-    from .motion_lora import TARGET_RE
-
     state = {}
     for name, mod in adapter.named_modules():
         if not re.fullmatch(TARGET_RE, name):

@@ -28,6 +28,7 @@ from diffusers import AnimateDiffPipeline, MotionAdapter
 from . import storage
 from .clips import ClipConfig
 from .configs import check_fields, need, option
+from .device import PRECISIONS, dtype_of
 from .errors import CheckpointError, ConfigError
 from .generate import GenerationSettings, Request, generate
 from .inflate import MotionModuleConfig, extract_motion_adapter, freeze_base, inflate_unet, is_motion_param
@@ -45,7 +46,7 @@ VALIDATION_PROMPTS = (
     "Robot dancing in times square.",
     "Pacific coast, carmel by the sea ocean and waves.",
 )
-PRECISION = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtypes
+TRAIN_PRECISIONS = tuple(p for p in PRECISIONS if p != "auto")  # autocast dtypes (fp32: no autocast)
 # Files inside one checkpoint folder.
 ADAPTER_DIR = "motion_adapter"  # diffusers MotionAdapter folder
 ORIGINAL_FILE = "motion_module.safetensors"  # original AnimateDiff keys
@@ -62,27 +63,27 @@ class TrainConfig:
     YAML keys from these fields, and `__post_init__` checks every value."""
 
     lr: float = option(1e-4, help="AdamW learning rate")
-    weight_decay: float = option(1e-2, help="AdamW weight decay")
+    weight_decay: float = option(1e-2, low=0, help="AdamW weight decay")
     adam_betas: tuple[float, ...] = option((0.9, 0.999), help="AdamW betas")
     adam_epsilon: float = option(1e-8, help="AdamW epsilon")
     max_grad_norm: float = option(1.0, help="gradient clipping")
     caption_dropout: float = option(0.1, help="fraction of captions replaced by the empty prompt")
-    num_frames: int = option(16, help="frames per clip")
-    stride: int = option(4, help="frame stride of a clip")
-    size: int = option(256, help="clip side after resize and center crop (a multiple of 8)")
-    batch_size: int = option(4, help="clips per worker per step")
-    max_steps: int = option(10_000, help="train up to this step")
-    checkpoint_every: int = option(1_000, help="steps between checkpoints")
-    validate_every: int = option(1_000, help="steps between validation GIFs (0: none)")
-    precision: str = option("fp32", choices=tuple(PRECISION), help="autocast precision (fp16 adds a gradient scaler)")
+    num_frames: int = option(16, low=1, help="frames per clip")
+    stride: int = option(4, low=1, help="frame stride of a clip")
+    size: int = option(256, low=8, help="clip side after resize and center crop (a multiple of 8)")
+    batch_size: int = option(4, low=1, help="clips per worker per step")
+    max_steps: int = option(10_000, low=1, help="train up to this step")
+    checkpoint_every: int = option(1_000, low=1, help="steps between checkpoints")
+    validate_every: int = option(1_000, low=0, help="steps between validation GIFs (0: none)")
+    precision: str = option("fp32", choices=TRAIN_PRECISIONS, help="autocast precision (fp16 adds a gradient scaler)")
     gradient_checkpointing: bool = option(False, help="recompute activations in the backward pass (less memory)")
-    motion_lora_rank: int | None = option(None, flag="--motion-lora", help="train only LoRA adapters of this rank on the motion module")
+    motion_lora_rank: int | None = option(None, low=1, flag="--motion-lora", help="train only LoRA adapters of this rank on the motion module")
     motion_config: MotionModuleConfig = MotionModuleConfig()  # shape of a fresh motion module (Python only)
     motion_norm: str | None = option(None, choices=MODES, help="official (AnimateDiff's own: per-frame GroupNorm) or "
                                      "diffusers numerics; default: what the module records, else official")
     seed: int = option(0, help="seed of every step's randomness")
     validation_prompts: tuple[str, ...] = option(VALIDATION_PROMPTS, help="prompts sampled to GIFs at each validation")
-    validation_steps: int = option(25, help="sampler steps of the validation GIFs")
+    validation_steps: int = option(25, low=1, help="sampler steps of the validation GIFs")
     validation_guidance: float = option(7.5, help="guidance of the validation GIFs")
 
     def __post_init__(self):
@@ -100,31 +101,21 @@ class TrainConfig:
         """A copy with the non-None overrides applied (job flags over the recipe)."""
         names = {f.name for f in fields(self)}
         unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise ConfigError(f"unknown training setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        need(not unknown, f"unknown training setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
     def clip_config(self, num_threads: int = 1) -> ClipConfig:
         return ClipConfig(num_frames=self.num_frames, stride=self.stride, size=self.size, num_threads=num_threads)
 
     def validate(self) -> None:
-        """Raise ConfigError naming the first value of the wrong type or out of range."""
+        """Raise ConfigError naming the first value of the wrong type, choice or range, then the rules between keys."""
         check_fields(self)
-        for name in ("num_frames", "stride", "size", "batch_size", "max_steps", "checkpoint_every", "validation_steps"):
-            v = getattr(self, name)
-            need(v >= 1, f"{name} must be an integer >= 1, found {v!r}")
-        need(self.validate_every >= 0, f"validate_every must be >= 0, found {self.validate_every!r}")
         need(self.size % 8 == 0, f"size must be a multiple of 8 (the VAE downsamples by 8), found {self.size}")
         need(self.lr > 0, f"lr must be > 0, found {self.lr}")
-        need(self.weight_decay >= 0, f"weight_decay must be >= 0, found {self.weight_decay}")
         need(self.max_grad_norm > 0, f"max_grad_norm must be > 0, found {self.max_grad_norm}")
         need(0 <= self.caption_dropout < 1, f"caption_dropout must be in [0, 1), found {self.caption_dropout}")
         need(len(self.adam_betas) == 2, f"adam_betas must be two numbers, found {self.adam_betas!r}")
-        rank = self.motion_lora_rank
-        need(rank is None or rank >= 1, f"motion_lora_rank must be an integer >= 1 or unset, found {rank!r}")
         need(bool(self.validation_prompts) or self.validate_every == 0, "validation needs at least one prompt")
-        need(self.motion_norm is None or self.motion_norm in MODES,
-             f"motion_norm must be one of {', '.join(MODES)}, found {self.motion_norm!r}")
 
     def to_json(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
@@ -178,8 +169,7 @@ class MotionTrainer:
         wanted = resolve(cfg.motion_norm, adapter.config)
         self.numerics = apply_motion_norm(unet, wanted.mode, wanted.version)
         limit = int(unet.config["motion_max_seq_length"])
-        if cfg.num_frames > limit:
-            raise ConfigError(f"num_frames={cfg.num_frames} exceeds what the motion module supports ({limit})")
+        need(cfg.num_frames <= limit, f"num_frames={cfg.num_frames} exceeds what the motion module supports ({limit})")
         if cfg.motion_lora_rank:
             add_motion_lora(unet, cfg.motion_lora_rank)
         freeze_base(unet, lora_only=bool(cfg.motion_lora_rank))
@@ -199,8 +189,9 @@ class MotionTrainer:
         self._null_text: torch.Tensor | None = None
 
     def autocast(self):
-        dtype = PRECISION[self.cfg.precision]
-        return torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        if self.cfg.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype_of(self.cfg.precision, self.device.type == "cuda"))
 
     def train_step(self, batch: Batch, generator: torch.Generator) -> StepResult:
         """One optimizer step on `batch`: caption dropout, encode, L2 on noise, backward, clip, AdamW."""
@@ -254,8 +245,7 @@ class MotionTrainer:
 
     def motion_adapter(self) -> MotionAdapter:
         """The trained motion modules as a standalone MotionAdapter (full mode only)."""
-        if self.cfg.motion_lora_rank:
-            raise ConfigError("in motion LoRA mode only the LoRA weights are trained; save them with save_checkpoint")
+        need(not self.cfg.motion_lora_rank, "in motion LoRA mode only the LoRA weights are trained; save them with save_checkpoint")
         adapter = extract_motion_adapter(self.unet)
         record(adapter, self.numerics)
         return adapter
@@ -301,8 +291,7 @@ class MotionTrainer:
         saved = json.loads(storage.read_bytes(path)).get("numerics") if storage.exists(path) else None
         if not saved or saved["motion_norm"] == self.numerics.mode:
             return
-        if self.cfg.motion_norm is not None:
-            raise ConfigError(f"{uri} was trained with motion_norm={saved['motion_norm']!r}; "
+        need(self.cfg.motion_norm is None, f"{uri} was trained with motion_norm={saved['motion_norm']!r}; "
                               f"this run asks for {self.cfg.motion_norm!r} (resume with the same --motion-norm)")
         self.numerics = apply_motion_norm(self.unet, saved["motion_norm"], saved["motion_version"])
 

@@ -207,7 +207,7 @@ def read_video(
     decord 0.6 fails for a few output widths (2, 3, 4, 6, 8, 12, 16, 24, 48, 72 px: it reads
     the padded RGB rows as 4 channels, dmlc/decord#336); those fall back to PyAV.
     """
-    import decord  # here, not at the top: generation-only installs (no decoding) can leave it out
+    import decord  # here: generation-only installs (no decoding) can leave it out
 
     label, data = _name(src, name), fetch(src)
     height, width = size if size is not None else (-1, -1)

@@ -55,9 +55,11 @@ def _mark(marks: list | None, what: str) -> None:
 
 
 def ray_job(models: str, table: str, args, out: str) -> tuple[float, int]:
-    from pipelines.animate.job import AnimateConfig, preflight, run_animate
+    from animatediff_core.configs import build
+    from pipelines.animate.config import AnimateConfig
+    from pipelines.animate.job import preflight, run_animate
 
-    cfg = AnimateConfig(prompts=[table], base=os.path.join(models, "base"), motion_module=[os.path.join(models, "motion_adapter")],
+    cfg = build(AnimateConfig, prompts=[table], base=os.path.join(models, "base"), motion_module=[os.path.join(models, "motion_adapter")],
                         out=out, num_frames=args.frames, height=args.size, width=args.size, steps=args.steps,
                         workers=1, cpus_per_worker=1, batch_size=args.batch_size, gif=False, torch_threads=2,
                         max_batch=args.max_batch)

@@ -26,9 +26,11 @@ import torch
 
 
 def generate(models: str, table: str, args, out: str) -> float:
-    from pipelines.animate.job import AnimateConfig, preflight, run_animate
+    from animatediff_core.configs import build
+    from pipelines.animate.config import AnimateConfig
+    from pipelines.animate.job import preflight, run_animate
 
-    cfg = AnimateConfig(prompts=[table], base=os.path.join(models, "base"), motion_module=[os.path.join(models, "motion_adapter")],
+    cfg = build(AnimateConfig, prompts=[table], base=os.path.join(models, "base"), motion_module=[os.path.join(models, "motion_adapter")],
                         out=out, num_frames=args.frames, height=args.size, width=args.size, steps=args.steps,
                         workers=1, cpus_per_worker=1, batch_size=8, gif=True, torch_threads=2)
     start = time.time()
@@ -37,11 +39,13 @@ def generate(models: str, table: str, args, out: str) -> float:
 
 
 def stages(models: str, folder: str, out: str) -> dict[str, float]:
-    from pipelines.evaluate.run import ScoreSettings, render_stills, score
+    from animatediff_core.configs import build
+    from pipelines.evaluate.config import EvaluateConfig
+    from pipelines.evaluate.run import render_stills, score
     from pipelines.evaluate.runs import read_runs
 
-    cfg = ScoreSettings(clip=os.path.join(models, "clip"), out=out, base=os.path.join(models, "base"), workers=1,
-                         cpus_per_worker=1, torch_threads=2)
+    cfg = build(EvaluateConfig, clip=os.path.join(models, "clip"), out=out, base=os.path.join(models, "base"),
+                score_only=[folder], workers=1, cpus_per_worker=1, torch_threads=2)
     rows = read_runs([folder])
     t = time.time()
     scored = score(rows, cfg)

@@ -67,7 +67,8 @@ def data_wait(videos: list[str], steps: int) -> dict:
 
     from animatediff_core.tiny import write_tiny_models
     from animatediff_core.trainer import TrainConfig
-    from pipelines.train.job import TrainRun, check_run, train
+    from pipelines.train.config import TrainRun
+    from pipelines.train.job import check_run, train
 
     with tempfile.TemporaryDirectory() as tmp:
         models = write_tiny_models(os.path.join(tmp, "tiny"))

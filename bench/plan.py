@@ -53,9 +53,11 @@ SMALL = dict(num_frames=4, height=32, width=32, steps=1)  # never generated: eve
 
 
 def run_job(tmp: str, models: str, table: str, out: str) -> tuple[float, object]:
-    from pipelines.animate.job import AnimateConfig, preflight, run_animate
+    from animatediff_core.configs import build
+    from pipelines.animate.config import AnimateConfig
+    from pipelines.animate.job import preflight, run_animate
 
-    cfg = AnimateConfig(prompts=[table], base=os.path.join(models, "base"), motion_module=[os.path.join(models, "motion_module.safetensors")],
+    cfg = build(AnimateConfig, prompts=[table], base=os.path.join(models, "base"), motion_module=[os.path.join(models, "motion_module.safetensors")],
                         out=out, cpus_per_worker=0.5, **SMALL)
     t = time.time()
     result = run_animate(preflight(cfg))

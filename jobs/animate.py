@@ -13,19 +13,20 @@ import logging
 import sys
 
 from jobs.config import dump_config, parse_config, run, setup_logging
+from pipelines.animate.config import AnimateConfig
 
 log = logging.getLogger("jobs.animate")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.animate.job import AnimateConfig, exit_code, preflight, run_animate
-
     cfg, args = parse_config(AnimateConfig, argv, __doc__)
     setup_logging(args.log_level)
-    prep = preflight(cfg)
+    # Imported after parsing: --help and a bad flag answer without loading torch or Ray.
     from animatediff_core import storage
+    from pipelines.animate.job import exit_code, preflight, run_animate
     from pipelines.ray_session import init_ray, require_shared
 
+    prep = preflight(cfg)
     cluster = init_ray()
     if cluster.job_id:
         print(cluster.banner(), flush=True)

@@ -13,23 +13,24 @@ from __future__ import annotations
 import time
 
 from jobs.config import dump_config, parse_config, run, setup_logging
+from pipelines.evaluate.config import EvaluateConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    from animatediff_core import storage
-    from pipelines.evaluate.run import EvaluateConfig
-
     cfg, args = parse_config(EvaluateConfig, argv, __doc__)
     setup_logging(args.log_level)
+    # Imported after parsing: --help and a bad flag answer without loading torch or Ray.
+    from animatediff_core import storage
     from pipelines.evaluate import runs
 
     folders = runs.find_runs(cfg.score_only) if cfg.score_only else None  # checked before the heavy imports
     from animatediff_core.flow import load_raft_state
     from animatediff_core.metrics import check_clip_folder
-    from pipelines.animate.job import AnimateConfig, preflight, run_animate
-    from pipelines.animate.plan import read_checkpoint_set
+    from pipelines.animate.config import AnimateConfig
+    from pipelines.animate.job import preflight, run_animate
+    from pipelines.animate.sets import read_checkpoint_set
     from pipelines.evaluate import leaderboard, prompts, report
-    from pipelines.evaluate.run import ScoreSettings, evaluate
+    from pipelines.evaluate.run import evaluate
     from pipelines.ray_session import init_ray
 
     check_clip_folder(cfg.clip)
@@ -46,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         print(run_animate(prep).summary.text(time.time() - start))
         folders = [generated]
     init_ray(include_dashboard=False)
-    settings = ScoreSettings.of(cfg, read_checkpoint_set(cfg.checkpoints) if cfg.checkpoints else None)
-    scored = evaluate(folders, settings, tables)
+    scored = evaluate(folders, cfg, tables, read_checkpoint_set(cfg.checkpoints) if cfg.checkpoints else None)
     board = leaderboard.leaderboard(scored)
     report.write_tables(scored, board, cfg.out)
     print(report.summary(scored, board, time.time() - start, report.write_report(scored, board, cfg.out)))

@@ -16,6 +16,9 @@ from jobs.config import dump_config, parse_config, run, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Imported here, not at the top: `python -m jobs.ingest --help` answers without loading torch or Ray.
+    import ray.data
+
     from animatediff_core import storage
     from pipelines.ray_session import init_ray, require_shared, stage
     from pipelines.train.ingest import IngestRun, check_ingest, run_ingest
@@ -30,8 +33,6 @@ def main(argv: list[str] | None = None) -> int:
         require_shared(uri, flag, cluster.nodes)
     storage.write_text_atomic(storage.join(job.out, "job.yaml"), dump_config(job))
     job = replace(job, base=stage(job.base, "--base", job.out, cluster.nodes))
-    import ray.data
-
     ray.data.DataContext.get_current().enable_progress_bars = False
     start = time.time()
     meta = run_ingest(job, source)

@@ -16,10 +16,14 @@ from jobs.config import dump_config, parse_config, run, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Imported here, not at the top: `python -m jobs.train --help` answers without loading Ray.
+    import ray.data
+
     from animatediff_core import storage
     from animatediff_core.trainer import TrainConfig
     from pipelines.ray_session import init_ray, require_shared, stage
-    from pipelines.train.job import TrainRun, check_run, train
+    from pipelines.train.config import TrainRun
+    from pipelines.train.job import check_run, train
 
     (job, cfg), args = parse_config((TrainRun, TrainConfig), argv, __doc__)
     setup_logging(args.log_level)
@@ -34,8 +38,6 @@ def main(argv: list[str] | None = None) -> int:
     storage.write_text_atomic(storage.join(job.run_dir, "job.yaml"), dump_config(job, cfg))
     job = replace(job, base=stage(job.base, "--base", job.run_dir, cluster.nodes),  # driver-only model files
                   motion_module=stage(job.motion_module, "--motion-module", job.run_dir, cluster.nodes))
-    import ray.data
-
     ray.data.DataContext.get_current().enable_progress_bars = False
     if plan.resumed_from is not None:
         print(f"resuming {job.run_dir} from step {plan.resumed_from}")

@@ -20,7 +20,8 @@ import os
 from dataclasses import dataclass
 
 from animatediff_core import storage
-from animatediff_core.configs import need
+from animatediff_core.configs import check_fields, need, option
+from animatediff_core.device import PRECISIONS
 from animatediff_core.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,46 @@ def worker_range(value: int | str, name: str = "workers") -> tuple[int, int]:
         raise ConfigError(f"{name}: expected a count (4) or a range (2-16), found {value!r}") from None
     need(1 <= low <= high, f"{name}: expected 1 <= min <= max, found {value!r}")
     return low, high
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActorOptions:
+    """How a stage's actor pool is sized and what each actor holds: the options every actor pool shares
+    (the batch job's generation, evaluation's stills and metrics). Each actor loads its models once
+    (`animatediff_core.device.setup_actor(precision, threads)`), so these are per-actor, not per-row."""
+
+    workers: int | str = option(1, help="actors, each holding one loaded pipeline: a count (4) or a range (2-16) "
+                                        "for an autoscaling pool that grows with the queue")
+    num_gpus_per_worker: float | None = option(None, low=0, help="default: 1 if the cluster has GPUs, else 0")
+    cpus_per_worker: float = option(1.0, help="CPU actors only; leave a CPU for reading")
+    torch_threads: int | None = option(None, low=1, help="CPU actors: torch threads (default: cpus_per_worker)")
+    precision: str = option("auto", choices=PRECISIONS, help="weights' precision (auto: fp16 on GPU, fp32 on CPU)")
+
+    def __post_init__(self):
+        check_fields(self)
+        worker_range(self.workers)
+        need(self.cpus_per_worker > 0, f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+
+    @property
+    def threads(self) -> int:
+        return self.torch_threads or max(1, int(self.cpus_per_worker))
+
+    def gpus(self) -> float:
+        """GPUs per actor: the option, else one where the cluster has GPUs (Ray must be initialized)."""
+        return self.num_gpus_per_worker if self.num_gpus_per_worker is not None else (1.0 if has_gpus() else 0.0)
+
+    def pool(self, stage, kwargs: dict, batch_size: int) -> dict:
+        """`Dataset.map_batches` arguments that run `stage(**kwargs)` in this actor pool, on pandas batches.
+
+        Ray Data's actor pools default to max_restarts=-1 and max_task_retries=-1: a dead actor (node lost,
+        OOM-killed) is restarted and its in-flight batch retried, so stages must be retry-safe."""
+        import ray.data
+
+        low, high = worker_range(self.workers)
+        gpus = self.gpus()
+        return dict(fn=stage, fn_constructor_kwargs=kwargs, batch_format="pandas", batch_size=batch_size,
+                    compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
+                    num_gpus=gpus or None, num_cpus=1 if gpus else self.cpus_per_worker)
 
 
 def _mount_type(path: str) -> str:

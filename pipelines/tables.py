@@ -16,6 +16,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from animatediff_core import storage
+from animatediff_core.configs import need
 from animatediff_core.errors import ConfigError
 
 CSV_EXTS = (".csv", ".csv.gz")
@@ -42,15 +43,12 @@ def list_files(uri: str) -> list[str]:
 
 def list_tables(uri: str, flag: str) -> list[str]:
     """The table files `uri` names: itself, or the tables in a folder. ConfigError (naming `flag`) when none."""
-    if not storage.exists(uri):
-        raise ConfigError(f"{flag} {uri}: not found (expected a {KINDS_TEXT} table or a folder of them)")
+    need(storage.exists(uri), f"{flag} {uri}: not found (expected a {KINDS_TEXT} table or a folder of them)")
     if not storage.isdir(uri):
-        if not is_table(uri):
-            raise ConfigError(f"{flag} {uri}: not a table (expected a file ending in {KINDS_TEXT})")
+        need(is_table(uri), f"{flag} {uri}: not a table (expected a file ending in {KINDS_TEXT})")
         return [uri]
     tables = [f for f in list_files(uri) if is_table(f)]
-    if not tables:
-        raise ConfigError(f"{flag} {uri}: the folder holds no {KINDS_TEXT} table")
+    need(tables, f"{flag} {uri}: the folder holds no {KINDS_TEXT} table")
     return tables
 
 
@@ -102,7 +100,7 @@ def read_ray(files: list[str], strings: tuple[str, ...] = (), num_cpus: float | 
     """A streaming Ray Dataset over table files (Parquet and CSV may be mixed: read apart, then unioned).
 
     Callers normalize each batch to one schema afterwards (`map_batches`), since tables differ in types."""
-    import ray.data
+    import ray.data  # here: preflight and the checkpoint set read tables with pandas, without Ray
 
     arrow_fs = storage.arrow_location(files[0])[1]
     paths = [storage.arrow_location(f)[0] for f in files]

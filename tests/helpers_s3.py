@@ -83,18 +83,24 @@ def write_finished(out: str, prompts: list[str], motion_uri: str, defaults=None)
     import pandas as pd
 
     from animatediff_core import storage
+    from animatediff_core.motion_formats import inspect_motion_module
+    from animatediff_core.numerics import resolve
+    from animatediff_core.pipeline import read_unet_config
     from animatediff_core.settings import CheckpointSpec, GenerationSettings
-    from pipelines.animate.job import normalize
     from pipelines.animate.layout import OutputLayout
-    from pipelines.animate.plan import MotionSpec, Plan, expand_rows, fingerprint
+    from pipelines.animate.identity import fingerprint
+    from pipelines.animate.plan import Plan, expand_rows, normalize
+    from pipelines.animate.sets import MotionSpec
 
     layout = OutputLayout(out)
     name = motion_uri.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0] if motion_uri.endswith(".safetensors") else motion_uri.rstrip("/").rsplit("/", 1)[-1]
+    tiny_base = motion_uri.rstrip("/").rsplit("/", 1)[0] + "/base"  # the tiny model set's base, beside its modules
+    motion = MotionSpec(name, motion_uri, numerics=resolve(None, inspect_motion_module(motion_uri, read_unet_config(tiny_base))).label)
     rows = expand_rows(normalize(pd.DataFrame({"prompt": prompts})), Plan(("base",), {name: 32}, defaults or GenerationSettings()))
     for r in rows.to_dict("records"):
         video = layout.video(r["motion_module"], "base", r["id"])
         storage.write_bytes_atomic(video, b"x")
         side = {"video_uri": video, "gif_uri": "", "seconds": 0.0, "bytes": 1, "sha256": "-",
-                "fingerprint": fingerprint(r, MotionSpec(name, motion_uri), CheckpointSpec("base"))}
+                "fingerprint": fingerprint(r, motion, CheckpointSpec("base"))}
         storage.write_bytes_atomic(layout.sidecar(r["motion_module"], "base", r["id"]), json.dumps(side).encode())
     return len(rows)

@@ -39,7 +39,7 @@ def _shard_key(batch: pd.DataFrame, source: str) -> str:
     """A name unique to this batch and stable under retries: the Ray task's id (a retried task keeps
     it), the how-many-th batch of that task this is, and the batch's rows. Two batches with the same
     rows (identical duplicate rows in a table) still get two shards."""
-    import ray
+    import ray  # here: evaluation reads metadata and the index without Ray
 
     task = ""
     if ray.is_initialized():

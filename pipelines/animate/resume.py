@@ -16,7 +16,8 @@ import pandas as pd
 from animatediff_core import storage
 from animatediff_core.settings import CheckpointSpec
 from pipelines.animate.layout import OutputLayout
-from pipelines.animate.plan import MotionSpec, fingerprint
+from pipelines.animate.identity import fingerprint
+from pipelines.animate.sets import MotionSpec
 
 log = logging.getLogger(__name__)
 

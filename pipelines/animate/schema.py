@@ -3,7 +3,9 @@
 Roles: `input` columns are read from prompt tables (as text, parsed by `plan.py`); `setting` columns
 are per-row overrides of the job's generation defaults (also read from prompt tables); `result`
 columns are filled by planning, the resume check or the actor. Reading, expansion, the actor, the
-metadata shards and the index all take their column lists from here: a new column is one line.
+metadata shards and the index all take their column lists from here. The setting columns are not
+written here: they are `GenerationSettings`' fields (animatediff_core/settings.py), with their types,
+help and card tags, so a new setting is one field there.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 import pyarrow as pa
+
+from animatediff_core.configs import field_types, tag
+from animatediff_core.settings import FIELDS, GenerationSettings
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,15 @@ class Column:
     help: str = ""
 
 
+TYPES = {str: "string", int: "int64", float: "float64", bool: "bool"}
+
+
+def _setting_columns() -> tuple[Column, ...]:
+    types_ = field_types(GenerationSettings)
+    return tuple(Column(f.name, TYPES[types_[f.name][0]], "setting", card=bool(tag(f, "card")), help=tag(f, "help", ""))
+                 for f in FIELDS.values())
+
+
 COLUMNS = (
     Column("id", "string", "input", help="the table's id, else a uuid5 of the row content and checkpoint"),
     Column("prompt", "string", "input", card=True),
@@ -30,29 +44,7 @@ COLUMNS = (
     Column("seed", "int64", "input", card=True, help="the table's seed, else a hash of the row content"),
     Column("checkpoint", "string", "input", card=True, help="a name from the checkpoint set; empty: every one"),
     Column("motion_module", "string", "input", card=True, help="a name from the motion-module set; empty: every one"),
-    Column("num_frames", "int64", "setting", card=True),
-    Column("height", "int64", "setting", card=True),
-    Column("width", "int64", "setting", card=True),
-    Column("steps", "int64", "setting", card=True),
-    Column("guidance_scale", "float64", "setting", card=True),
-    Column("fps", "int64", "setting"),
-    Column("sampler", "string", "setting", card=True, help="ddim (default), euler_trailing (Lightning) or lcm (AnimateLCM)"),
-    Column("context_length", "int64", "setting", help="frames per context window for long clips; 0: the motion module's length"),
-    Column("context_stride", "int64", "setting", help="frames between context-window starts"),
-    Column("context_weighting", "string", "setting", help="pyramid (default), flat or delayed_reverse_sawtooth"),
-    Column("prompt_schedule", "string", "setting", help='prompt travel: JSON {"frame": "prompt", ...}'),
-    Column("free_init_iterations", "int64", "setting", help="FreeInit sampling passes (0: off); each costs a full sampling"),
-    Column("motion_lora", "string", "setting", card=True, help="a motion LoRA file stacked on the checkpoint (camera motion, jobs.train --motion-lora)"),
-    Column("motion_lora_scale", "float64", "setting", help="the motion LoRA's weight (default 1.0)"),
-    Column("context_loop", "bool", "setting", help="a looping clip: context windows wrap from the last frame to the first"),
-    Column("control_video", "string", "setting", card=True, help="ControlNet reference: a video or a folder of images (any fsspec URI)"),
-    Column("control_model", "string", "setting", help="the SD-1.x ControlNet: diffusers folder, single file or Hub id"),
-    Column("control_scale", "float64", "setting", help="ControlNet / SparseCtrl conditioning scale (default 1.0)"),
-    Column("control_preprocess", "string", "setting", help="canny (default: edges of the reference) or none (already control images)"),
-    Column("keyframes", "string", "setting", card=True, help='SparseCtrl: one image URI (image-to-video) or JSON {"frame": "image URI"}'),
-    Column("keyframe_model", "string", "setting", help="the SparseCtrl model (RGB or scribble): diffusers folder or Hub id"),
-    Column("init_video", "string", "setting", card=True, help="video-to-video: the input video (any fsspec URI)"),
-    Column("strength", "float64", "setting", help="video-to-video: 0 keeps the input, 1 ignores it (default 0.8)"),
+    *_setting_columns(),
     Column("status", "string", "result", card=True, help="pending (planning only), ok or error"),
     Column("error", "string", "result", card=True, help="why the row failed, saying what to fix"),
     Column("skipped", "bool", "result", help="ok from an earlier run: found finished, not regenerated"),
@@ -78,6 +70,15 @@ GROUP = ["motion_module", "checkpoint", *SETTINGS]
 _PA = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
 ARROW_SCHEMA = pa.schema([(c.name, _PA[c.type]) for c in COLUMNS])
 _EMPTY = {"string": "", "int64": -1, "float64": float("nan"), "bool": False}
+
+
+_CAST = {"int64": int, "float64": float, "string": str, "bool": bool}
+_TYPE_OF = {c.name: c.type for c in COLUMNS}
+
+
+def settings_of(row, names=None) -> dict:
+    """`{setting: value}` of a typed row (all settings, or `names`), as Python values for GenerationSettings."""
+    return {k: _CAST[_TYPE_OF[k]](row[k]) for k in (SETTINGS if names is None else names)}
 
 
 def typed(batch: pd.DataFrame) -> pd.DataFrame:
@@ -114,3 +115,19 @@ def _small_number(v):
 
 def empty() -> pd.DataFrame:
     return typed(pd.DataFrame())
+
+
+def settings_table() -> str:
+    """The README's table of generation settings, from their declaration (a test holds the README to it;
+    `python -m pipelines.animate.schema` prints it)."""
+    lines = ["| column | flag | default | what |", "|---|---|---|---|"]
+    for f in FIELDS.values():
+        default = f.default if f.default != "" else "(empty)"
+        choices = f" ({', '.join(tag(f, 'choices'))})" if tag(f, "choices") and f.name != "sampler" else ""
+        what = tag(f, "help", "").replace("|", "\\|") + choices
+        lines.append(f"| `{f.name}` | `--{f.name.replace('_', '-')}` | `{str(default).lower() if isinstance(default, bool) else default}` | {what} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(settings_table(), end="")

@@ -18,48 +18,37 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
-import torch
 
 from animatediff_core import storage
 from animatediff_core.errors import AnimateDiffError, CheckpointError
 from animatediff_core.conditioning import read_inputs
 from animatediff_core.control_models import ControlModels
-from animatediff_core.generate import Conditioning, Request, generate, uses_windows, validate_request
+from animatediff_core.generate import Conditioning, GenerationSettings, Request, generate, uses_windows, validate_request
 from animatediff_core.long_video import ring_starts, window_starts
 from animatediff_core.motion_formats import load_motion_adapter
 from animatediff_core.numerics import apply_motion_norm, resolve
+from animatediff_core.device import setup_actor
 from animatediff_core.personalize import CheckpointSpec, Personalizer
 from animatediff_core.pipeline import load_pipeline, read_unet_config
 from animatediff_core.speed import OFF, SpeedOptions, apply_speed, weights_change
 from animatediff_core.video_io import write_gif, write_video
 from pipelines.animate import schema
 from pipelines.animate.layout import OutputLayout
-from pipelines.animate.plan import MotionSpec, fingerprint, settings_of
+from pipelines.animate.identity import fingerprint
 from pipelines.animate.report import write_shard
+from pipelines.animate.sets import MotionSpec
+from pipelines.ray_session import ActorOptions
 
 log = logging.getLogger(__name__)
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def quiet_model_libraries() -> None:
-    """No per-actor progress bars or optional-dependency notices in the job log."""
-    from diffusers.utils import logging as dl
-    from transformers.utils import logging as tl
-
-    for lib in (dl, tl):
-        lib.set_verbosity_error()
-        lib.disable_progress_bar()
 
 
 class AnimateStage:
     def __init__(self, base: str, motions: dict[str, MotionSpec], checkpoints: dict[str, CheckpointSpec],
-                 layout: OutputLayout, run_id: str, gif: bool = True, precision: str = "auto", threads: int = 1,
+                 layout: OutputLayout, run_id: str, gif: bool = True, actors: ActorOptions = ActorOptions(),
                  max_batch: int | None = None, writers: int = 2, speed: SpeedOptions = OFF):
-        quiet_model_libraries()
-        cuda = torch.cuda.is_available()
-        torch.set_num_threads(threads)
-        self.device = "cuda" if cuda else "cpu"
-        dtype = DTYPES.get(precision) or (torch.float16 if cuda else torch.float32)  # auto: fp16 on GPU
+        placement = setup_actor(actors.precision, actors.threads)
+        self.device, dtype = placement.device, placement.dtype
+        cuda = self.device == "cuda"
         self.motions, self.specs, self.layout, self.run_id, self.gif = motions, checkpoints, layout, run_id, gif
         first = next(iter(motions.values()))
         self.pipe = load_pipeline(base, first.uri, device=self.device, dtype=dtype, motion_norm=first.norm)
@@ -125,7 +114,7 @@ class AnimateStage:
                 return []
         ready = []
         for i, row in group.iterrows():
-            req = Request(row["prompt"], row["negative_prompt"], int(row["seed"]), settings_of(row))
+            req = Request(row["prompt"], row["negative_prompt"], int(row["seed"]), GenerationSettings(**schema.settings_of(row)))
             try:
                 validate_request(req, self.limit, self.pipe.vae_scale_factor)
                 ready.append((i, req))

@@ -12,7 +12,7 @@ import hashlib
 import pandas as pd
 
 from animatediff_core import storage
-from animatediff_core.errors import ConfigError
+from animatediff_core.configs import need
 from pipelines import tables as table_files
 
 
@@ -20,8 +20,7 @@ def read_prompt_tables(uris: list[str]) -> list[pd.DataFrame]:
     tables = []
     for uri in uris:
         t = table_files.read_pandas(uri, strings=("id", "prompt", "negative_prompt", "category"), flag="--prompts")
-        if "prompt" not in t.columns or t.empty:
-            raise ConfigError(f"--prompts {uri}: needs a 'prompt' column and at least one row (found {list(t.columns)}, {len(t)} rows)")
+        need("prompt" in t.columns and not t.empty, f"--prompts {uri}: needs a 'prompt' column and at least one row (found {list(t.columns)}, {len(t)} rows)")
         tables.append(t)
     return tables
 
@@ -37,8 +36,7 @@ def _seed_of(prompt: str) -> int:
 def expand_seeds(tables: list[pd.DataFrame], seeds_per_prompt: int) -> pd.DataFrame:
     """One row per (prompt row, seed): columns id (when the tables have ids), category, prompt,
     negative_prompt, seed. Ids get a `-s<k>` suffix when there are several seeds."""
-    if seeds_per_prompt < 1:
-        raise ConfigError(f"--seeds-per-prompt must be at least 1, got {seeds_per_prompt}")
+    need(seeds_per_prompt >= 1, f"--seeds-per-prompt must be at least 1, got {seeds_per_prompt}")
     rows = []
     for table in tables:
         for r in table.to_dict("records"):

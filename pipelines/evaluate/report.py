@@ -43,7 +43,7 @@ def entry_name(checkpoint: str, module: str, several_modules: bool) -> str:
 
 def write_plots(board: pd.DataFrame, out: str) -> list[str]:
     """One PNG per metric (plus a learning curve per metric when entries have training steps); relative paths."""
-    import matplotlib
+    import matplotlib  # here: only plotting needs it (seconds of import)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

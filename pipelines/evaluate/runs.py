@@ -10,7 +10,8 @@ import logging
 import pandas as pd
 
 from animatediff_core import storage
-from animatediff_core.errors import ConfigError
+from animatediff_core.configs import need
+from animatediff_core.settings import STILL_SETTINGS, GenerationSettings
 from pipelines.evaluate.modules import describe
 from pipelines.animate.report import read_metadata
 
@@ -29,8 +30,7 @@ def find_runs(uris: list[str]) -> list[str]:
             fs, path = storage.fs_and_path(uri)
             names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
             subs = [storage.join(uri, n) for n in names if storage.exists(storage.join(uri, n, "metadata"))]
-        if not subs:
-            raise ConfigError(f"{uri}: not a batch-job output folder (no metadata/ in it or in its subfolders)")
+        need(subs, f"{uri}: not a batch-job output folder (no metadata/ in it or in its subfolders)")
         runs += subs
     return runs
 
@@ -45,6 +45,14 @@ def read_runs(uris: list[str]) -> pd.DataFrame:
     rows = pd.concat(parts, ignore_index=True)
     for col in ("checkpoint_uri", "gif_uri", "motion_module", "motion_module_uri", "negative_prompt"):  # older tables may lack them
         rows[col] = rows[col].fillna("").astype(str) if col in rows.columns else ""
+    for col in STILL_SETTINGS:  # a setting an older folder did not record (its empty value): the default it ran with
+        default = getattr(GenerationSettings(), col)
+        if col not in rows.columns:
+            rows[col] = default
+        elif isinstance(default, str):
+            rows[col] = rows[col].fillna("").replace("", default)
+        else:
+            rows[col] = rows[col].where(rows[col].notna() & (rows[col] != -1), default)
     # The module's URI says where it came from (a training run's checkpoint-NNNNNN: a step of a learning curve).
     rows["motion_module_uri"] = rows["motion_module_uri"].where(rows["motion_module_uri"] != "", rows["motion_module"])
     described = {u: describe(u) for u in rows["motion_module_uri"].unique()}

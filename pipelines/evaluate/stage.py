@@ -10,28 +10,25 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
 from animatediff_core import flow, metrics
+from animatediff_core.device import setup_actor
 from animatediff_core.errors import AnimateDiffError
 from animatediff_core.video_io import read_video
 from pipelines.evaluate.stills import read_still
-from pipelines.animate.stage import DTYPES, quiet_model_libraries
+from pipelines.ray_session import ActorOptions
 
 SCORE_COLUMNS = [*metrics.METRICS, "prompt_tokens", "prompt_truncated", "metrics_error"]
 
 
 class MetricsStage:
-    def __init__(self, clip: str, precision: str = "auto", threads: int = 1, frame_batch: int = 64,
-                 raft: str | None = None, raft_iters: int = flow.ITERS, flow_batch: int = flow.PAIR_BATCH):
-        quiet_model_libraries()
-        cuda = torch.cuda.is_available()
-        torch.set_num_threads(threads)
-        dt = DTYPES.get(precision) or (torch.float16 if cuda else torch.float32)  # auto: fp16 on GPU
-        self.clip = metrics.load_clip(clip, device="cuda" if cuda else "cpu", dtype=dt)
+    def __init__(self, clip: str, actors: ActorOptions = ActorOptions(), frame_batch: int = 64,
+                 raft: str | None = None, raft_iters: int | None = None, flow_batch: int | None = None):
+        placement = setup_actor(actors.precision, actors.threads)
+        self.clip = metrics.load_clip(clip, device=placement.device, dtype=placement.dtype)
         self.frame_batch = frame_batch
         # RAFT runs in float32 whatever `precision` says: its correlations are dot products of 128-256 channels
-        self.raft = flow.load_raft(raft, "cuda" if cuda else "cpu", raft_iters, flow_batch) if raft else None
+        self.raft = flow.load_raft(raft, placement.device, raft_iters or flow.ITERS, flow_batch or flow.PAIR_BATCH) if raft else None
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         batch = batch.reset_index(drop=True)

@@ -26,6 +26,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from animatediff_core.clips import ClipConfig, load_clip
 from animatediff_core.errors import VideoError
@@ -85,8 +86,6 @@ class SkipTally:
 def start_tally(initial: dict | None = None):
     """The run's SkipTally, pinned to the driver's node: losing a worker node mid-run must not take the
     counts, and the training loop's reads of them, down with it."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     here = ray.get_runtime_context().get_node_id()
     return SkipTally.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(initial)
 

@@ -85,11 +85,9 @@ def check_ingest(run: IngestRun) -> DataSource:
     """Fail fast (one line) when the base, the data or the output folder cannot work."""
     check_base_folder(run.base)
     source = find_source(run.data)
-    if source.kind == "latents":
-        raise ConfigError(f"--data {run.data}: already a jobs.ingest folder; point --data at the video table")
+    need(source.kind != "latents", f"--data {run.data}: already a jobs.ingest folder; point --data at the video table")
     check_tables(source)
-    if storage.exists(storage.join(run.out, INGEST_META)):
-        raise ConfigError(f"--out {run.out}: already holds an ingest ({INGEST_META}); choose another folder")
+    need(not storage.exists(storage.join(run.out, INGEST_META)), f"--out {run.out}: already holds an ingest ({INGEST_META}); choose another folder")
     return source
 
 

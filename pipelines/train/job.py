@@ -24,49 +24,18 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from animatediff_core import storage
-from animatediff_core.configs import check_fields, need, option
-from animatediff_core.errors import AnimateDiffError, ConfigError
+from animatediff_core.configs import need
+from animatediff_core.errors import AnimateDiffError
 from animatediff_core.pipeline import check_base_folder, read_unet_config
 from animatediff_core.trainer import TrainConfig
 from pipelines.train.decode import ClipDecoder, start_tally
 from pipelines.ray_session import has_gpus
 from pipelines import run_folder
 from pipelines.run_folder import list_checkpoints
+from pipelines.train.config import TrainRun
 from pipelines.train.loop import WorkerPlan, train_worker
 from pipelines.train.webvid import DataSource, check_tables, find_source, read_rows
 
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainRun:
-    """Where and how a training run executes (the recipe itself is a TrainConfig)."""
-
-    data: str = option(help="WebVid-format table (CSV/Parquet), a folder of them, a folder of videos with "
-                            "captions.csv, or a jobs.ingest folder; any fsspec URI")
-    base: str = option(help="diffusers SD-1.x folder or Hub id (frozen)")
-    storage: str = option(help="where runs go (local folder or fsspec URI); the run is STORAGE/NAME")
-    name: str = option("motion-module", help="run name")
-    motion_module: str | None = option(None, help="start from this motion module (required for --motion-lora)")
-    workers: int = option(1, help="training workers (one GPU each when the cluster has GPUs)")
-    cpus_per_worker: float | None = option(None, help="default: 1 with GPUs, 0.5 on CPU (leaves cores to decoding)")
-    decoders: int = option(4, help="most video-decoding actors")
-    decode_cpus: float = option(0.5, help="CPUs per decoding actor")
-    max_failures: int = option(2, help="worker-group restarts from the latest checkpoint")
-    resume: bool = option(False, help="continue the run STORAGE/NAME from its latest checkpoint")
-
-    def __post_init__(self):
-        check_fields(self)
-        need(self.workers >= 1, f"workers must be an integer >= 1, found {self.workers!r}")
-        need(self.decoders >= 1, f"decoders must be an integer >= 1, found {self.decoders!r}")
-        need(self.max_failures >= 0, f"max_failures must be >= 0, found {self.max_failures!r}")
-
-    @property
-    def run_dir(self) -> str:
-        return storage.join(self.storage, self.name)
-
-    @property
-    def torch_threads(self) -> int:
-        return max(1, int(self.cpus_per_worker or 1))
 
 
 @dataclass(frozen=True)
@@ -96,10 +65,8 @@ def check_run(run: TrainRun, cfg: TrainConfig) -> TrainPlan:
     """
     cfg.validate()
     check_base_folder(run.base)
-    if run.motion_module and not storage.exists(run.motion_module):
-        raise ConfigError(f"--motion-module {run.motion_module}: not found")
-    if cfg.motion_lora_rank and not run.motion_module:
-        raise ConfigError("--motion-lora trains LoRA adapters on an existing motion module: give --motion-module")
+    need(not run.motion_module or storage.exists(run.motion_module), f"--motion-module {run.motion_module}: not found")
+    need(not cfg.motion_lora_rank or run.motion_module, "--motion-lora trains LoRA adapters on an existing motion module: give --motion-module")
     source = find_source(run.data)
     if source.kind == "latents":
         cfg = latents_config(source, cfg, run.base)
@@ -107,14 +74,11 @@ def check_run(run: TrainRun, cfg: TrainConfig) -> TrainPlan:
         check_tables(source)
     storage.check_writable(run.storage, "--storage")
     done = list_checkpoints(run.run_dir)
-    if done and not run.resume:
-        raise ConfigError(f"run folder {run.run_dir} already has checkpoints (latest {max(done)}); "
-                          "pass --resume to continue it or choose another --name")
-    if run.resume and not done:
-        raise ConfigError(f"--resume: no checkpoint in {run.run_dir} to resume from")
-    if done and max(done) >= cfg.max_steps:
-        raise ConfigError(f"--max-steps {cfg.max_steps}: {run.run_dir} is already at step {max(done)}; "
-                          "raise --max-steps to train further")
+    need(not done or run.resume, f"run folder {run.run_dir} already has checkpoints (latest {max(done or [0])}); "
+                                 "pass --resume to continue it or choose another --name")
+    need(done or not run.resume, f"--resume: no checkpoint in {run.run_dir} to resume from")
+    need(not done or max(done) < cfg.max_steps, f"--max-steps {cfg.max_steps}: {run.run_dir} is already at step "
+                                                f"{max(done or [0])}; raise --max-steps to train further")
     return TrainPlan(source, cfg, max(done) if done else None)
 
 
@@ -122,12 +86,10 @@ def latents_config(source: DataSource, cfg: TrainConfig, base: str) -> TrainConf
     """Precomputed latents fix the clip shape: take num_frames/size/stride from the ingest metadata."""
     meta = source.meta
     for key in ("latent_shape", "text_shape", "num_frames", "size", "stride"):
-        if key not in meta:
-            raise ConfigError(f"--data {source.uri}: ingest metadata lacks {key!r}; re-run jobs.ingest")
+        need(key in meta, f"--data {source.uri}: ingest metadata lacks {key!r}; re-run jobs.ingest")
     unet = read_unet_config(base)
     found = (meta["latent_shape"][0], meta["text_shape"][-1])
-    if found != (unet["in_channels"], unet["cross_attention_dim"]):
-        raise ConfigError(f"--data {source.uri}: latents/text embeddings of {found[0]} channels / {found[1]} dims do not "
+    need(found == (unet["in_channels"], unet["cross_attention_dim"]), f"--data {source.uri}: latents/text embeddings of {found[0]} channels / {found[1]} dims do not "
                           f"fit this base's UNet ({unet['in_channels']} / {unet['cross_attention_dim']}); ingest with this --base")
     return replace(cfg, num_frames=int(meta["num_frames"]), size=int(meta["size"]), stride=int(meta["stride"]))
 

@@ -18,7 +18,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import ray.train
@@ -34,10 +33,8 @@ from animatediff_core.trainer import Batch, MotionTrainer, TrainConfig, step_gen
 from animatediff_core.video_io import write_gif
 from pipelines import run_folder
 from pipelines.run_folder import checkpoint_name
+from pipelines.train.config import TrainRun
 from pipelines.train.decode import clip_array
-
-if TYPE_CHECKING:
-    from pipelines.train.job import TrainRun
 
 
 class ClipStream:

@@ -21,7 +21,7 @@ import pandas as pd
 import ray
 
 from animatediff_core import storage
-from animatediff_core.errors import ConfigError
+from animatediff_core.configs import need
 from pipelines import tables as table_files
 
 REQUIRED = ("videoid", "contentUrl", "name")
@@ -46,11 +46,9 @@ def find_source(uri: str) -> DataSource:
     """Classify `--data`; raise ConfigError (one line) when it is missing or holds nothing usable."""
     expected = ("expected a WebVid-format CSV/Parquet table, a folder of such tables, a folder of videos "
                 "with a captions table, or a folder written by jobs.ingest")
-    if not storage.exists(uri):
-        raise ConfigError(f"--data {uri}: not found ({expected})")
+    need(storage.exists(uri), f"--data {uri}: not found ({expected})")
     if not storage.isdir(uri):
-        if not table_files.is_table(uri):
-            raise ConfigError(f"--data {uri}: not a .csv or .parquet table ({expected})")
+        need(table_files.is_table(uri), f"--data {uri}: not a .csv or .parquet table ({expected})")
         return DataSource(uri, "table", (uri,), _parent(uri))
     if storage.exists(storage.join(uri, INGEST_META)):
         meta = json.loads(storage.read_bytes(storage.join(uri, INGEST_META)))
@@ -61,13 +59,11 @@ def find_source(uri: str) -> DataSource:
     if videos:
         if len(tables) != 1:
             names = [t for t in tables if t.rsplit("/", 1)[-1].startswith("captions.")]
-            if len(names) != 1:
-                raise ConfigError(f"--data {uri}: a folder of videos needs one captions table beside them "
+            need(len(names) == 1, f"--data {uri}: a folder of videos needs one captions table beside them "
                                   f"(captions.csv or captions.parquet), found {len(tables)} tables")
             tables = tuple(names)
         return DataSource(uri, "folder", tables, uri)
-    if not tables:
-        raise ConfigError(f"--data {uri}: folder holds no .csv/.parquet table and no videos ({expected})")
+    need(tables, f"--data {uri}: folder holds no .csv/.parquet table and no videos ({expected})")
     return DataSource(uri, "table", tables, uri)
 
 
@@ -85,14 +81,12 @@ def check_tables(source: DataSource) -> None:
         else:
             missing = [] if {"name", "caption"} & set(names) and {"contentUrl", "file", "videoid"} & set(names) \
                 else ["name or caption, and contentUrl, file or videoid"]
-        if missing:
-            raise ConfigError(f"--data {uri}: table has columns {names}; expected WebVid's {', '.join(REQUIRED)} "
+        need(not missing, f"--data {uri}: table has columns {names}; expected WebVid's {', '.join(REQUIRED)} "
                               f"(missing {', '.join(missing)})")
         nonempty = nonempty or rows
         if nonempty:
             break
-    if not nonempty:
-        raise ConfigError(f"--data {source.uri}: the table has no rows")
+    need(nonempty, f"--data {source.uri}: the table has no rows")
 
 
 def resolve_uri(value: str, root: str) -> str:

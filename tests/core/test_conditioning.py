@@ -90,10 +90,12 @@ def test_bad_inputs_say_what_to_fix(tmp_path):
                          ('{"x": "a.png"}', "not a frame number"), ('{"1": ""}', "needs an image URI")):
         with pytest.raises(ConfigError, match=message):
             parse_keyframes(bad, 8)
+    for over, message in ((dict(strength=1.5), "strength must be a number from 0 to 1"),
+                          (dict(control_preprocess="hed"), "control_preprocess must be one of canny, none")):
+        with pytest.raises(ConfigError, match=message):
+            S.updated(**over)
     for s, message in ((S.updated(control_video="v.mp4"), "needs a control_model"),
                        (S.updated(keyframes="a.png"), "need a keyframe_model"),
-                       (S.updated(strength=1.5), "strength must be"),
-                       (S.updated(control_preprocess="hed"), "control_preprocess must be one of canny, none"),
                        (S.updated(keyframes="a.png", keyframe_model="m", num_frames=64), "one context window")):
         with pytest.raises(ConfigError, match=message):
             validate_settings(s, max_frames=16)

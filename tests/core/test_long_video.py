@@ -27,6 +27,7 @@ def _plain_again(pipe):
     assert not pipe.free_noise_enabled and not pipe.free_init_enabled
 
 
+@pytest.mark.slow
 def test_clip_longer_than_the_module_runs_in_windows(pipe):
     limit = max_frames(pipe)
     s = S.updated(num_frames=64)
@@ -114,6 +115,7 @@ def test_looping_windows_wrap_around_the_clip(pipe):
     assert long_video.ring_starts(12, 8, 4) == [0, 4, 8]
 
 
+@pytest.mark.slow
 def test_looping_clip_is_generated_and_the_pipeline_comes_back(pipe):
     s = S.updated(num_frames=16, context_length=8, context_weighting="flat")
     loop = generate(pipe, [Request("a cat", seed=5, settings=s.updated(context_loop=True))])[0]

@@ -2,6 +2,8 @@ import hashlib
 import subprocess
 import sys
 
+import pytest
+
 from animatediff_core.flow import SMALL, load_raft
 from animatediff_core.tiny import write_tiny_models
 
@@ -37,6 +39,7 @@ def test_tokenizer_is_real_clip_bpe(tiny_models):
     assert tok.model_max_length == 77
 
 
+@pytest.mark.slow
 def test_cli_writes_models(tmp_path):
     out = subprocess.run([sys.executable, "-m", "jobs.tiny_models", "--out", str(tmp_path / "m")],
                          capture_output=True, text=True, timeout=120)

@@ -101,6 +101,7 @@ def test_checkpoint_roundtrip_continues_exactly(tiny_models, tmp_path):
     assert read_training_state(str(tmp_path / "ckpt"))["step"] == 2
 
 
+@pytest.mark.slow
 def test_precision_and_gradient_checkpointing(tiny_models):
     plain, ckpt = _trainer(tiny_models), _trainer(tiny_models, _cfg(gradient_checkpointing=True))
     assert _run(plain, 1) == pytest.approx(_run(ckpt, 1), abs=1e-6)
@@ -111,6 +112,7 @@ def test_precision_and_gradient_checkpointing(tiny_models):
         assert loss == loss and 0 < loss < 10
 
 
+@pytest.mark.slow
 def test_motion_lora_trains_only_lora_and_loads_in_batch_job(tiny_models, tmp_path):
     mm = str(tiny_models / "motion_adapter")
     t = _trainer(tiny_models, _cfg(motion_lora_rank=4, lr=5e-2), load_motion_adapter(mm))

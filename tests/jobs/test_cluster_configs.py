@@ -21,17 +21,17 @@ def _load(*parts):
 
 def _job_classes(job):
     if job == "animate":
-        from pipelines.animate.job import AnimateConfig
+        from pipelines.animate.config import AnimateConfig
         return AnimateConfig
     if job == "train":
         from animatediff_core.trainer import TrainConfig
-        from pipelines.train.job import TrainRun
+        from pipelines.train.config import TrainRun
         return (TrainRun, TrainConfig)
     if job == "ingest":
         from pipelines.train.ingest import IngestRun
         return IngestRun
     if job == "evaluate":
-        from pipelines.evaluate.run import EvaluateConfig
+        from pipelines.evaluate.config import EvaluateConfig
         return EvaluateConfig
     raise KeyError(job)
 
@@ -128,7 +128,7 @@ def test_speed_flags_become_the_actors_options_and_bad_values_name_the_fix(capsy
     from animatediff_core.speed import SpeedOptions
     from jobs.animate import main
     from jobs.config import parse_config
-    from pipelines.animate.job import AnimateConfig
+    from pipelines.animate.config import AnimateConfig
 
     need = ["--prompts", "p.csv", "--base", "b", "--motion-module", "m"]
     cfg, _ = parse_config(AnimateConfig, need + ["--fuse-qkv", "--channels-last", "--vae-chunk", "64"])

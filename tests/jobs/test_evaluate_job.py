@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.slow  # evaluation through the CLI
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL = ["--num-frames", "4", "--height", "32", "--width", "32", "--steps", "1", "--cpus-per-worker", "0.5"]
 

@@ -15,6 +15,10 @@ import yaml
 
 from helpers_cluster import RayHead
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a Ray head and the Jobs API
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL = "--num-frames 4 --height 32 --width 32 --steps 1 --cpus-per-worker 0.5 --torch-threads 1 --workers 1-2"
 

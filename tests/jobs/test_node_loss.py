@@ -22,6 +22,8 @@ import pytest
 from helpers_cluster import MultiNode, token_env
 from helpers_video import real_video
 
+pytestmark = pytest.mark.slow  # multi-node clusters
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL = ["--num-frames", "4", "--height", "32", "--width", "32", "--steps", "1", "--torch-threads", "1"]
 ROWS = 10

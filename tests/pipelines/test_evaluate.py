@@ -19,7 +19,9 @@ from pipelines.animate.report import write_shard
 from pipelines.evaluate.leaderboard import leaderboard, mean_ci
 from pipelines.evaluate.modules import describe
 from pipelines.evaluate.report import write_report, write_tables
-from pipelines.evaluate.run import ScoreSettings, evaluate
+from animatediff_core.configs import build
+from pipelines.evaluate.config import EvaluateConfig
+from pipelines.evaluate.run import evaluate
 
 PROMPTS = ["a cat", "a dog on a beach", "a red car", "waves on rocks"]
 
@@ -62,7 +64,8 @@ def _mtimes(folder):
 
 
 def _cfg(tiny_models, out, **kw):
-    return ScoreSettings(clip=str(tiny_models / "clip"), out=str(out), workers=1, cpus_per_worker=0.5, videos_per_call=3, **kw)
+    return build(EvaluateConfig, clip=str(tiny_models / "clip"), out=str(out), score_only=["-"], workers=1, cpus_per_worker=0.5,
+                 videos_per_call=3, **kw)
 
 
 def test_scores_leaderboard_and_report(ray_session, tiny_models, batch_out, tmp_path):
@@ -99,7 +102,8 @@ def test_scores_leaderboard_and_report(ray_session, tiny_models, batch_out, tmp_
 
 def test_stills_are_rendered_once(tiny_models, batch_out, tmp_path, one_thread):
     from pipelines.evaluate.runs import read_runs
-    from pipelines.evaluate.stills import STILL_KEYS, StillStage, still_key
+    from pipelines.animate.identity import STILL_KEYS, still_key
+    from pipelines.evaluate.stills import StillStage
 
     rows = read_runs([str(batch_out)])
     rows = rows[rows.status == "ok"].head(2).copy()

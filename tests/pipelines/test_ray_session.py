@@ -20,14 +20,14 @@ def test_worker_range():
 
 def test_workers_flag_and_yaml_take_a_range(tmp_path):
     from jobs.config import dump_config, parse_config
-    from pipelines.animate.job import AnimateConfig
+    from pipelines.animate.config import AnimateConfig
 
     args = ["--prompts", "p.csv", "--base", "b", "--motion-module", "m"]
     cfg, _ = parse_config(AnimateConfig, [*args, "--workers", "2-16"])
-    assert cfg.workers == "2-16" and yaml.safe_load(dump_config(cfg))["workers"] == "2-16"
+    assert cfg.actors.workers == "2-16" and yaml.safe_load(dump_config(cfg))["workers"] == "2-16"
     (tmp_path / "j.yaml").write_text("workers: 3\n")
     cfg, _ = parse_config(AnimateConfig, [*args, "--config", str(tmp_path / "j.yaml")])
-    assert worker_range(cfg.workers) == (3, 3)
+    assert worker_range(cfg.actors.workers) == (3, 3)
     with pytest.raises(SystemExit):
         parse_config(AnimateConfig, [*args, "--workers", "16-2"])
 
@@ -86,10 +86,9 @@ def test_saved_config_and_logs_hold_no_secrets(capsys):
     import logging
 
     from jobs.config import dump_config, setup_logging
-    from pipelines.animate.job import AnimateConfig
+    from pipelines.animate.config import AnimateConfig
 
-    cfg = AnimateConfig(prompts=["https://h/p.csv?token=SECRET1"], base="b", motion_module=["m"],
-                        out="s3://KEY:SECRET2@bucket/run")
+    cfg = AnimateConfig(prompts=["https://h/p.csv?token=SECRET1"], base="b", motion_module=["m"], out="s3://KEY:SECRET2@bucket/run")
     saved = dump_config(cfg)
     assert "SECRET" not in saved and "s3://bucket/run" in saved
     setup_logging("INFO")

@@ -23,14 +23,15 @@ from animatediff_core.pipeline import load_pipeline
 from animatediff_core.trainer import ADAPTER_DIR, ORIGINAL_FILE, TrainConfig, read_training_state
 from animatediff_core.video_io import encode_mp4
 from helpers_video import real_video
-from pipelines.train.job import TrainRun, check_run, list_checkpoints, train
+from pipelines.train.config import TrainRun
+from pipelines.train.job import check_run, list_checkpoints, train
 
 CFG = TrainConfig.tiny(num_frames=8, stride=4, size=32, max_steps=4, checkpoint_every=2, validate_every=4,
                        validation_prompts=("waves on a beach",))
 BAD = {"not_found": 1, "corrupt": 1, "too_short": 1, "empty_caption": 1, "empty": 1}
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

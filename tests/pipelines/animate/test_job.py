@@ -11,7 +11,9 @@ import pandas as pd
 import psutil
 import pytest
 
-from pipelines.animate.job import AnimateConfig, exit_code, preflight, run_animate
+from animatediff_core.configs import build
+from pipelines.animate.config import AnimateConfig
+from pipelines.animate.job import exit_code, preflight, run_animate
 from pipelines.animate.report import list_shards, read_metadata
 
 SMALL = dict(num_frames=4, height=32, width=32, steps=1, guidance_scale=2.0)
@@ -34,13 +36,14 @@ def _prep(tiny_models, prompts, out, checkpoints=None, **kw):
     table.write_text("name,uri\n" + "".join(f"{n},{tiny_models}/checkpoints/{n}.safetensors\n" for n in names))
     base = dict(prompts=[prompts], base=str(tiny_models / "base"), motion_module=[str(tiny_models / "motion_adapter")],
                 out=str(out), checkpoints=str(table), workers=1, cpus_per_worker=0.5, batch_size=2, **SMALL)
-    return preflight(AnimateConfig(**{**base, **kw}))
+    return preflight(build(AnimateConfig, {**base, **kw}))
 
 
 def _videos(out):
     return sorted(p.relative_to(out) for p in Path(out, "videos").rglob("*.mp4"))
 
 
+@pytest.mark.slow
 def test_sweep_resume_and_determinism(ray_session, tiny_models, prompts, tmp_path):
     out = tmp_path / "run"
     first = run_animate(_prep(tiny_models, prompts, out))
@@ -109,6 +112,7 @@ def _actor_pids():
     return pids
 
 
+@pytest.mark.slow
 def test_killed_actor_loses_no_rows(ray_session, tiny_models, tmp_path):
     prompts = tmp_path / "many.csv"
     pd.DataFrame({"prompt": [f"prompt number {i}" for i in range(12)], "checkpoint": "dreamy"}).to_csv(prompts, index=False)
@@ -136,6 +140,7 @@ def test_killed_actor_loses_no_rows(ray_session, tiny_models, tmp_path):
     assert not [p for p in Path(out).rglob("*") if ".tmp" in p.name]  # no partial files left
 
 
+@pytest.mark.slow
 def test_rows_that_need_no_generation_never_reach_the_actors(ray_session, tiny_models, tmp_path):
     n = 200_000
     table = pd.DataFrame({"prompt": [""] * n})

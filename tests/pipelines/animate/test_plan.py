@@ -6,8 +6,8 @@ import pytest
 from animatediff_core.errors import ConfigError
 from animatediff_core.settings import GenerationSettings
 from pipelines.animate import schema
-from pipelines.animate.job import normalize
-from pipelines.animate.plan import MotionSpec, Plan, expand_rows, read_checkpoint_set, read_motion_set
+from pipelines.animate.plan import Plan, expand_rows, normalize
+from pipelines.animate.sets import MotionSpec, read_checkpoint_set, read_motion_set
 
 CKPTS = ("dreamy", "toon")
 DEFAULTS = GenerationSettings(num_frames=16, height=64, width=64, steps=2, guidance_scale=7.5)
@@ -46,10 +46,10 @@ def test_per_row_overrides_and_defaults():
 @pytest.mark.parametrize("row,message", [
     ({"prompt": "  "}, "prompt is empty"),
     ({"prompt": None}, "prompt is empty"),
-    ({"prompt": "x", "num_frames": "-4"}, "num_frames must be a positive integer"),
+    ({"prompt": "x", "num_frames": "-4"}, "num_frames must be an integer from 1 to 1024, got -4"),
     ({"prompt": "x", "steps": "2.5"}, "steps must be an integer"),
     ({"prompt": "x", "height": "abc"}, "height must be an integer"),
-    ({"prompt": "x", "width": "100000"}, "larger than"),
+    ({"prompt": "x", "width": "100000"}, "width must be an integer from 1 to 2048"),
     ({"prompt": "x", "guidance_scale": "lots"}, "guidance_scale must be a number"),
     ({"prompt": "x", "seed": "-3"}, "seed must be an integer in"),
     ({"prompt": "x", "checkpoint": "nope"}, "unknown checkpoint 'nope'"),
@@ -57,15 +57,15 @@ def test_per_row_overrides_and_defaults():
     ({"prompt": "x", "guidance_scale": "nan"}, "guidance_scale must be a finite number"),
     ({"prompt": "x", "guidance_scale": float("inf")}, "guidance_scale must be a finite number"),
     ({"prompt": "x", "seed": str(2**70)}, "seed must be an integer in [0, 2**63)"),
-    ({"prompt": "x", "num_frames": "1000000000000"}, "larger than 1024; use at most 1024"),
+    ({"prompt": "x", "num_frames": "1000000000000"}, "num_frames must be an integer from 1 to 1024, got 1000000000000"),
     ({"prompt": "x", "context_length": "48"}, "exceeds the motion module's length (32 frames); use at most 32"),
-    ({"prompt": "x", "context_stride": "0"}, "context_stride must be a positive integer"),
+    ({"prompt": "x", "context_stride": "0"}, "context_stride must be an integer >= 1, got 0"),
     ({"prompt": "x", "context_weighting": "cosine"}, "context_weighting must be one of pyramid, flat"),
     ({"prompt": "x", "prompt_schedule": '{"0": "a", "16": "b"}'}, "key 16 is past the last frame (15)"),
     ({"prompt": "x", "prompt_schedule": "{0: a}"}, "prompt_schedule is not valid JSON"),
     ({"prompt": "x", "free_init_iterations": "20"}, "free_init_iterations must be an integer from 0 to 8"),
     ({"prompt": "x", "motion_lora_scale": "inf"}, "motion_lora_scale must be a finite number"),
-    ({"prompt": "x", "motion_lora_scale": "50"}, "motion_lora_scale must be a number in [-10.0, 10.0]"),
+    ({"prompt": "x", "motion_lora_scale": "50"}, "motion_lora_scale must be a number from -10 to 10"),
     ({"prompt": "x", "id": "../../escape"}, "is not a safe file name"),
     ({"prompt": "x", "id": "/abs/path"}, "is not a safe file name"),
     ({"prompt": "x", "id": "a" * 300}, "is not a safe file name"),
@@ -158,7 +158,7 @@ def test_expanded_rows_carry_the_declared_schema():
 
 
 def test_new_settings_keep_old_ids_and_key_rows_that_use_them():
-    from pipelines.animate.plan import fingerprint, row_key
+    from pipelines.animate.identity import fingerprint, row_key
     from animatediff_core.settings import CheckpointSpec
 
     old = {"prompt": "a cat", "num_frames": 16}

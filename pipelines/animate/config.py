@@ -1,0 +1,59 @@
+"""The batch job's configuration: the only place its names, types, defaults and help are written.
+
+`GenerationFlags` is what every job that generates shares (the batch job, the evaluation job): the
+generation settings (`GenerationSettings`, each a job default that rows may override), the actor pool
+(`ActorOptions`), the speed options (`SpeedOptions`) and how rows reach the actors. Sections are
+flattened into flags and YAML keys (`--num-frames`, `num_frames:`) by `jobs/config.py`; Python callers
+build with `animatediff_core.configs.build(AnimateConfig, num_frames=8, ...)`.
+Light (no torch, no Ray, no pandas): `--help` and config checks import only this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from animatediff_core.configs import check_fields, need, option, section
+from animatediff_core.settings import MOTION_NORMS, GenerationSettings
+from animatediff_core.speed import SpeedOptions
+from pipelines.ray_session import ActorOptions
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationFlags:
+    """How videos are generated and on what."""
+
+    generation: GenerationSettings = section(GenerationSettings, help="(rows may override)")
+    actors: ActorOptions = section(ActorOptions)
+    batch_size: int = option(8, low=1, help="rows per actor call")
+    max_batch: int | None = option(None, low=1, help="rows per pipeline call (default 8 on GPU, 1 on CPU)")
+    gif: bool = option(True, help="write GIF previews beside the mp4s")
+    motion_norm: str | None = option(None, choices=MOTION_NORMS, help="motion-module numerics: official (AnimateDiff's own "
+                                     "function for the module's version) or diffusers; default: what the module records, else official")
+    # Speed options (off by default; bench/gpu_job.py measures each on a GPU), applied once per actor.
+    speed: SpeedOptions = section(SpeedOptions)
+
+    def __post_init__(self):
+        check_fields(self)
+
+    def generation_flags(self) -> dict:
+        """This section's values, to build another config that generates (evaluation -> the batch job)."""
+        return {name: getattr(self, name) for name in GenerationFlags.__dataclass_fields__}
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnimateConfig(GenerationFlags):
+    """The batch job's settings."""
+
+    prompts: list[str] = option(help="prompt tables (.csv, .csv.gz, .parquet, or folders of them), any fsspec URI")
+    base: str = option(help="diffusers SD-1.x folder or Hub id")
+    motion_module: list[str] = option(help="motion module(s): MotionAdapter folders or original .safetensors/.ckpt "
+                                           "files, folders of them, or a jobs.train run folder; several = a sweep")
+    checkpoints: str | None = option(None, help="folder of .safetensors or a table (name, uri, [kind], [scale]); default: the base alone")
+    out: str = option("outputs/animate", help="output folder or URI")
+    max_error_fraction: float = option(1.0, low=0, high=1, help="exit non-zero when more than this fraction of rows "
+                                                                "failed (1.0: only when every row failed)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        need(bool(self.prompts), "prompts: give at least one prompt table")
+        need(bool(self.motion_module), "motion_module: give at least one motion module")
