@@ -54,7 +54,19 @@ def read_inputs(s) -> Inputs | None:
     keys = ()
     if s.keyframes:
         keys = tuple((i, read_image(uri, size, f"keyframe {i}")) for i, uri in parse_keyframes(s.keyframes, s.num_frames).items())
+        if s.keyframe_normalize:
+            keys = tuple((i, normalize_gray(image)) for i, image in keys)
     return Inputs(control, keys, init)
+
+
+def normalize_gray(image: np.ndarray) -> np.ndarray:
+    """`(h, w, 3) uint8` -> its channel mean stretched to 0-255 on all three channels: the official
+    `normalize_condition_images` (scripts/animate.py: mean over channels, minus the min, over the max), in 8 bits."""
+    gray = image.astype(np.float64).mean(axis=-1)
+    gray -= gray.min()
+    top = gray.max()
+    gray = gray / top if top > 0 else gray
+    return np.repeat(np.clip(gray * 255.0 + 0.5, 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
 
 
 def preprocess(frames: np.ndarray, how: str) -> np.ndarray:

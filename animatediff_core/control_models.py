@@ -1,9 +1,9 @@
 """ControlNet and SparseCtrl models by URI, loaded beside one pipeline and kept in a small cache.
 
 A row names its control model (`control_model`, `keyframe_model`): a diffusers folder, a Hub id found
-in the local cache, or, for ControlNets, a single file (the original `control_*.pth/.safetensors`
-layout, or diffusers keys), whose config comes from the base UNet: an SD-1.x ControlNet copies the
-UNet's encoder. Models run in the pipeline's dtype on its device; the cache holds the last few, so a
+in the local cache, or a single file whose config comes from the base UNet (an SD-1.x ControlNet copies
+the UNet's encoder): for ControlNets the original `control_*.pth/.safetensors` layout or diffusers keys,
+for SparseCtrl the official `v3_sd15_sparsectrl_*.ckpt` files as released (loaded safely) or diffusers keys. Models run in the pipeline's dtype on its device; the cache holds the last few, so a
 table that alternates two control models does not reload them for every row.
 """
 
@@ -18,8 +18,9 @@ from diffusers import ControlNetModel, SparseControlNetModel
 from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 
 from . import hub, storage
-from .checkpoints import load_state_dict
+from .checkpoints import check_keys, load_state_dict
 from .errors import CheckpointError
+from .motion_formats import original_to_diffusers
 
 SINGLE_FILE_EXTS = (".safetensors", ".pth", ".ckpt", ".pt", ".bin")
 
@@ -98,13 +99,52 @@ def _controlnet_from_file(path: str, unet_config: dict, dtype: torch.dtype) -> C
     return model.to(dtype=dtype)
 
 
-def load_sparsectrl(uri: str, dtype: torch.dtype = torch.float32) -> SparseControlNetModel:
+def sparsectrl_config(unet_config: dict, motion_config: dict, state: dict) -> dict:
+    """A SparseCtrl model's config for one file: the base UNet's encoder, the motion module's heads and
+    length, and the conditioning read off the weights (RGB: VAE latents through a simplified embedding;
+    scribble: 3-channel images through the control-image encoder; both concatenate a mask channel)."""
+    embedding = "controlnet_cond_embedding."
+    simplified = f"{embedding}weight" in state
+    first = state[f"{embedding}weight" if simplified else f"{embedding}conv_in.weight"]
+    cfg = {k: unet_config[k] for k in ("in_channels", "block_out_channels", "layers_per_block", "norm_num_groups",
+                                       "cross_attention_dim", "attention_head_dim") if k in unet_config}
+    cfg["down_block_types"] = tuple(t.replace("2D", "Motion") for t in unet_config["down_block_types"])
+    cfg.update(conditioning_channels=int(first.shape[1]) - 1, use_simplified_condition_embedding=simplified,
+               motion_max_seq_length=int(motion_config.get("motion_max_seq_length", 32)),
+               motion_num_attention_heads=motion_config.get("motion_num_attention_heads", 8))
+    widths = _embedding_channels(state)
+    if widths:
+        cfg["conditioning_embedding_out_channels"] = widths
+    return cfg
+
+
+def sparsectrl_to_diffusers(state: dict) -> dict:
+    """An official SparseCtrl checkpoint (`v3_sd15_sparsectrl_rgb.ckpt`, `..._scribble.ckpt`; optionally under
+    a `controlnet` key) in diffusers' SparseControlNetModel keys: its motion modules use the original motion
+    module layout (renamed as motion_formats does; position-encoding buffers dropped), the rest is diffusers'."""
+    state = state.get("controlnet", state) if isinstance(state.get("controlnet"), dict) else state
+    motion, _ = original_to_diffusers({k: v for k, v in state.items() if ".motion_modules." in k})
+    return {**{k: v for k, v in state.items() if ".motion_modules." not in k}, **motion}
+
+
+def load_sparsectrl(uri: str, unet_config: dict, motion_config: dict, dtype: torch.dtype = torch.float32) -> SparseControlNetModel:
+    """A SparseCtrl model from a diffusers folder, a Hub id, or one file as released (the official `.ckpt`
+    layout, loaded safely) or with diffusers keys; a file's config comes from the base UNet and motion module."""
     where = hub.resolve(uri)
-    if not storage.exists(where) or not storage.isdir(where):
-        raise CheckpointError(f"keyframe_model {uri}: not found (expected a diffusers SparseControlNetModel folder or a Hub id; "
-                              "convert official SparseCtrl .ckpt files with diffusers' convert_animatediff_sparsectrl_to_diffusers.py)")
+    if not storage.exists(where):
+        raise CheckpointError(f"keyframe_model {uri}: not found (expected a SparseCtrl file such as v3_sd15_sparsectrl_rgb.ckpt, "
+                              "a diffusers SparseControlNetModel folder or a Hub id)")
     try:
-        return SparseControlNetModel.from_pretrained(storage.localize(where), torch_dtype=dtype, local_files_only=True).eval()
+        if storage.isdir(where):
+            return SparseControlNetModel.from_pretrained(storage.localize(where), torch_dtype=dtype, local_files_only=True).eval()
+        state = sparsectrl_to_diffusers(load_state_dict(where))
+        model = SparseControlNetModel.from_config(sparsectrl_config(unet_config, motion_config, state))
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("pos_embed.pe")}
+        check_keys(expected, state, "SparseCtrl model for this base and motion module", f"keyframe_model {uri}")
+        model.load_state_dict(state, strict=False)  # the position encodings are recomputed, the same formula
+        return model.to(dtype=dtype).eval()
+    except CheckpointError:
+        raise
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise CheckpointError(f"keyframe_model {uri}: could not load a SparseCtrl model ({str(e).splitlines()[0][:300]})") from None
 
@@ -112,8 +152,9 @@ def load_sparsectrl(uri: str, dtype: torch.dtype = torch.float32) -> SparseContr
 class ControlModels:
     """The last `size` control models used, by (kind, URI), on `device` in `dtype`; failures remembered."""
 
-    def __init__(self, unet_config: dict, device, dtype: torch.dtype, size: int = 2):
+    def __init__(self, unet_config: dict, device, dtype: torch.dtype, size: int = 2, motion_config: dict | None = None):
         self.unet_config, self.device, self.dtype, self.size = unet_config, device, dtype, size
+        self.motion_config = motion_config or {}  # the loaded motion module's: SparseCtrl files share its shape
         self.models: OrderedDict[tuple[str, str], torch.nn.Module] = OrderedDict()
         self.failed: dict[tuple[str, str], str] = {}
 
@@ -123,7 +164,8 @@ class ControlModels:
             raise CheckpointError(self.failed[key])
         if key not in self.models:
             try:
-                model = load_controlnet(uri, self.unet_config, self.dtype) if kind == "controlnet" else load_sparsectrl(uri, self.dtype)
+                model = (load_controlnet(uri, self.unet_config, self.dtype) if kind == "controlnet"
+                         else load_sparsectrl(uri, self.unet_config, self.motion_config, self.dtype))
             except CheckpointError as e:
                 self.failed[key] = str(e)
                 raise

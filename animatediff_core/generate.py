@@ -31,7 +31,7 @@ from .pipeline import max_frames as module_frames
 from .configs import need
 from .prompt_travel import parse_schedule
 from .schedule import DEFAULT_SAMPLER, SAMPLERS
-from .settings import GenerationSettings, validate_settings  # noqa: F401  (the settings a Request carries)
+from .settings import SEED_RANGE, GenerationSettings, validate_settings  # noqa: F401  (the settings a Request carries)
 from .speed import decode_kwargs
 
 
@@ -58,8 +58,8 @@ class Request:
 
 def validate_request(r: Request, max_frames: int, vae_scale: int = 8) -> None:
     need(isinstance(r.prompt, str) and r.prompt.strip(), "prompt is empty; give a text prompt")
-    need(isinstance(r.seed, (int, np.integer)) and not isinstance(r.seed, bool) and 0 <= r.seed < 2**63,
-         f"seed must be an integer in [0, 2**63), got {r.seed!r}")
+    need(isinstance(r.seed, (int, np.integer)) and not isinstance(r.seed, bool) and 0 <= r.seed < SEED_RANGE,
+         f"seed must be an integer in [0, 2**64), got {r.seed!r}")
     validate_settings(r.settings, max_frames, vae_scale)
 
 

@@ -106,3 +106,38 @@ def controlnet_to_ldm(state: dict[str, torch.Tensor], config: dict) -> dict[str,
         for j, name in enumerate(hint):
             out[f"control_model.input_hint_block.{2 * j}.{p}"] = state[f"{cn}{name}.{p}"]
     return out
+
+
+VAE_PREFIX = "first_stage_model."
+_VAE_ATTN = (("group_norm.", "norm."), ("to_q.", "q."), ("to_k.", "k."), ("to_v.", "v."), ("to_out.0.", "proj_out."))
+
+
+def vae_to_ldm(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
+    """AutoencoderKL state dict -> `first_stage_model.*` keys, as DreamBooth files with a baked-in VAE hold it
+    (the inverse of diffusers' `convert_ldm_vae_checkpoint`): `down.I.block.J`, `mid.block_1/2`, `mid.attn_1`
+    with 1x1-conv attention weights, and the decoder's `up.I` numbered from the lowest resolution."""
+    levels = len(config["up_block_types"])
+    out = {}
+    for key, v in state.items():
+        new = key.replace("conv_norm_out.", "norm_out.").replace("conv_shortcut.", "nin_shortcut.")
+        parts = new.split(".")
+        if parts[1] == "down_blocks":  # encoder.down_blocks.I.{resnets.J|downsamplers.0}.* -> encoder.down.I.{block.J|downsample}.*
+            rest = ".".join(parts[3:]).replace("resnets.", "block.", 1).replace("downsamplers.0.", "downsample.", 1)
+            new = f"{parts[0]}.down.{parts[2]}.{rest}"
+        elif parts[1] == "up_blocks":  # the decoder counts its levels from the lowest resolution in LDM files
+            rest = ".".join(parts[3:]).replace("resnets.", "block.", 1).replace("upsamplers.0.", "upsample.", 1)
+            new = f"{parts[0]}.up.{levels - 1 - int(parts[2])}.{rest}"
+        elif parts[1] == "mid_block":
+            rest = ".".join(parts[2:])
+            if rest.startswith("resnets."):
+                j, tail = rest[len("resnets."):].split(".", 1)
+                rest = f"block_{int(j) + 1}.{tail}"
+            else:
+                rest = "attn_1." + rest[len("attentions.0."):]
+                for hf, ldm in _VAE_ATTN:
+                    rest = rest.replace("attn_1." + hf, "attn_1." + ldm)
+                if v.ndim == 2:  # linear -> 1x1 conv, as LDM stores attention projections
+                    v = v[:, :, None, None]
+            new = f"{parts[0]}.mid.{rest}"
+        out[VAE_PREFIX + new] = v
+    return out

@@ -90,20 +90,40 @@ _ORIGINAL_PARTS = ((".temporal_transformer.", "."), (".attention_blocks.0.", ".a
                    (".lora.down.", ".lora_A."), (".lora.up.", ".lora_B."))
 
 
+def _renamed(key: str) -> str:
+    k = key[len("module."):] if key.startswith("module.") else key
+    if "lora_A" not in k and "lora_B" not in k:
+        for old, new in _ORIGINAL_PARTS:
+            k = k.replace(old, new)
+    return k if k.startswith(PREFIX) else PREFIX + k
+
+
 def to_diffusers_keys(state: dict[str, torch.Tensor], uri: str = "") -> dict[str, torch.Tensor]:
     """A motion LoRA in diffusers/peft keys (`unet.*.lora_A.weight`), from this module's files or the
     official original-format MotionLoRA files; CheckpointError when the keys are neither or touch
     anything but motion modules."""
     out = {}
     for key, value in state.items():
-        k = key[len("module."):] if key.startswith("module.") else key
-        if "lora_A" not in k and "lora_B" not in k:
-            for old, new in _ORIGINAL_PARTS:
-                k = k.replace(old, new)
-        k = k if k.startswith(PREFIX) else PREFIX + k
+        k = _renamed(key)
         if ".motion_modules." not in k or not k.endswith((".lora_A.weight", ".lora_B.weight")):
             raise CheckpointError(f"{uri}: not a motion LoRA: expected LoRA weights on motion modules "
                                   f"('*.motion_modules.*.lora_A.weight' or the original '*_lora.down.weight'), found {key!r}")
+        out[k] = value
+    if not out:
+        raise CheckpointError(f"{uri}: the file holds no weights")
+    return out
+
+
+def adapter_to_diffusers_keys(state: dict[str, torch.Tensor], uri: str = "") -> dict[str, torch.Tensor]:
+    """The v3 domain adapter (`v3_sd15_adapter.ckpt`: LoRA layers in the original AnimateDiff layout on the
+    image model's attention, `*.attn1.processor.to_q_lora.down.weight`) in diffusers/peft keys. The official
+    loader adds scale x up @ down: no alpha here either (peft takes alpha = rank)."""
+    out = {}
+    for key, value in state.items():
+        k = _renamed(key)
+        if ".motion_modules." in k or ".attentions." not in k or not k.endswith((".lora_A.weight", ".lora_B.weight")):
+            raise CheckpointError(f"{uri}: not an AnimateDiff domain adapter: expected LoRA weights on the image model's "
+                                  f"attention ('*.attentions.*.processor.to_q_lora.down.weight'), found {key!r}")
         out[k] = value
     if not out:
         raise CheckpointError(f"{uri}: the file holds no weights")

@@ -1,39 +1,52 @@
-"""Personalized SD-1.x checkpoints on a loaded AnimateDiff pipeline.
+"""Personalized SD-1.x checkpoints on a loaded AnimateDiff pipeline: stacks, switched in place.
 
-Two kinds, detected from the keys:
-- dreambooth: a full single-file LDM checkpoint (`model.diffusion_model.*`, `cond_stage_model.*`).
-  Its UNet and text-encoder weights replace the base's; its VAE (if any) is ignored so the shared
-  VAE stays loaded. Converted with diffusers' `convert_ldm_unet_checkpoint` / `convert_ldm_clip_checkpoint`.
-- lora: kohya/A1111 keys (`lora_unet_*`, `lora_te_*`, `.lora_down/.lora_up/.alpha`, per-module alpha
-  honoured as alpha/rank) or diffusers/peft keys (`unet.*.lora_A/lora_B`). Loaded through diffusers'
-  `load_lora_weights` as a peft adapter on the base weights, scaled by the user's scale.
+A checkpoint (`settings.CheckpointSpec`) is a stack, built as the official AnimateDiff's `load_weights`
+builds it (guoyww/AnimateDiff `animatediff/utils/util.py`: DreamBooth, then LoRA, then the domain adapter):
+- a DreamBooth single file (`model.diffusion_model.*`, `cond_stage_model.*`, LDM keys, converted with
+  diffusers' converters) or the base. Its UNet and text-encoder weights replace the base's, and so does
+  its VAE when the file holds one (`first_stage_model.*`), as the official loader and diffusers'
+  `from_single_file` do; `vae="base"` keeps the base's, a URI loads another (a diffusers AutoencoderKL
+  folder, or one file with LDM or diffusers keys);
+- LoRAs, each with its weight: kohya/A1111 keys (`lora_unet_*`, `lora_te_*`, `.lora_down/.lora_up/.alpha`)
+  or diffusers/peft keys, loaded by diffusers' `load_lora_weights` as peft adapters over the current
+  weights. `alpha="file"` honours the file's alpha (scale x alpha/rank, kohya's convention);
+  `alpha="ignore"` merges scale x up @ down as the official `convert_lora` does (`lora_alpha`);
+- the v3 domain adapter (`v3_sd15_adapter.ckpt`: the original `*.processor.to_q_lora.down.weight` layout on
+  the spatial attention), a peft adapter at `adapter_scale` (the official `load_diffusers_lora`: scale x up @ down).
+A motion LoRA (`apply_motion_lora`: camera motions, or what `jobs.train --motion-lora` writes) stacks on top
+as one more adapter on the motion modules' attention, whatever the checkpoint.
 
-A motion LoRA (`apply_motion_lora`: camera motions, or what `jobs.train --motion-lora` writes) stacks
-on top as a second peft adapter on the motion modules' attention, whatever the personalized checkpoint.
-
-Switching never reloads the motion modules, VAE or tokenizer; switching between LoRAs leaves the
-base weights untouched; leaving a DreamBooth restores the base from an in-memory copy. Every switch
-runs inside `speed.weights_change`, so fused projections (`--fuse-qkv`) follow the new weights.
+Switching is incremental: stacks that share a DreamBooth file load it once and only their LoRAs change;
+a LoRA shared by two stacks stays loaded; leaving a DreamBooth or its VAE restores the base's weights
+exactly from an in-memory copy. Every switch runs inside `speed.weights_change`, so fused projections
+(`--fuse-qkv`) follow the new weights. A stack that fails to load leaves the pipeline on its base.
 """
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import torch
-from diffusers import AnimateDiffPipeline
-from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint
+from diffusers import AnimateDiffPipeline, AutoencoderKL
+from diffusers.loaders.single_file_utils import (
+    convert_ldm_clip_checkpoint,
+    convert_ldm_unet_checkpoint,
+    convert_ldm_vae_checkpoint,
+)
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from . import hub
+from . import hub, storage
 from .checkpoints import check_keys, load_state_dict
 from .errors import CheckpointError
 from .inflate import is_motion_param
-from .ldm_keys import align_text_keys
-from .motion_lora import to_diffusers_keys
-from .settings import CheckpointSpec
+from .ldm_keys import VAE_PREFIX, align_text_keys
+from .motion_lora import adapter_to_diffusers_keys, to_diffusers_keys
+from .settings import CheckpointSpec, LoraSpec
 from .speed import weights_change
 
 BASE = "base"
-PERSONALIZED, MOTION = "personalized", "motion_lora"  # peft adapter names
+MOTION = "motion_lora"  # peft adapter name of the motion LoRA
 
 
 def detect_kind(state: dict[str, torch.Tensor], uri: str = "") -> str:
@@ -49,40 +62,74 @@ def detect_kind(state: dict[str, torch.Tensor], uri: str = "") -> str:
     )
 
 
+def _adapter_name(kind: str, uri: str, alpha: str = "file") -> str:
+    return f"{kind}_{hashlib.sha256(f'{uri}|{alpha}'.encode()).hexdigest()[:12]}"
+
+
 class Personalizer:
-    """Applies one personalized checkpoint at a time to `pipe` (whose base weights it owns)."""
+    """Applies one checkpoint stack at a time to `pipe` (whose base weights it owns)."""
 
     def __init__(self, pipe: AnimateDiffPipeline):
         self.pipe = pipe
         self.current: CheckpointSpec | None = None
-        self._base_copy: dict[str, dict[str, torch.Tensor]] | None = None
-        self._dirty: set[str] = set()  # parts whose base weights a DreamBooth overwrote
-        self._lora: str | None = None
-        self._scales: dict[str, float] = {}  # loaded adapter -> its weight
+        self._base_copy: dict[str, dict[str, torch.Tensor]] = {}  # part -> CPU copy of the base's weights
+        self._dirty: set[str] = set()  # parts holding other weights than the base's
+        self._dreambooth: str | None = None  # the DreamBooth file whose UNet and text weights are loaded
+        self.vae: str = BASE  # where the loaded VAE came from: "base", a DreamBooth file or a VAE's URI
+        self._kinds: dict[str, str] = {}  # uri -> dreambooth | lora, learnt on first read
+        self._has_vae: dict[str, bool] = {}  # DreamBooth uri -> whether the file holds a VAE
+        self._scales: dict[str, float] = {}  # loaded peft adapter -> weight (image LoRAs, the domain adapter, MOTION)
         self.motion_lora: tuple[str, float] | None = None  # (uri, scale) of the stacked motion LoRA
 
     def apply(self, spec: CheckpointSpec) -> None:
-        """Make `spec` the active checkpoint. A file that fails to load leaves the pipeline on its base."""
+        """Make the stack `spec` the active checkpoint, changing only what differs from the current one."""
         if spec == self.current:
             return
-        state = load_state_dict(spec.uri) if spec.uri else None
-        kind = detect_kind(state, spec.uri) if state is not None else BASE
-        if spec.kind and state is not None and spec.kind != kind:
-            raise CheckpointError(f"{spec.uri}: declared kind {spec.kind!r} but the keys are those of a {kind} checkpoint")
         with weights_change(self.pipe):  # speed options (fused projections) refitted to the new weights after
-            self._unload_lora()
-            if kind != "dreambooth":  # a DreamBooth file overwrites every base weight it holds: no restore first
-                self._restore_base()
             self.current = None
             try:
-                if kind == "dreambooth":
-                    self._load_dreambooth(state, spec.uri)
-                elif kind == "lora":
-                    self._load_lora(state, spec)
+                state = load_state_dict(spec.uri) if spec.uri and spec.uri not in self._kinds else None
+                kind = self._kind(spec, state)
+                dreambooth = spec.uri if kind == "dreambooth" else None
+                wanted = self._wanted(spec, kind)
+                if dreambooth != self._dreambooth:
+                    for name in [n for n in self._scales if n != MOTION]:  # LoRAs sit on the weights being replaced
+                        self._drop(name)
+                    self._set_dreambooth(dreambooth, state)
+                self._set_vae(self._vae_source(spec, dreambooth), state)
+                for name in [n for n in self._scales if n != MOTION and n not in wanted]:
+                    self._drop(name)
+                read = {spec.uri: state} if kind == "lora" and state is not None else {}  # the file, read once
+                for name, (load, weight) in wanted.items():
+                    if name not in self._scales:
+                        self._load_adapter(name, load, weight, read)
+                    self._scales[name] = weight
+                self._set_adapters()
             except Exception:
                 self.reset()
                 raise
             self.current = spec
+
+    def _kind(self, spec: CheckpointSpec, state: dict | None) -> str:
+        if not spec.uri:
+            return BASE
+        if spec.uri not in self._kinds:
+            self._kinds[spec.uri] = detect_kind(state, spec.uri)
+        kind = self._kinds[spec.uri]
+        if spec.kind and spec.kind != kind:
+            raise CheckpointError(f"{spec.uri}: declared kind {spec.kind!r} but the keys are those of a {kind} checkpoint")
+        return kind
+
+    def _wanted(self, spec: CheckpointSpec, kind: str) -> dict[str, tuple]:
+        """Adapter name -> (how to load it, weight) for every LoRA of the stack and its domain adapter."""
+        loras = ((LoraSpec(spec.uri, spec.scale),) if kind == "lora" else ()) + tuple(spec.loras)
+        out = {}
+        for lora in loras:
+            name = _adapter_name("lora", lora.uri, lora.alpha)
+            out[name] = (("lora", lora), out[name][1] + lora.scale if name in out else lora.scale)
+        if spec.adapter:
+            out[_adapter_name("adapter", spec.adapter)] = (("adapter", spec.adapter), spec.adapter_scale)
+        return out
 
     def apply_motion_lora(self, uri: str | None, scale: float = 1.0) -> None:
         """Stack the motion LoRA at `uri` (None: none) with weight `scale` over the active checkpoint.
@@ -91,45 +138,63 @@ class Personalizer:
         if want == self.motion_lora:
             return
         with weights_change(self.pipe):
-            self._apply_motion_lora(uri, want)
-
-    def _apply_motion_lora(self, uri: str | None, want: tuple[str, float] | None) -> None:
-        if self.motion_lora is not None and (want is None or want[0] != self.motion_lora[0]):
-            self._drop(MOTION)
-            self.motion_lora = None
-        if want is not None:
-            if MOTION not in self._scales:
-                state = to_diffusers_keys(load_state_dict(hub.resolve(uri)), uri)  # a path, URI or Hub id
-                self._scales[MOTION] = want[1]  # set first: a half-loaded adapter is deleted on failure
-                try:
-                    self.pipe.load_lora_weights(state, adapter_name=MOTION)
-                except (ValueError, KeyError, RuntimeError) as e:
-                    self._drop(MOTION)
-                    raise CheckpointError(f"{uri}: motion LoRA does not fit this motion module "
-                                          f"({str(e).splitlines()[0][:300]})") from None
-            self._scales[MOTION] = want[1]
-            self.motion_lora = want
-        self._set_adapters()
+            if self.motion_lora is not None and (want is None or want[0] != self.motion_lora[0]):
+                self._drop(MOTION)
+                self.motion_lora = None
+            if want is not None:
+                if MOTION not in self._scales:
+                    self._load_adapter(MOTION, ("motion", uri), want[1])
+                self._scales[MOTION] = want[1]
+                self.motion_lora = want
+            self._set_adapters()
 
     def reset(self) -> None:
-        """Back to the plain base weights (no personalized checkpoint, no motion LoRA)."""
+        """Back to the plain base weights (no checkpoint, no LoRA, no motion LoRA)."""
         with weights_change(self.pipe):
-            self.apply_motion_lora(None)
-            self._unload_lora()
-            self._restore_base()
+            for name in list(self._scales):
+                self._drop(name)
+            self.motion_lora = None
+            self._set_dreambooth(None, None)
+            self._set_vae(BASE, None)
             self.current = None
 
-    def _unload_lora(self) -> None:
-        if self._lora is not None:
-            self._drop(self._lora)
-            self._lora = None
+    # -- adapters ---------------------------------------------------------------------------------
+
+    def _load_adapter(self, name: str, load: tuple, weight: float, read: dict | None = None) -> None:
+        """Load one LoRA (`("lora", LoraSpec)`), domain adapter (`("adapter", uri)`) or motion LoRA
+        (`("motion", uri)`) as the peft adapter `name`; CheckpointError naming the file when it does not fit."""
+        kind, what = load
+        uri = what.uri if kind == "lora" else what
+        state = (read or {}).get(uri) or load_state_dict(hub.resolve(uri))  # a path, any fsspec URI or a Hub id
+        if kind == "lora":
+            if self._kinds.setdefault(uri, detect_kind(state, uri)) != "lora":
+                raise CheckpointError(f"{uri}: listed as a LoRA, but the keys are those of a DreamBooth checkpoint")
+            if what.alpha == "ignore":  # the official merge: scale x up @ down (peft then takes alpha = rank)
+                state = {k: v for k, v in state.items() if not k.endswith(".alpha")}
+        elif kind == "adapter":
+            state = adapter_to_diffusers_keys(state, uri)
+        else:
+            state = to_diffusers_keys(state, uri)
+        self._scales[name] = weight  # set first: a half-loaded adapter is deleted on failure
+        what_ = {"lora": "LoRA", "adapter": "domain adapter", "motion": "motion LoRA"}[kind]
+        target = "this motion module" if kind == "motion" else "this SD-1.x base"
+        try:
+            self.pipe.load_lora_weights(state, adapter_name=name)
+        except (ValueError, KeyError, RuntimeError) as e:
+            self._drop(name)
+            raise CheckpointError(f"{uri}: {what_} does not fit {target} ({str(e).splitlines()[0][:300]})") from None
+        if name not in self._present():  # diffusers skips keys it cannot place: a file of nothing it uses
+            self._drop(name)
+            raise CheckpointError(f"{uri}: {what_} holds no weights {target} has (keys like {next(iter(state))!r})")
+
+    def _present(self) -> set[str]:
+        return {a for names in self.pipe.get_list_adapters().values() for a in names}
 
     def _drop(self, adapter: str) -> None:
         """Remove one adapter; the last one out removes the LoRA layers, leaving the plain modules."""
         self._scales.pop(adapter, None)
         if self._scales:
-            present = {a for names in self.pipe.get_list_adapters().values() for a in names}
-            if adapter in present:  # a load that failed early left nothing to delete
+            if adapter in self._present():  # a load that failed early left nothing to delete
                 self.pipe.delete_adapters([adapter])
             for part in ("unet", "text_encoder"):
                 _unwrap_empty_lora_layers(getattr(self.pipe, part))
@@ -139,15 +204,33 @@ class Personalizer:
 
     def _set_adapters(self) -> None:
         if self._scales:
-            self.pipe.set_adapters(list(self._scales), adapter_weights=list(self._scales.values()))
+            try:
+                self.pipe.set_adapters(list(self._scales), adapter_weights=list(self._scales.values()))
+            except ValueError as e:  # an adapter diffusers lost track of: a bug, but one this checkpoint can report
+                raise CheckpointError(f"could not activate the checkpoint's LoRAs ({str(e).splitlines()[0][:300]})") from None
 
-    def _restore_base(self, parts: tuple[str, ...] = ("unet", "text_encoder")) -> None:
+    # -- full weights: DreamBooth and VAE -----------------------------------------------------------
+
+    def _keep_base(self, part: str) -> None:
+        if part not in self._base_copy:
+            module = getattr(self.pipe, part)
+            self._base_copy[part] = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()
+                                     if not is_motion_param(k)}
+
+    def _restore_base(self, parts: tuple[str, ...]) -> None:
         for part in parts:
             if part in self._dirty:
-                getattr(self.pipe, part).load_state_dict(self._base_copy[part], strict=part == "text_encoder")
+                getattr(self.pipe, part).load_state_dict(self._base_copy[part], strict=part != "unet")
                 self._dirty.discard(part)
 
-    def _load_dreambooth(self, state: dict[str, torch.Tensor], uri: str) -> None:
+    def _set_dreambooth(self, uri: str | None, state: dict | None) -> None:
+        if uri == self._dreambooth:
+            return
+        self._dreambooth = None
+        if uri is None:
+            self._restore_base(("unet", "text_encoder"))
+            return
+        state = state if state is not None else load_state_dict(uri)
         unet, text = self.pipe.unet, self.pipe.text_encoder
         try:
             unet_sd = convert_ldm_unet_checkpoint(state, dict(unet.config))
@@ -161,11 +244,8 @@ class Personalizer:
         text_sd = {k: v for k, v in text_sd.items() if k in expected_text or not k.endswith("position_ids")}
         if text_sd:
             check_keys(expected_text, text_sd, "CLIP text encoder (DreamBooth single file)", uri)
-        if self._base_copy is None:
-            self._base_copy = {
-                "unet": {k: v.detach().to("cpu", copy=True) for k, v in unet.state_dict().items() if not is_motion_param(k)},
-                "text_encoder": {k: v.detach().to("cpu", copy=True) for k, v in text.state_dict().items()},
-            }
+        self._keep_base("unet")
+        self._keep_base("text_encoder")
         dtype = next(unet.parameters()).dtype
         self._dirty.add("unet")
         unet.load_state_dict({k: v.to(dtype) for k, v in unet_sd.items()}, strict=False)
@@ -174,15 +254,50 @@ class Personalizer:
             text.load_state_dict({k: v.to(dtype) for k, v in text_sd.items()}, strict=False)
         else:  # a UNet-only file: the text encoder is the base's
             self._restore_base(("text_encoder",))
+        self._has_vae[uri] = any(k.startswith(VAE_PREFIX) for k in state)
+        self._dreambooth = uri
 
-    def _load_lora(self, state: dict[str, torch.Tensor], spec: CheckpointSpec) -> None:
-        self._lora = PERSONALIZED  # set first: a half-loaded adapter is unloaded by reset()
-        self._scales[PERSONALIZED] = spec.scale
+    def _vae_source(self, spec: CheckpointSpec, dreambooth: str | None) -> str:
+        if spec.vae == "base" or (spec.vae == "own" and not (dreambooth and self._has_vae.get(dreambooth))):
+            return BASE
+        return dreambooth if spec.vae == "own" else spec.vae
+
+    def _set_vae(self, source: str, state: dict | None) -> None:
+        """Load the VAE from `source`: "base", a DreamBooth file (`state`, when already read) or a VAE's URI."""
+        if source == self.vae:
+            return
+        self.vae = BASE
+        if source == BASE:
+            self._restore_base(("vae",))
+            return
+        vae = self.pipe.vae
+        expected = {k: tuple(v.shape) for k, v in vae.state_dict().items()}
+        vae_sd = _read_vae(source, state if source == self._dreambooth else None, dict(vae.config))
+        check_keys(expected, vae_sd, "SD-1.x VAE", source)
+        self._keep_base("vae")
+        self._dirty.add("vae")
+        vae.load_state_dict({k: v.to(vae.dtype) for k, v in vae_sd.items()}, strict=True)
+        self.vae = source
+
+
+def _read_vae(uri: str, state: dict | None, config: dict) -> dict[str, torch.Tensor]:
+    """A VAE's weights in diffusers keys, from a DreamBooth file's `first_stage_model.*`, a single VAE file
+    (LDM keys with or without that prefix, or diffusers keys) or a diffusers AutoencoderKL folder."""
+    where = hub.resolve(uri)
+    if state is None and storage.isdir(where):
         try:
-            self.pipe.load_lora_weights(state, adapter_name=PERSONALIZED)
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise CheckpointError(f"{spec.uri}: LoRA does not fit this SD-1.x base ({str(e).splitlines()[0][:300]})") from None
-        self._set_adapters()
+            return AutoencoderKL.from_pretrained(storage.localize(where), local_files_only=True).state_dict()
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"vae {uri}: not a diffusers AutoencoderKL folder ({str(e).splitlines()[0][:200]})") from None
+    state = state if state is not None else load_state_dict(where)
+    if any(k.startswith("decoder.up_blocks.") for k in state):  # diffusers keys already
+        return state
+    ldm = {k: v for k, v in state.items() if k.startswith(VAE_PREFIX)} or {VAE_PREFIX + k: v for k, v in state.items()}
+    try:
+        return convert_ldm_vae_checkpoint(ldm, config)
+    except (KeyError, IndexError, ValueError) as e:
+        raise CheckpointError(f"vae {uri}: not an SD-1.x VAE ({type(e).__name__}: {e}); expected "
+                              f"{Path(uri).suffix or 'a'} file with LDM (encoder.down.*) or diffusers keys") from None
 
 
 def _unwrap_empty_lora_layers(model: torch.nn.Module) -> None:

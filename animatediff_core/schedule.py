@@ -2,7 +2,8 @@
 
 Source: guoyww/AnimateDiff `configs/training/*.yaml` and `configs/inference/inference-v*.yaml`:
 linear betas 0.00085 -> 0.012 over 1000 steps, epsilon prediction, DDIM at inference with
-steps_offset=1 and clip_sample off.
+steps_offset=1 and clip_sample off, run by the official script on diffusers 0.11.1 (whose DDIM spaces
+timesteps "leading" and ends at alpha 1.0: `ddim` here).
 
 `SAMPLERS` is the one list of samplers: a name, the diffusers scheduler class and its options over the
 linear betas, and a help line. Settings take their choices from it, and the resume fingerprint records
@@ -55,9 +56,16 @@ def _scheduler(cls_name: str, kwargs: dict):
 
 
 _SAMPLERS = (
+    # The official AnimateDiff samples with diffusers 0.11.1's DDIMScheduler and its configs/inference/*.yaml
+    # (steps_offset 1, clip_sample false): that version has only "leading" timestep spacing and a final alpha
+    # of 1.0 (set_alpha_to_one defaults to true). 25 steps sample at 961, 921, ..., 41, 1.
     Sampler("ddim", "DDIMScheduler",
+            (("steps_offset", 1), ("clip_sample", False), ("timestep_spacing", "leading"), ("set_alpha_to_one", True)),
+            "the official AnimateDiff's DDIM (guoyww/AnimateDiff on diffusers 0.11.1: leading spacing, steps_offset 1, "
+            "final alpha 1.0)"),
+    Sampler("ddim_linspace", "DDIMScheduler",
             (("steps_offset", 1), ("clip_sample", False), ("timestep_spacing", "linspace"), ("set_alpha_to_one", False)),
-            "AnimateDiff's DDIM (steps_offset 1, clip_sample off, linspace spacing)"),
+            "diffusers' documented AnimateDiff DDIM recipe (linspace spacing, final alpha of step 0): 999, 957, ..., 0"),
     Sampler("euler_trailing", "EulerDiscreteScheduler", (("timestep_spacing", "trailing"),),
             "AnimateDiff-Lightning's 2/4/8-step modules (ByteDance/AnimateDiff-Lightning: Euler, trailing spacing; guidance 1.0)"),
     Sampler("lcm", "LCMScheduler", (("clip_sample", False),),

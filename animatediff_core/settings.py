@@ -24,6 +24,7 @@ Tags (`configs.option(..., tag=value)`):
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, fields, replace
 
 from .configs import check_fields, need, option, tag
@@ -32,6 +33,8 @@ from .prompt_travel import parse_schedule
 from .schedule import DEFAULT_SAMPLER, SAMPLERS
 
 MAX_SIDE = 2048
+SEED_RANGE = 2**64  # what torch.Generator.manual_seed takes; the official configs use seeds up to 2**64 - 1
+ANY_SEED = -1  # the official configs' "any seed": the job picks one from the row's key and records it
 MAX_STEPS = 1000
 MAX_GUIDANCE = 50.0
 MAX_FRAMES = 1024  # longer clips run in context windows; this bounds a row's memory and time
@@ -79,9 +82,11 @@ class GenerationSettings:
     control_preprocess: str = option("canny", choices=PREPROCESSORS, needs=("control_video",),
                                      help="canny: edges of the reference frames; none: they already are control images")
     keyframes: str = option("", uri=True, card=True,
-                            help='SparseCtrl: one image URI (image-to-video) or JSON {"frame": "image URI"}')
+                            help='SparseCtrl: one image URI (image-to-video) or JSON {"frame": "image URI"}; -1 is the last frame')
     keyframe_model: str = option("", uri=True, needs=("keyframes",),
-                                 help="the SparseCtrl model (RGB or scribble): diffusers folder or Hub id")
+                                 help="the SparseCtrl model (RGB or scribble): an official .ckpt, a diffusers folder or a Hub id")
+    keyframe_normalize: bool = option(False, needs=("keyframes",), help="keyframes to gray, stretched to the full range "
+                                      "(the official normalize_condition_images, for scribbles)")
     init_video: str = option("", uri=True, card=True, help="video-to-video: the input video (any fsspec URI)")
     strength: float = option(0.8, low=0, high=1, needs=("init_video",),
                              help="video-to-video: 0 keeps the input (its VAE round trip), 1 ignores it")
@@ -120,14 +125,88 @@ STILL_SETTINGS = tuple(n for n, f in FIELDS.items() if tag(f, "still"))
 URI_SETTINGS = tuple(n for n, f in FIELDS.items() if tag(f, "uri"))
 
 
+LORA_ALPHAS = ("file", "ignore")
+VAE_SOURCES = ("own", "base")  # or the URI of a VAE
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One LoRA of a checkpoint stack, with its weight."""
+
+    uri: str
+    scale: float = 1.0
+    # file: W += scale * alpha / rank * up @ down with the file's alpha (kohya, A1111, ComfyUI; rank when it has none);
+    # ignore: W += scale * up @ down, the file's alpha ignored (the official AnimateDiff's convert_lora / lora_alpha)
+    alpha: str = "file"
+
+
 @dataclass(frozen=True)
 class CheckpointSpec:
-    """One personalized checkpoint: `uri` None means the base model itself."""
+    """One personalized checkpoint: a stack, as the official AnimateDiff's `load_weights` and ComfyUI build it.
+
+    `uri`: a DreamBooth single file, or a LoRA file (the stack's first LoRA, at `scale`); None: the base.
+    `loras`: more LoRAs over it, each with its weight. `adapter`: the v3 domain adapter LoRA (official
+    layout, `v3_sd15_adapter.ckpt`) at `adapter_scale`. `vae`: `own` (the DreamBooth file's VAE when it has
+    one, else the base's), `base`, or the URI of a VAE (a diffusers AutoencoderKL folder or a single file)."""
 
     name: str
     uri: str | None = None
     kind: str | None = None  # dreambooth | lora | None (detect from keys)
     scale: float = 1.0
+    loras: tuple[LoraSpec, ...] = ()
+    adapter: str | None = None
+    adapter_scale: float = 1.0
+    vae: str = "own"
+
+    @property
+    def identity(self) -> dict:
+        """What defines its weights (resume fingerprints): everything but the name."""
+        return {"uri": self.uri or "", "kind": self.kind, "scale": self.scale,
+                "loras": [[lo.uri, lo.scale, lo.alpha] for lo in self.loras],
+                "adapter": self.adapter or "", "adapter_scale": self.adapter_scale, "vae": self.vae}
+
+    @property
+    def stack(self) -> str:
+        """The stack beyond `uri` as JSON (metadata's `checkpoint_stack`; "" for a plain file or the base)."""
+        extra = {k: v for k, v in self.identity.items() if k not in ("uri", "kind", "scale")}
+        plain = not self.loras and not self.adapter and self.vae == "own"
+        return "" if plain else json.dumps({**extra, "scale": self.scale}, sort_keys=True)
+
+    @classmethod
+    def from_metadata(cls, name: str, uri: str, stack: str) -> "CheckpointSpec":
+        """The spec a metadata row's `checkpoint_uri` and `checkpoint_stack` describe (evaluation's stills)."""
+        if not stack:
+            return cls(name, uri or None)
+        d = json.loads(stack)
+        return cls(name, uri or None, None, d.get("scale", 1.0), tuple(LoraSpec(*lo) for lo in d.get("loras", [])),
+                   d.get("adapter") or None, d.get("adapter_scale", 1.0), d.get("vae", "own"))
+
+
+def parse_loras(text: str) -> tuple[LoraSpec, ...]:
+    """A checkpoint table's `loras` cell: a JSON list of `{"uri": ..., "scale": 0.8, "alpha": "file"}` (scale
+    and alpha optional) or of plain URIs; empty: none."""
+    text = (text or "").strip()
+    if not text:
+        return ()
+    try:
+        items = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"loras is not valid JSON ({getattr(e, 'msg', e)}); expected "
+                          '[{"uri": "a.safetensors", "scale": 0.8}, ...]') from None
+    need(isinstance(items, list), f'loras must be a JSON list like [{{"uri": "a.safetensors", "scale": 0.8}}], got {text[:60]!r}')
+    out = []
+    for item in items:
+        item = {"uri": item} if isinstance(item, str) else item
+        need(isinstance(item, dict) and isinstance(item.get("uri"), str) and item["uri"].strip(),
+             f"each of loras needs a \"uri\", got {str(item)[:60]!r}")
+        unknown = sorted(set(item) - {"uri", "scale", "alpha"})
+        need(not unknown, f"loras entry {item['uri'][:60]!r}: unknown key(s) {', '.join(unknown)} (known: uri, scale, alpha)")
+        scale, alpha = item.get("scale", 1.0), item.get("alpha", "file")
+        need(isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(scale),
+             f"loras entry {item['uri'][:60]!r}: scale must be a finite number, got {scale!r}")
+        need(alpha in LORA_ALPHAS, f"loras entry {item['uri'][:60]!r}: alpha must be one of {', '.join(LORA_ALPHAS)}, got {alpha!r}")
+        out.append(LoraSpec(item["uri"].strip(), float(scale), alpha))
+    return tuple(out)
 
 
 def validate_settings(s: GenerationSettings, max_frames: int, vae_scale: int = 8) -> None:
@@ -167,7 +246,7 @@ def _validate_control(s: GenerationSettings, max_frames: int) -> None:
 
 
 def parse_keyframes(text: str, num_frames: int) -> dict[int, str]:
-    """`{frame: image URI}` from a JSON object `{"0": "a.png", "15": "b.png"}` or one URI (frame 0)."""
+    """`{frame: image URI}` from a JSON object `{"0": "a.png", "-1": "b.png"}` (negative: from the end) or one URI (frame 0)."""
     text = text.strip()
     if not text.startswith("{"):
         need(bool(text), "keyframes is empty; give an image URI or a JSON {\"frame\": \"image URI\"} map")
@@ -184,7 +263,9 @@ def parse_keyframes(text: str, num_frames: int) -> dict[int, str]:
             frame = int(str(key).strip())
         except ValueError:
             raise ConfigError(f"keyframes key {str(key)[:40]!r} is not a frame number; keys are frame indices") from None
-        need(0 <= frame < num_frames, f"keyframes frame {frame} is outside the clip's frames 0-{num_frames - 1}")
+        need(-num_frames <= frame < num_frames, f"keyframes frame {frame} is outside the clip's frames 0-{num_frames - 1} "
+             f"(or -1 to -{num_frames}, counted from the end)")
+        frame %= num_frames  # -1: the last frame, as the official controlnet_image_indexs count
         need(frame not in out, f"keyframes names frame {frame} twice")
         need(isinstance(uri, str) and uri.strip(), f"keyframes frame {frame} needs an image URI, got {str(uri)[:60]!r}")
         out[frame] = uri.strip()

@@ -18,6 +18,10 @@
                                    controlnet_original.safetensors (the same weights in one file, diffusers
                                    keys and the original control_model.* layout), sparsectrl_rgb/ and sparsectrl_scribble/ (random SparseCtrl
                                    models: RGB keyframes go through the VAE, scribbles do not)
+  out/official/                    stand-ins for the official repository's files in their released layouts
+                                   (tiny preset only; write_official_models): dreambooth.safetensors (with a
+                                   VAE), lora.safetensors, motion_module_v2.ckpt, motion_module_v3.ckpt,
+                                   motion_lora.ckpt, v3_adapter.ckpt, sparsectrl_rgb.ckpt, sparsectrl_scribble.ckpt
 The shapes follow SD-1.x (cross-attention UNet, 4-channel latents, CLIP text encoder) at toy width.
 """
 
@@ -36,8 +40,8 @@ from transformers.utils import logging as transformers_logging
 from .checkpoints import save_state_dict
 from .flow import SMALL, raft_state
 from .inflate import MotionModuleConfig, new_motion_adapter
-from .ldm_keys import controlnet_to_ldm, text_encoder_to_ldm, unet_to_ldm
-from .motion_formats import save_motion_adapter
+from .ldm_keys import controlnet_to_ldm, text_encoder_to_ldm, unet_to_ldm, vae_to_ldm
+from .motion_formats import diffusers_to_original, save_motion_adapter
 from .motion_lora import TARGET_RE
 from .schedule import ScheduleConfig
 from .tokenizer import write_clip_tokenizer
@@ -152,6 +156,8 @@ def write_tiny_models(out: str | Path, seed: int = 0, preset: str = "tiny") -> P
     if preset == "tiny":  # SD-1.5-sized control models would add ~4 GB that no benchmark reads
         torch.manual_seed(seed + 3)
         write_control_models(out / "control", unet, adapter, vae_scale=2 ** (len(vae.config.block_out_channels) - 1))
+        torch.manual_seed(seed + 4)
+        write_official_models(out / "official", unet, vae, text, out / "control", torch.Generator().manual_seed(seed + 4))
     return out
 
 
@@ -178,6 +184,41 @@ def write_control_models(out: Path, unet: UNet2DConditionModel, adapter: MotionA
             use_simplified_condition_embedding=simplified, conditioning_embedding_out_channels=embedding)
         _shake_zero_convs(sparse)
         sparse.save_pretrained(out / name)
+
+
+def write_official_models(out: Path, unet, vae, text, control: Path, g: torch.Generator) -> None:
+    """Stand-ins for the files the official AnimateDiff repository's configs name, in their released layouts:
+    `dreambooth.safetensors` (LDM keys with a baked-in VAE), `lora.safetensors` (kohya, alpha != rank),
+    `motion_module_v2.ckpt` (mid block) and `motion_module_v3.ckpt` (original keys, torch pickles of tensors),
+    `motion_lora.ckpt` (a v2 MotionLoRA), `v3_adapter.ckpt` (the domain adapter: LoRA on the image model's
+    attention), `sparsectrl_rgb.ckpt` and `sparsectrl_scribble.ckpt` (the control/ SparseCtrl models' weights
+    with their motion modules in the original layout)."""
+    out.mkdir(parents=True, exist_ok=True)
+    save_state_dict(_dreambooth_state(unet, text, g, vae), str(out / "dreambooth.safetensors"))
+    save_state_dict(_kohya_lora_state(unet, text, g, rank=4, alpha=3.0), str(out / "lora.safetensors"))
+    # Released modules carry no config: loaders assume the official 8 heads and 32 groups, so these use them too.
+    v2 = new_motion_adapter(dict(unet.config), MotionModuleConfig(), zero_init=False)
+    v3 = new_motion_adapter(dict(unet.config), MotionModuleConfig(use_mid_block=False), zero_init=False)
+    for adapter, name in ((v2, "motion_module_v2.ckpt"), (v3, "motion_module_v3.ckpt")):
+        save_state_dict(diffusers_to_original(adapter.state_dict()), str(out / name))
+    save_state_dict(motion_lora_state(v2, g, rank=2, original=True), str(out / "motion_lora.ckpt"))
+    save_state_dict(_domain_adapter_state(unet, g, rank=4), str(out / "v3_adapter.ckpt"))
+    for name in ("sparsectrl_rgb", "sparsectrl_scribble"):
+        sparse = SparseControlNetModel.from_pretrained(control / name).state_dict()
+        motion = {k: v for k, v in sparse.items() if ".motion_modules." in k}
+        state = {**{k: v for k, v in sparse.items() if ".motion_modules." not in k}, **diffusers_to_original(motion)}
+        save_state_dict(state, str(out / f"{name}.ckpt"))
+
+
+def _domain_adapter_state(unet, g, rank: int) -> dict[str, torch.Tensor]:
+    """The v3 domain adapter's layout: `<attention>.processor.to_q_lora.down.weight` on the image model's attention."""
+    state = {}
+    for name, lin in _lora_pairs(unet, LORA_TARGETS_UNET):
+        stem = name.replace(".to_out.0", ".to_out").rsplit(".", 1)
+        key = f"{stem[0]}.processor.{stem[1]}_lora"
+        state[f"{key}.down.weight"] = 0.3 * torch.randn(rank, lin.in_features, generator=g)
+        state[f"{key}.up.weight"] = 0.3 * torch.randn(lin.out_features, rank, generator=g)
+    return state
 
 
 def _shake_zero_convs(model: torch.nn.Module) -> None:
@@ -218,13 +259,16 @@ def motion_lora_state(adapter: MotionAdapter, g: torch.Generator, rank: int, ori
     return state
 
 
-def _dreambooth_state(unet, text, g) -> dict[str, torch.Tensor]:
-    """Full fine-tune stand-in: every base weight moved by ~10% noise, saved with LDM single-file keys."""
+def _dreambooth_state(unet, text, g, vae=None) -> dict[str, torch.Tensor]:
+    """Full fine-tune stand-in: every base weight moved by ~10% noise, saved with LDM single-file keys (with a
+    baked-in VAE when `vae` is given)."""
     def perturb(sd):
         # The mean in float64: a float32 reduction's last bit depends on the thread count, and the files must not.
         return {k: v + 0.1 * v.abs().double().mean().float() * torch.randn(v.shape, generator=g) for k, v in sd.items()}
     state = unet_to_ldm(perturb(unet.state_dict()), dict(unet.config))
     state.update(text_encoder_to_ldm(perturb(text.state_dict())))
+    if vae is not None:
+        state.update(vae_to_ldm(perturb(vae.state_dict()), dict(vae.config)))
     return state
 
 

@@ -9,6 +9,7 @@ Exit code: 0 when every row is ok or skipped (or the failures are within --max-e
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 
@@ -23,9 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     # Imported after parsing: --help and a bad flag answer without loading torch or Ray.
     from animatediff_core import storage
+    from animatediff_core.settings import NAMES as SETTING_NAMES
     from pipelines.animate.job import exit_code, preflight, run_animate
     from pipelines.ray_session import init_ray, require_shared
 
+    if cfg.official_config and not cfg.official_overrides:  # settings given as flags win over the official config's
+        cfg = dataclasses.replace(cfg, official_overrides=sorted(set(vars(args)) & set(SETTING_NAMES)))
     prep = preflight(cfg)
     cluster = init_ray()
     if cluster.job_id:

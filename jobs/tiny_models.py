@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     out = write_tiny_models(args.out, seed=args.seed)
-    print(f"tiny models written to {out}: base/, motion_adapter/, motion_module.safetensors, checkpoints/, clip/, motion_loras/, raft_small.pth, control/")
+    print(f"tiny models written to {out}: base/, motion_adapter/, motion_module.safetensors, checkpoints/, clip/, motion_loras/, raft_small.pth, control/, official/")
     return 0
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from animatediff_core.configs import check_fields, need, option, section
-from animatediff_core.settings import MOTION_NORMS, GenerationSettings
+from animatediff_core.settings import MOTION_NORMS, NAMES as SETTING_NAMES, GenerationSettings
 from animatediff_core.speed import SpeedOptions
 from pipelines.ray_session import ActorOptions
 
@@ -44,16 +44,29 @@ class GenerationFlags:
 class AnimateConfig(GenerationFlags):
     """The batch job's settings."""
 
-    prompts: list[str] = option(help="prompt tables (.csv, .csv.gz, .parquet, or folders of them), any fsspec URI")
+    prompts: list[str] = option([], help="prompt tables (.csv, .csv.gz, .parquet, or folders of them), any fsspec URI")
     base: str = option(help="diffusers SD-1.x folder or Hub id")
-    motion_module: list[str] = option(help="motion module(s): MotionAdapter folders or original .safetensors/.ckpt "
-                                           "files, folders of them, or a jobs.train run folder; several = a sweep")
-    checkpoints: str | None = option(None, help="folder of .safetensors or a table (name, uri, [kind], [scale]); default: the base alone")
+    motion_module: list[str] = option([], help="motion module(s): MotionAdapter folders or original .safetensors/.ckpt "
+                                               "files, folders of them, or a jobs.train run folder; several = a sweep")
+    checkpoints: str | None = option(None, help="folder of .safetensors or a table (name, uri, [kind], [scale], [loras], "
+                                                "[adapter], [adapter_scale], [vae]); default: the base alone")
+    official_config: str | None = option(None, help="an official AnimateDiff prompt config (configs/prompts/*.yaml), run "
+                                                     "unchanged: it gives the prompts, checkpoints and motion modules")
+    official_root: str = option(".", help="the official repository's root, against which the config's relative paths resolve")
+    official_overrides: list[str] = option([], help="generation settings whose job values win over the official config's "
+                                                    "(default: those given as flags)")
     out: str = option("outputs/animate", help="output folder or URI")
     max_error_fraction: float = option(1.0, low=0, high=1, help="exit non-zero when more than this fraction of rows "
                                                                 "failed (1.0: only when every row failed)")
 
     def __post_init__(self):
         super().__post_init__()
-        need(bool(self.prompts), "prompts: give at least one prompt table")
+        unknown = sorted(set(self.official_overrides) - set(SETTING_NAMES))
+        need(not unknown, f"official_overrides: {', '.join(unknown)} are not generation settings")
+        if self.official_config:
+            need(not (self.prompts or self.motion_module or self.checkpoints),
+                 "--official-config names the prompts, checkpoints and motion modules: leave out --prompts, "
+                 "--motion-module and --checkpoints")
+            return
+        need(bool(self.prompts), "prompts: give at least one prompt table (or --official-config)")
         need(bool(self.motion_module), "motion_module: give at least one motion module")

@@ -27,7 +27,7 @@ ALWAYS = tuple(n for n, f in FIELDS.items() if tag(f, "key") == "always")
 FILE = tuple(n for n, f in FIELDS.items() if tag(f, "key") == "file")
 _DEFAULTS = GenerationSettings()
 # What a still depends on besides its settings (evaluation's domain similarity).
-STILL_KEYS = ("checkpoint", "checkpoint_uri", "prompt", "negative_prompt", "seed", *STILL_SETTINGS)
+STILL_KEYS = ("checkpoint", "checkpoint_uri", "checkpoint_stack", "prompt", "negative_prompt", "seed", *STILL_SETTINGS)
 
 
 def _changed(k: str, v) -> bool:
@@ -50,7 +50,7 @@ def fingerprint(row: dict, motion: MotionSpec, spec: CheckpointSpec) -> dict:
     """What must match for an existing video to be reused on a rerun: the row's content, the checkpoint,
     the motion module with the numerics it runs with, and what the row's sampler means."""
     return {"prompt": row["prompt"], "negative_prompt": row["negative_prompt"], "seed": int(row["seed"]),
-            "checkpoint": row["checkpoint"], "checkpoint_uri": spec.uri or "", "scale": spec.scale,
+            "checkpoint": row["checkpoint"], "checkpoint_stack": spec.identity,
             "motion_module": motion.uri, "motion_norm": motion.numerics or motion.norm,
             "sampler_definition": SAMPLERS[row["sampler"]].definition,
             **{k: plain(row[k]) for k in schema.SETTINGS if k in ALWAYS or k in FILE or _changed(k, plain(row[k]))}}

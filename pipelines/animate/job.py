@@ -29,6 +29,7 @@ from pipelines import tables
 from pipelines.ray_session import count_nodes, stage
 from pipelines.animate import schema
 from pipelines.animate.config import AnimateConfig
+from pipelines.animate import official
 from pipelines.animate.layout import OutputLayout, new_run_id
 from pipelines.animate.plan import Plan, is_done, is_pending, mark_conflicts, normalize, plan_block
 from pipelines.animate.report import SHARD, Summary, drop_older_shards, write_index, write_shard
@@ -50,7 +51,11 @@ class Prepared:
 
 
 def preflight(cfg: AnimateConfig) -> Prepared:
-    """Fail fast, with one line, when nothing can run: missing or unfit inputs, an unwritable output."""
+    """Fail fast, with one line, when nothing can run: missing or unfit inputs, an unwritable output.
+    With an official config, its translation first."""
+    translated = None
+    if cfg.official_config:
+        cfg, translated = official.prepare(cfg, frozenset(cfg.official_overrides))
     files = [f for uri in cfg.prompts for f in tables.list_tables(uri, "--prompts")]
     has_rows = False
     for f in files:
@@ -72,6 +77,8 @@ def preflight(cfg: AnimateConfig) -> Prepared:
             raise CheckpointError(f"--motion-module {e}") from None
         motions[name] = dataclasses.replace(spec, max_frames=int(config["motion_max_seq_length"]), norm=cfg.motion_norm,
                                             numerics=numerics.label)
+    if translated is not None:
+        official.check_modules(translated, {n: m.numerics.split("/")[1] for n, m in motions.items()})
     for flag in (n for n in URI_SETTINGS if n != "keyframes"):  # job-wide inputs (keyframes: JSON, read per row)
         uri = getattr(cfg.generation, flag)
         need(not uri or storage.exists(hub.resolve(uri)), f"--{flag.replace('_', '-')} {uri}: not found")

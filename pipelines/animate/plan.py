@@ -16,7 +16,7 @@ import pandas as pd
 
 from animatediff_core.configs import field_types, need, short
 from animatediff_core.errors import ConfigError
-from animatediff_core.settings import GenerationSettings, validate_settings
+from animatediff_core.settings import ANY_SEED, SEED_RANGE, GenerationSettings, validate_settings
 from pipelines import cells
 from pipelines.animate import schema
 from pipelines.animate.identity import content_hash, row_key, slot_hash
@@ -107,8 +107,8 @@ def _resolve(row: dict, key: str, checkpoint: str, motion: str, plan: Plan, chec
     try:
         need(is_safe_name(out["id"]), f"id {short(out['id'])} is not a safe file name: use {NAME_RULE}")
         seed = cells.as_int("seed", row.get("seed"))
-        if seed is not None:
-            need(0 <= seed < 2**63, f"seed must be an integer in [0, 2**63), got {short(seed)}")
+        if seed is not None and seed != ANY_SEED:  # -1: any seed, the one derived from the row (a rerun resumes)
+            need(0 <= seed < SEED_RANGE, f"seed must be an integer in [0, 2**64) or -1 (any seed), got {short(seed)}")
             out["seed"] = seed
         s = checked.settings(row)
         if isinstance(s, ConfigError):

@@ -173,6 +173,7 @@ def read_metadata(out: str) -> pd.DataFrame:
         return schema.empty()
     parts = [pd.read_parquet(io.BytesIO(storage.read_bytes(s))).assign(_run=shard_run_id(s)) for s in shards]
     table = pd.concat(parts, ignore_index=True)
+    table = schema.typed(table).assign(_run=table["_run"])  # shards of earlier releases: int64 seeds, fewer columns
     latest = table.groupby(["motion_module", "checkpoint", "id"])["_run"].transform("max")
     return table[table["_run"] == latest].drop(columns="_run").reset_index(drop=True)
 

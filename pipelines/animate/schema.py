@@ -22,7 +22,7 @@ from animatediff_core.settings import FIELDS, GenerationSettings
 @dataclass(frozen=True)
 class Column:
     name: str
-    type: str  # "string" | "int64" | "float64" | "bool"
+    type: str  # "string" | "int64" | "uint64" (seeds) | "float64" | "bool"
     role: str  # "input" | "setting" | "result"
     card: bool = False  # shown on the index page's preview cards
     help: str = ""
@@ -41,7 +41,7 @@ COLUMNS = (
     Column("id", "string", "input", help="the table's id, else a uuid5 of the row content and checkpoint"),
     Column("prompt", "string", "input", card=True),
     Column("negative_prompt", "string", "input", card=True),
-    Column("seed", "int64", "input", card=True, help="the table's seed, else a hash of the row content"),
+    Column("seed", "uint64", "input", card=True, help="the table's seed in [0, 2**64), else (empty or -1) one derived from the row content"),
     Column("checkpoint", "string", "input", card=True, help="a name from the checkpoint set; empty: every one"),
     Column("motion_module", "string", "input", card=True, help="a name from the motion-module set; empty: every one"),
     *_setting_columns(),
@@ -50,7 +50,9 @@ COLUMNS = (
     Column("skipped", "bool", "result", help="ok from an earlier run: found finished, not regenerated"),
     Column("windows", "int64", "result", help="context windows the motion modules ran in (1: all frames at once)"),
     Column("prompt_truncated", "bool", "result", help="the prompt is longer than the text encoder reads (77 tokens)"),
-    Column("checkpoint_uri", "string", "result"),
+    Column("checkpoint_uri", "string", "result", help="the checkpoint's DreamBooth or LoRA file (empty: the base)"),
+    Column("checkpoint_stack", "string", "result", help="the rest of the checkpoint's stack as JSON: loras, adapter, vae (empty: none)"),
+    Column("vae", "string", "result", help="where the VAE that decoded the video came from: base, the DreamBooth file, or a VAE's URI"),
     Column("motion_module_uri", "string", "result"),
     Column("video_uri", "string", "result"),
     Column("gif_uri", "string", "result"),
@@ -67,12 +69,12 @@ CARD = [c.name for c in COLUMNS if c.card]
 # Rows that share these run as one batched pipeline call on one loaded checkpoint and motion module.
 GROUP = ["motion_module", "checkpoint", *SETTINGS]
 
-_PA = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
+_PA = {"string": pa.string(), "int64": pa.int64(), "uint64": pa.uint64(), "float64": pa.float64(), "bool": pa.bool_()}
 ARROW_SCHEMA = pa.schema([(c.name, _PA[c.type]) for c in COLUMNS])
-_EMPTY = {"string": "", "int64": -1, "float64": float("nan"), "bool": False}
+_EMPTY = {"string": "", "int64": -1, "uint64": 0, "float64": float("nan"), "bool": False}
 
 
-_CAST = {"int64": int, "float64": float, "string": str, "bool": bool}
+_CAST = {"int64": int, "uint64": int, "float64": float, "string": str, "bool": bool}
 _TYPE_OF = {c.name: c.type for c in COLUMNS}
 
 
@@ -98,6 +100,9 @@ def typed(batch: pd.DataFrame) -> pd.DataFrame:
         elif c.type == "bool":
             out[c.name] = col.map(lambda v: v is True or (hasattr(v, "item") and bool(v.item()) is True)).astype(bool) \
                 if col.dtype != bool else col
+        elif c.type == "uint64":  # seeds: [0, 2**64), beyond what int64 or float64 hold exactly
+            out[c.name] = pd.Series([_seed(v) for v in col], index=batch.index, dtype="uint64") \
+                if col.dtype != "uint64" else col
         else:
             num = pd.to_numeric(col.map(_small_number) if col.dtype == object else col, errors="coerce")
             out[c.name] = num.fillna(_EMPTY[c.type]).astype(c.type) if c.type == "int64" else num.astype("float64")
@@ -111,6 +116,15 @@ def _small_number(v):
     except (TypeError, ValueError, OverflowError):
         return None
     return v if abs(f) < 2**63 else None
+
+
+def _seed(v) -> int:
+    """A seed cell as a uint64 value (0 where it holds none: such a row is an error row already)."""
+    try:
+        v = int(v)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+    return v if 0 <= v < 2**64 else 0
 
 
 def empty() -> pd.DataFrame:

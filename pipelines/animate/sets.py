@@ -6,16 +6,16 @@ Light (no torch, no Ray): preflight and planning tasks read these.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from animatediff_core import hub, storage
-from animatediff_core.configs import need, short
-from animatediff_core.settings import KINDS, WEIGHT_EXTS, CheckpointSpec
+from animatediff_core.configs import need
+from animatediff_core.errors import ConfigError
+from animatediff_core.settings import KINDS, WEIGHT_EXTS, CheckpointSpec, parse_loras
 from pipelines import run_folder, tables
 from pipelines.animate.layout import check_name
-from pipelines.cells import plain
+from pipelines.cells import as_float, as_text, plain
 
 BASE_NAME = "base"
 
@@ -32,7 +32,9 @@ class MotionSpec:
 
 
 def read_checkpoint_set(uri: str | None) -> dict[str, CheckpointSpec]:
-    """Checkpoints by name, from a folder of .safetensors files or a table (name, uri, [kind], [scale]).
+    """Checkpoints by name, from a folder of .safetensors files or a table: `name`, `uri` (a DreamBooth or LoRA
+    file), optional `kind`, `scale` (the LoRA's weight), `loras` (JSON list of more LoRAs with their weights),
+    `adapter` and `adapter_scale` (the v3 domain adapter), `vae` (own, base or a URI): one stack per row.
 
     No set: the base model alone, under the name "base".
     """
@@ -48,23 +50,37 @@ def read_checkpoint_set(uri: str | None) -> dict[str, CheckpointSpec]:
         for n in names:
             check_name(n, f"--checkpoints {uri}: checkpoint")
         return {n: CheckpointSpec(n, storage.join(uri, PurePosixPath(p).name)) for n, p in zip(names, files)}
-    table = tables.read_pandas(uri, strings=("name", "uri", "kind"), flag="--checkpoints")
-    missing = {"name", "uri"} - set(table.columns)
-    need(not missing, f"--checkpoints {uri}: table needs columns name, uri (optional kind, scale); missing {sorted(missing)}")
+    table = tables.read_pandas(uri, strings=("name", "uri", "kind", "loras", "adapter", "vae"), flag="--checkpoints")
+    need("name" in table.columns and {"uri", "loras", "adapter"} & set(table.columns),
+         f"--checkpoints {uri}: table needs columns name and uri (optional kind, scale, loras, adapter, adapter_scale, vae); "
+         f"found {', '.join(map(str, table.columns)) or 'none'}")
     specs = {}
     for r in table.to_dict("records"):
         name = check_name(str(plain(r["name"]) or ""), f"--checkpoints {uri}: checkpoint")
         need(name not in specs, f"--checkpoints {uri}: checkpoint name {name!r} appears twice; names must be unique")
-        kind = r.get("kind") if isinstance(r.get("kind"), str) and r.get("kind") else None
-        need(kind is None or kind in KINDS, f"--checkpoints {uri}: checkpoint {name!r} has kind {kind!r}; expected one of {KINDS}")
-        scale = plain(r.get("scale"))
         try:
-            scale = 1.0 if scale is None else float(scale)
-        except (TypeError, ValueError, OverflowError):
-            scale = float("nan")
-        need(math.isfinite(scale), f"--checkpoints {uri}: checkpoint {name!r} has scale {short(r.get('scale'))}; expected a finite number")
-        specs[name] = CheckpointSpec(name, plain(r["uri"]) or None, kind, scale)
+            specs[name] = checkpoint_spec(name, r)
+        except ConfigError as e:
+            raise ConfigError(f"--checkpoints {uri}: checkpoint {name!r}: {e}") from None
     return specs
+
+
+def checkpoint_spec(name: str, cells_: dict) -> CheckpointSpec:
+    """One checkpoint table row (`uri`, `kind`, `scale`, `loras`, `adapter`, `adapter_scale`, `vae`) as a stack."""
+    kind = as_text("kind", cells_.get("kind"))
+    need(kind is None or kind in KINDS, f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    vae = as_text("vae", cells_.get("vae")) or "own"
+    spec = CheckpointSpec(name, as_text("uri", cells_.get("uri")), kind, _number("scale", cells_.get("scale")),
+                          parse_loras(as_text("loras", cells_.get("loras")) or ""), as_text("adapter", cells_.get("adapter")),
+                          _number("adapter_scale", cells_.get("adapter_scale")), vae)
+    need(spec.uri or spec.loras or spec.adapter or spec.vae != "own",
+         "give a uri (a DreamBooth or LoRA file), loras or an adapter (an empty row would be the base: leave it out)")
+    return spec
+
+
+def _number(name: str, value) -> float:
+    parsed = as_float(name, value)
+    return 1.0 if parsed is None else parsed
 
 
 def read_motion_set(uris: list[str]) -> dict[str, MotionSpec]:

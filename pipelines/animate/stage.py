@@ -42,6 +42,11 @@ from pipelines.ray_session import ActorOptions
 log = logging.getLogger(__name__)
 
 
+def _shape(config) -> tuple[bool, int]:
+    """What a UNet's motion modules must share with a module swapped in: a mid block, the positions."""
+    return bool(config.get("use_motion_mid_block")), int(config.get("motion_max_seq_length") or 0)
+
+
 class AnimateStage:
     def __init__(self, base: str, motions: dict[str, MotionSpec], checkpoints: dict[str, CheckpointSpec],
                  layout: OutputLayout, run_id: str, gif: bool = True, actors: ActorOptions = ActorOptions(),
@@ -50,24 +55,21 @@ class AnimateStage:
         self.device, dtype = placement.device, placement.dtype
         cuda = self.device == "cuda"
         self.motions, self.specs, self.layout, self.run_id, self.gif = motions, checkpoints, layout, run_id, gif
-        first = next(iter(motions.values()))
-        self.pipe = load_pipeline(base, first.uri, device=self.device, dtype=dtype, motion_norm=first.norm)
-        apply_speed(self.pipe, speed)  # opt-in (--fuse-qkv, --channels-last, --compile, --vae-chunk): once per actor
+        self.base, self.dtype, self.speed = base, dtype, speed
         if speed.any:
             log.info("speed options: %s", speed)
-        self.motion = first.name
-        self.personalizer = Personalizer(self.pipe)
+        self._build(next(iter(motions.values())))
         # Rows per pipeline call. On CPU a batch of 8 measured 19% slower per video than one at a time
         # (bench/README.md), so CPU actors default to 1; GPUs batch up to 8.
         self.max_batch = max_batch or (8 if cuda else 1)
         self.failed: dict[tuple[str, str], str] = {}  # (kind, name) -> why it could not load
         self.writers = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="animate-writer")
         self.text_limit = int(self.pipe.tokenizer.model_max_length)
-        self.controls = ControlModels(read_unet_config(base), self.device, dtype)  # ControlNet / SparseCtrl, by URI
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         batch = schema.typed(batch.reset_index(drop=True))
         batch["checkpoint_uri"] = [self.specs[c].uri or "" if c in self.specs else "" for c in batch["checkpoint"]]
+        batch["checkpoint_stack"] = [self.specs[c].stack if c in self.specs else "" for c in batch["checkpoint"]]
         batch["motion_module_uri"] = [self.motions[m].uri if m in self.motions else "" for m in batch["motion_module"]]
         pending = batch.index[batch["status"] == "pending"]
         writes = []
@@ -112,6 +114,7 @@ class AnimateStage:
             if not self._activate(kind, name, activate):
                 self._fail(batch, group.index, f"{kind} {name!r} failed to load: {self.failed[(kind, name)]}")
                 return []
+        batch.loc[group.index, "vae"] = self.personalizer.vae
         ready = []
         for i, row in group.iterrows():
             req = Request(row["prompt"], row["negative_prompt"], int(row["seed"]), GenerationSettings(**schema.settings_of(row)))
@@ -183,13 +186,27 @@ class AnimateStage:
     def _checkpoint(self, name: str) -> None:
         self.personalizer.apply(self.specs[name])
 
+    def _build(self, spec: MotionSpec) -> None:
+        """Load the base with the motion module `spec`: the pipeline, its speed options, its personalizer."""
+        self.pipe = load_pipeline(self.base, spec.uri, device=self.device, dtype=self.dtype, motion_norm=spec.norm)
+        apply_speed(self.pipe, self.speed)  # opt-in (--fuse-qkv, --channels-last, --compile, --vae-chunk): once per pipeline
+        self.personalizer = Personalizer(self.pipe)
+        self.motion = spec.name
+        self.controls = ControlModels(read_unet_config(self.base), self.device, self.dtype,  # ControlNet / SparseCtrl, by URI
+                                      motion_config=dict(self.pipe.unet.config))  # SparseCtrl files take its motion shape
+
     def _motion(self, name: str) -> None:
-        """Swap the motion-module weights in place (the base stays loaded; personalization is kept)."""
+        """Swap the motion-module weights in place (the base stays loaded; personalization is kept). A module of
+        another shape (v2's mid block against v1/v3, another length) needs another UNet: the pipeline is rebuilt."""
         if name == self.motion:
             return
         spec = self.motions[name]
         self.personalizer.apply_motion_lora(None)  # a motion LoRA belongs to the module it was trained on
         adapter = load_motion_adapter(spec.uri).to(dtype=self.pipe.unet.dtype)
+        if _shape(adapter.config) != _shape(self.pipe.unet.config):
+            log.info("motion module %r has another shape than %r (mid block, length): reloading the base for it", name, self.motion)
+            self._build(spec)
+            return
         with weights_change(self.pipe):  # the plain modules for the strict load; fused projections refilled after
             try:
                 self.pipe.unet.load_motion_modules(adapter)

@@ -29,7 +29,8 @@ def render_stills(rows: pd.DataFrame, cfg: EvaluateConfig, specs: dict[str, Chec
     rows = rows.copy()
     rows["still_key"] = [still_key(r) for r in rows[list(STILL_KEYS)].to_dict("records")]
     wanted = rows[rows["status"] == "ok"].drop_duplicates("still_key")[[*STILL_KEYS, "still_key"]]
-    specs = {**{n: CheckpointSpec(n, u or None) for n, u in zip(wanted["checkpoint"], wanted["checkpoint_uri"])}, **(specs or {})}
+    specs = {**{n: CheckpointSpec.from_metadata(n, u, s) for n, u, s in zip(wanted["checkpoint"], wanted["checkpoint_uri"],
+                                                                                wanted["checkpoint_stack"])}, **(specs or {})}
     log.info("domain similarity: %d stills (checkpoint x prompt x seed x shape), motion modules bypassed", len(wanted))
     if wanted.empty:
         return rows.assign(still_uri="")

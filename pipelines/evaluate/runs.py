@@ -43,7 +43,7 @@ def read_runs(uris: list[str]) -> pd.DataFrame:
         meta["run"] = run
         parts.append(meta)
     rows = pd.concat(parts, ignore_index=True)
-    for col in ("checkpoint_uri", "gif_uri", "motion_module", "motion_module_uri", "negative_prompt"):  # older tables may lack them
+    for col in ("checkpoint_uri", "checkpoint_stack", "gif_uri", "motion_module", "motion_module_uri", "negative_prompt"):  # older tables may lack them
         rows[col] = rows[col].fillna("").astype(str) if col in rows.columns else ""
     for col in STILL_SETTINGS:  # a setting an older folder did not record (its empty value): the default it ran with
         default = getattr(GenerationSettings(), col)

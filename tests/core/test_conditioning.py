@@ -26,7 +26,7 @@ def pipe(tiny_models, one_thread):
 
 @pytest.fixture(scope="module")
 def models(tiny_models, pipe):
-    return ControlModels(read_unet_config(str(tiny_models / "base")), "cpu", torch.float32)
+    return ControlModels(read_unet_config(str(tiny_models / "base")), "cpu", torch.float32, motion_config=dict(pipe.unet.config))
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +170,7 @@ def test_control_models_cache_and_bad_models(models, tiny_models, tmp_path):
     assert models.get("controlnet", str(tiny_models / "control" / "controlnet")) is a  # loaded once
     with pytest.raises(CheckpointError, match="control_model .*nothing: not found"):
         models.get("controlnet", str(tmp_path / "nothing"))
-    with pytest.raises(CheckpointError, match="keyframe_model .*SparseControlNetModel folder"):
+    with pytest.raises(CheckpointError, match="keyframe_model .*not a valid SparseCtrl model"):
         models.get("sparsectrl", str(tiny_models / "control" / "controlnet.safetensors"))
     wrong = tmp_path / "wrong.safetensors"
     from animatediff_core.checkpoints import save_state_dict

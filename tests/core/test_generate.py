@@ -30,7 +30,7 @@ def test_frames_shape_and_determinism(pipe):
 def test_pipeline_uses_animatediff_sampler(pipe):
     c = pipe.scheduler.config
     assert type(pipe.scheduler).__name__ == "DDIMScheduler"
-    assert c.beta_schedule == "linear" and c.steps_offset == 1 and not c.clip_sample and c.timestep_spacing == "linspace"
+    assert c.beta_schedule == "linear" and c.steps_offset == 1 and not c.clip_sample and c.timestep_spacing == "leading"
 
 
 def test_identical_prompts_encoded_once(pipe, monkeypatch):
@@ -102,5 +102,5 @@ def test_few_step_samplers_run_and_differ_from_ddim(pipe, sampler):
     assert type(pipe.scheduler).__name__ == {"euler_trailing": "EulerDiscreteScheduler", "lcm": "LCMScheduler"}[sampler]
     again = generate(pipe, [Request("a cat", seed=3, settings=s)])[0]
     assert np.array_equal(ddim, again)  # back on DDIM exactly
-    with pytest.raises(ConfigError, match="sampler must be one of ddim, euler_trailing, lcm"):
+    with pytest.raises(ConfigError, match="sampler must be one of ddim, ddim_linspace, euler_trailing, lcm"):
         s.updated(sampler="dpm")

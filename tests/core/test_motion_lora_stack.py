@@ -32,7 +32,8 @@ def test_motion_lora_stacks_on_a_personalized_lora_and_unloads_exactly(pipe, tin
     p.apply_motion_lora(peft_file, 1.0)
     stacked = _video(pipe)
     assert not np.array_equal(personalized, stacked) and not np.array_equal(base, personalized)
-    assert set(pipe.get_active_adapters()) == {"personalized", "motion_lora"}
+    active = set(pipe.get_active_adapters())
+    assert "motion_lora" in active and len(active) == 2 and any(a.startswith("lora_") for a in active)
     # The same weights in the official MotionLoRA layout give the same video.
     p.apply_motion_lora(str(tiny_models / "motion_loras" / "zoom_original.safetensors"), 1.0)
     assert np.abs(_video(pipe).astype(int) - stacked.astype(int)).max() <= 1
@@ -76,7 +77,7 @@ def test_leaving_one_of_two_loras_leaves_plain_layers_for_the_next_switch(pipe, 
     # A motion LoRA leaving from over a LoRA checkpoint (what the actor does before a motion-module swap).
     p.apply(CheckpointSpec("toon", str(tiny_models / "checkpoints" / "toon_lora.safetensors")))
     p.apply_motion_lora(None)
-    assert set(pipe.get_active_adapters()) == {"personalized"}
+    assert len(pipe.get_active_adapters()) == 1 and pipe.get_active_adapters()[0].startswith("lora_")
     from animatediff_core.motion_formats import load_motion_adapter
 
     pipe.unet.load_motion_modules(load_motion_adapter(str(tiny_models / "motion_module.safetensors")))  # strict: no wrappers

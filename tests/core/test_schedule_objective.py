@@ -1,8 +1,12 @@
+import json
+from pathlib import Path
+
+import pytest
 import torch
 
 from animatediff_core.inflate import MotionModuleConfig, freeze_base, inflate_unet
 from animatediff_core.objective import diffusion_loss, encode_frames
-from animatediff_core.schedule import ScheduleConfig
+from animatediff_core.schedule import SAMPLERS, ScheduleConfig
 from animatediff_core.tiny import tiny_unet
 
 
@@ -15,12 +19,35 @@ def test_training_schedule_is_animatediff_linear():
     assert torch.allclose(diffs, diffs.mean().expand_as(diffs), atol=1e-9)  # linear, not scaled_linear
 
 
-def test_inference_scheduler_is_animatediff_ddim():
-    s = ScheduleConfig().inference_scheduler()
+def _official_ddim() -> dict:
+    """The official AnimateDiff's DDIM as its own diffusers 0.11.1 runs it (tests/fixtures/make_official_ddim_reference.py)."""
+    path = Path(__file__).parents[1] / "fixtures" / "official_ddim.json"
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("steps", ["25", "8", "4", "2"])
+def test_ddim_samples_as_the_official_repository_does(steps):
+    ref = _official_ddim()
+    assert ref["diffusers"] == "0.11.1"
+    s = SAMPLERS["ddim"].build()
+    s.set_timesteps(int(steps))
+    assert s.timesteps.tolist() == ref["runs"][steps]["timesteps"]  # 961, 921, ..., 41, 1 at 25 steps
+    assert float(s.final_alpha_cumprod) == ref["runs"][steps]["final_alpha_cumprod"] == 1.0
+    x = torch.linspace(-1.5, 1.5, 72, dtype=torch.float64).reshape(1, 4, 2, 3, 3)  # the reference's loop, step for step
+    for t in s.timesteps:
+        x = s.step(torch.sin(x * 3.0 + float(t) / 100.0), t, x, eta=0.0).prev_sample
+    assert torch.allclose(x.flatten(), torch.tensor(ref["runs"][steps]["sample"], dtype=torch.float64), atol=1e-6)
+
+
+def test_ddim_linspace_is_diffusers_documented_recipe_and_differs():
+    s = SAMPLERS["ddim_linspace"].build()
     c = s.config
-    assert type(s).__name__ == "DDIMScheduler"
     assert (c.beta_start, c.beta_end, c.beta_schedule) == (0.00085, 0.012, "linear")
     assert c.steps_offset == 1 and c.clip_sample is False and c.timestep_spacing == "linspace"
+    s.set_timesteps(25)
+    assert s.timesteps[:2].tolist() == [999, 957] and s.timesteps[-1] == 0 and float(s.final_alpha_cumprod) < 1.0
+    assert SAMPLERS["ddim"].definition != SAMPLERS["ddim_linspace"].definition  # reruns know they differ
+    assert type(ScheduleConfig().inference_scheduler()).__name__ == "DDIMScheduler"  # the default sampler: ddim
 
 
 def test_loss_is_l2_on_noise_and_reaches_only_motion_params():

@@ -36,7 +36,7 @@ def test_every_setting_is_a_column_a_flag_and_a_readme_row():
 def test_stills_are_keyed_by_every_setting_that_changes_a_still():
     """Before this, a still's key left out `sampler`: a 4-step LCM video was compared with a DDIM still."""
     row = {"checkpoint": "toon", "checkpoint_uri": "/m/toon.safetensors", "prompt": "a cat", "negative_prompt": "",
-           "seed": 1, "height": 64, "width": 64, "steps": 4, "guidance_scale": 1.5, "sampler": "ddim"}
+           "seed": 1, "height": 64, "width": 64, "steps": 4, "guidance_scale": 1.5, "sampler": "ddim", "checkpoint_stack": ""}
     assert "sampler" in STILL_KEYS
     assert still_key(row) != still_key({**row, "sampler": "lcm"})
     assert still_settings({**row, "sampler": "lcm"}).sampler == "lcm" and still_settings(row).num_frames == 1

@@ -87,6 +87,7 @@ def list_shards_of(out):
     return list_shards(OutputLayout(str(out)))
 
 
+@pytest.mark.slow
 def test_duplicate_ids(ray_session, tiny_models, tmp_path):
     table = tmp_path / "dups.csv"
     table.write_text("id,prompt,checkpoint\nsame,a cat,dreamy\nsame,a dog,dreamy\ntwin,a bird,dreamy\ntwin,a bird,dreamy\n")

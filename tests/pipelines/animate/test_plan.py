@@ -26,6 +26,17 @@ def test_empty_checkpoint_sweeps_every_checkpoint_with_shared_seed():
     assert (out.status == "pending").all()
 
 
+def test_seeds_take_the_whole_torch_range_and_minus_one_picks_one_from_the_row():
+    """The official configs use seeds up to 2**64 - 1 and -1 ("any seed")."""
+    out = _expand([{"prompt": "a", "seed": str(2**64 - 1), "checkpoint": "dreamy"}, {"prompt": "b", "seed": "-1", "checkpoint": "dreamy"},
+                   {"prompt": "b", "seed": "-1", "checkpoint": "dreamy", "id": "again"}, {"prompt": "c", "seed": str(2**64), "checkpoint": "dreamy"}])
+    top, picked, again, over = (out[out.prompt == p] for p in ("a", "b", "b", "c"))
+    assert top.seed.tolist() == [2**64 - 1] and top.status.tolist() == ["pending"]
+    assert picked.status.eq("pending").all() and picked.seed.nunique() == 1  # -1: the same seed for the same row, every run
+    assert 0 <= int(picked.seed.iloc[0]) < 2**64 and int(picked.seed.iloc[0]) != 2**64 - 1
+    assert over.status.tolist() == ["error"] and "[0, 2**64) or -1" in over.error.iloc[0]
+
+
 def test_ids_and_seeds_are_deterministic_and_given_values_win():
     a = _expand([{"prompt": "a cat"}])
     b = _expand([{"prompt": "a cat"}])
@@ -56,7 +67,7 @@ def test_per_row_overrides_and_defaults():
     ({"prompt": "x", "motion_module": "nope"}, "unknown motion module 'nope'"),
     ({"prompt": "x", "guidance_scale": "nan"}, "guidance_scale must be a finite number"),
     ({"prompt": "x", "guidance_scale": float("inf")}, "guidance_scale must be a finite number"),
-    ({"prompt": "x", "seed": str(2**70)}, "seed must be an integer in [0, 2**63)"),
+    ({"prompt": "x", "seed": str(2**70)}, "seed must be an integer in [0, 2**64)"),
     ({"prompt": "x", "num_frames": "1000000000000"}, "num_frames must be an integer from 1 to 1024, got 1000000000000"),
     ({"prompt": "x", "context_length": "48"}, "exceeds the motion module's length (32 frames); use at most 32"),
     ({"prompt": "x", "context_stride": "0"}, "context_stride must be an integer >= 1, got 0"),
@@ -70,7 +81,7 @@ def test_per_row_overrides_and_defaults():
     ({"prompt": "x", "id": "/abs/path"}, "is not a safe file name"),
     ({"prompt": "x", "id": "a" * 300}, "is not a safe file name"),
     ({"prompt": "x", "id": ".."}, "is not a safe file name"),
-    ({"prompt": "x", "sampler": "dpm"}, "sampler must be one of ddim, euler_trailing, lcm, got 'dpm'"),
+    ({"prompt": "x", "sampler": "dpm"}, "sampler must be one of ddim, ddim_linspace, euler_trailing, lcm, got 'dpm'"),
 ])
 def test_bad_rows_become_error_rows(row, message):
     out = _expand([row, {"prompt": "fine", "checkpoint": "dreamy"}])
@@ -92,10 +103,30 @@ def test_checkpoint_set_from_folder_and_table(tiny_models, tmp_path):
     assert list(read_checkpoint_set(None)) == ["base"]
     bad = tmp_path / "bad.csv"
     bad.write_text("name,path\na,b\n")
-    with pytest.raises(ConfigError, match="needs columns name, uri"):
+    with pytest.raises(ConfigError, match="needs columns name and uri"):
         read_checkpoint_set(str(bad))
     with pytest.raises(ConfigError, match="not found"):
         read_checkpoint_set(str(tmp_path / "missing"))
+
+
+def test_checkpoint_table_rows_are_stacks(tmp_path):
+    from animatediff_core.settings import LoraSpec
+
+    table = tmp_path / "stacks.csv"
+    pd.DataFrame({"name": ["toon_on_db", "loras_on_base", "db_base_vae"],
+                  "uri": ["/m/db.safetensors", "", "/m/db.safetensors"],
+                  "loras": ['[{"uri": "/m/a.safetensors", "scale": 0.6, "alpha": "ignore"}, "/m/b.safetensors"]', '["/m/a.safetensors"]', ""],
+                  "adapter": ["/m/v3_adapter.ckpt", "", ""], "adapter_scale": ["0.5", "", ""], "vae": ["", "", "base"]}).to_csv(table, index=False)
+    specs = read_checkpoint_set(str(table))
+    s = specs["toon_on_db"]
+    assert s.uri == "/m/db.safetensors" and s.loras == (LoraSpec("/m/a.safetensors", 0.6, "ignore"), LoraSpec("/m/b.safetensors"))
+    assert (s.adapter, s.adapter_scale, s.vae) == ("/m/v3_adapter.ckpt", 0.5, "own")
+    assert specs["loras_on_base"].uri is None and specs["db_base_vae"].vae == "base"
+    for cell, message in (("[{", "loras is not valid JSON"), ('[{"uri": "a", "weight": 1}]', "unknown key"),
+                          ('[{"uri": "a", "alpha": "half"}]', "alpha must be one of file, ignore")):
+        pd.DataFrame({"name": ["x"], "uri": ["/m/db.safetensors"], "loras": [cell]}).to_csv(table, index=False)
+        with pytest.raises(ConfigError, match=f"checkpoint 'x': .*{message}"):
+            read_checkpoint_set(str(table))
 
 
 @pytest.mark.parametrize("name", ["../evil", "x/y", "", "a b", ".."])
@@ -154,7 +185,7 @@ def test_sweep_over_motion_modules_and_checkpoints():
 def test_expanded_rows_carry_the_declared_schema():
     out = _expand([{"prompt": "a", "seed": 2**70}, {"prompt": "b", "id": object()}, {"prompt": ["a", "list"]}])
     assert list(out.columns) == schema.NAMES
-    assert str(out.seed.dtype) == "int64" and str(out.guidance_scale.dtype) == "float64"
+    assert str(out.seed.dtype) == "uint64" and str(out.guidance_scale.dtype) == "float64"
 
 
 def test_new_settings_keep_old_ids_and_key_rows_that_use_them():
