@@ -19,6 +19,7 @@ import torch
 from diffusers import (
     AnimateDiffControlNetPipeline,
     AnimateDiffPipeline,
+    AnimateDiffSDXLPipeline,
     AnimateDiffSparseControlNetPipeline,
     AnimateDiffVideoToVideoControlNetPipeline,
     AnimateDiffVideoToVideoPipeline,
@@ -56,11 +57,11 @@ class Request:
     conditioning: Conditioning | None = None
 
 
-def validate_request(r: Request, max_frames: int, vae_scale: int = 8) -> None:
+def validate_request(r: Request, max_frames: int, vae_scale: int = 8, family: str = "sd1") -> None:
     need(isinstance(r.prompt, str) and r.prompt.strip(), "prompt is empty; give a text prompt")
     need(isinstance(r.seed, (int, np.integer)) and not isinstance(r.seed, bool) and 0 <= r.seed < SEED_RANGE,
          f"seed must be an integer in [0, 2**64), got {r.seed!r}")
-    validate_settings(r.settings, max_frames, vae_scale)
+    validate_settings(r.settings, max_frames, vae_scale, family)
 
 
 @torch.no_grad()
@@ -89,6 +90,8 @@ def generate(pipe: AnimateDiffPipeline, requests: list[Request]) -> list[np.ndar
     with _free_init(pipe, s.free_init_iterations):
         if uses_windows(s, module_frames(pipe)):
             return [_generate_windowed(pipe, r) for r in requests]
+        if isinstance(pipe, AnimateDiffSDXLPipeline):
+            return _generate_batch_xl(pipe, requests)
         return _generate_batch(pipe, requests)
 
 
@@ -111,6 +114,22 @@ def _generate_batch(pipe: AnimateDiffPipeline, requests: list[Request]) -> list[
         num_frames=s.num_frames, height=s.height, width=s.width,
         num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
         generator=generators, latents=latents, output_type="np", **decode_kwargs(pipe),
+    )
+    return _to_uint8(out.frames)
+
+
+@torch.no_grad()
+def _generate_batch_xl(pipe: AnimateDiffSDXLPipeline, requests: list[Request]) -> list[np.ndarray]:
+    """SDXL: diffusers encodes the prompts with both text encoders and sets SDXL's size conditioning
+    (original and target size = the video's, crop at 0, 0) and its empty-negative rule, as its pipeline does."""
+    s = requests[0].settings
+    generators = [torch.Generator("cpu").manual_seed(int(r.seed)) for r in requests]
+    latents = _initial_latents(pipe, requests, generators, pipe._execution_device)
+    out = pipe(
+        prompt=[r.prompt for r in requests], negative_prompt=[r.negative_prompt or "" for r in requests],
+        num_frames=s.num_frames, height=s.height, width=s.width,
+        num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
+        generator=generators, latents=latents, output_type="np",
     )
     return _to_uint8(out.frames)
 

@@ -91,6 +91,10 @@ def inflate_unet(
         motion_adapter = new_motion_adapter(dict(unet.config), cfg)
     check_adapter_fits(dict(unet.config), motion_adapter)
     video_unet = UNetMotionModel.from_unet2d(unet, motion_adapter)
+    # diffusers' from_unet2d leaves SDXL's size and pooled-text embedding at its random init (it copies the time
+    # embedding only; huggingface/diffusers#6721 left it for later): the base's weights belong there.
+    if getattr(unet, "add_embedding", None) is not None and getattr(video_unet, "add_embedding", None) is not None:
+        video_unet.add_embedding.load_state_dict(unet.add_embedding.state_dict())
     return video_unet, motion_adapter
 
 

@@ -20,6 +20,8 @@ _TOP = [
     ("input_blocks.0.0.", "conv_in."),
     ("out.0.", "conv_norm_out."),
     ("out.2.", "conv_out."),
+    ("label_emb.0.0.", "add_embedding.linear_1."),  # SDXL's size and pooled-text conditioning
+    ("label_emb.0.2.", "add_embedding.linear_2."),
 ]
 _RESNET = [
     ("in_layers.0", "norm1"),
@@ -75,12 +77,48 @@ def unet_to_ldm(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch
     return out
 
 
-def text_encoder_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """CLIPTextModel state dict -> `cond_stage_model.transformer.text_model.*` keys (SD-1.x files).
+def text_encoder_to_ldm(state: dict[str, torch.Tensor], prefix: str = CLIP_PREFIX) -> dict[str, torch.Tensor]:
+    """CLIPTextModel state dict -> `cond_stage_model.transformer.text_model.*` keys (SD-1.x files; SDXL files
+    hold their first text encoder under `SDXL_CLIP_PREFIX`).
 
     transformers >= 5 names the parameters without the `text_model.` level; SD-1.x files have it.
     """
-    return {CLIP_PREFIX + (k if k.startswith("text_model.") else "text_model." + k): v for k, v in state.items()}
+    return {prefix + _with_text_model(k): v for k, v in state.items()}
+
+
+def _with_text_model(key: str) -> str:
+    return key if key.startswith(("text_model.", "text_projection.")) else "text_model." + key
+
+
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."
+SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
+
+
+def open_clip_to_ldm(state: dict[str, torch.Tensor], prefix: str = SDXL_OPEN_CLIP_PREFIX) -> dict[str, torch.Tensor]:
+    """CLIPTextModelWithProjection state dict -> the OpenCLIP layout SDXL files hold their second text encoder
+    in (`conditioner.embedders.1.model.*`): the inverse of diffusers' `convert_open_clip_checkpoint`, from its
+    own key tables (query, key and value projections joined into `in_proj`, the projection transposed)."""
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING  # its tables, read, not copied
+
+    tables = DIFFUSERS_TO_LDM_MAPPING["openclip"]
+    state = {_with_text_model(k): v for k, v in state.items()}
+    out = {}
+    for hf, ldm in tables["layers"].items():
+        if hf in state:
+            out[prefix + ldm] = state[hf].T.contiguous() if ldm == "text_projection" else state[hf]
+    for key, v in state.items():
+        if not key.startswith("text_model.encoder.layers.") or key.rsplit(".", 2)[-2] in ("q_proj", "k_proj", "v_proj"):
+            continue  # outside the layers (above), or a projection joined into in_proj (below)
+        new = key
+        for hf, ldm in tables["transformer"].items():
+            new = new.replace(hf, ldm)
+        out[prefix + "transformer." + new] = v
+    layers = sorted({int(k.split(".")[3]) for k in state if k.startswith("text_model.encoder.layers.")})
+    for i in layers:
+        attn = f"text_model.encoder.layers.{i}.self_attn."
+        for p in ("weight", "bias"):
+            out[f"{prefix}transformer.resblocks.{i}.attn.in_proj_{p}"] = torch.cat([state[f"{attn}{x}_proj.{p}"] for x in "qkv"])
+    return out
 
 
 def align_text_keys(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:

@@ -44,13 +44,25 @@ _RENAMES = [
 _MM = re.compile(r"^(?P<block>(down_blocks|up_blocks)\.\d+|mid_block)\.motion_modules\.(?P<idx>\d+)\.")
 
 
+_HOTSHOT = re.compile(r"\.temporal_attentions\.(\d+)\.")
+
+
+def is_hotshot(state: dict) -> bool:
+    """Hotshot-XL's temporal layers (hotshotco/Hotshot-XL, `hotshot_xl/models/transformer_temporal.py`): the
+    motion module's architecture under other names (`temporal_attentions.N`, `pos_encoder.positional_encoding`)."""
+    return any(".temporal_attentions." in k for k in state)
+
+
 def original_to_diffusers(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int | None]:
     """Rename original-layout motion keys to MotionAdapter keys. Returns (state, pe length or None).
 
-    Keys outside motion modules (a whole UNet saved by the original train.py) are dropped.
+    Keys outside motion modules (a whole UNet saved by the original train.py) are dropped. Hotshot-XL's
+    temporal layers are the same modules under other names: `down_blocks.0.temporal_attentions.0.*` is
+    `down_blocks.0.motion_modules.0.temporal_transformer.*`, `pos_encoder.positional_encoding` is `pos_encoder.pe`.
     """
     out, pe_len = {}, None
     for k, v in state.items():
+        k = _HOTSHOT.sub(r".motion_modules.\1.temporal_transformer.", k).replace("pos_encoder.positional_encoding", "pos_encoder.pe")
         if "motion_modules." not in k:
             continue
         if k.endswith("pos_encoder.pe"):
@@ -129,6 +141,8 @@ def load_original_motion_module(uri: str, cfg: MotionModuleConfig | None = None)
     check_keys(expected, converted, "AnimateDiff motion module", uri)
     adapter.load_state_dict(converted, strict=False)  # pos_embed.pe buffers are recomputed, identical formula
     _record_from_metadata(adapter, meta, uri)
+    if is_hotshot(state) and not adapter.config.get(CONFIG_KEYS["version"]):
+        adapter.register_to_config(**{CONFIG_KEYS["version"]: "hotshot"})  # its numerics: per-frame norms
     return adapter
 
 
@@ -174,7 +188,8 @@ def inspect_motion_module(uri: str, unet_config: dict, cfg: MotionModuleConfig |
         adapter.register_to_config(**{k: v for k, v in config.items() if k in CONFIG_KEYS.values()})
     else:
         meta = read_safetensors_metadata(uri) if uri.endswith(".safetensors") else {}
-        converted, pe_len = original_to_diffusers(_header_shapes(uri))
+        shapes = _header_shapes(uri)
+        converted, pe_len = original_to_diffusers(shapes)
         if not converted:
             raise CheckpointError(f"{uri}: no motion-module weights found (expected keys like "
                                   "'down_blocks.0.motion_modules.0.temporal_transformer...'); is this a motion module?")
@@ -187,6 +202,8 @@ def inspect_motion_module(uri: str, unet_config: dict, cfg: MotionModuleConfig |
         expected = {k: tuple(v.shape) for k, v in adapter.state_dict().items() if not k.endswith("pos_embed.pe")}
         check_keys(expected, converted, "AnimateDiff motion module", uri)
         _record_from_metadata(adapter, meta, uri)
+        if is_hotshot(shapes) and not adapter.config.get(CONFIG_KEYS["version"]):
+            adapter.register_to_config(**{CONFIG_KEYS["version"]: "hotshot"})
     try:
         check_adapter_fits(unet_config, adapter)
     except CheckpointError as e:

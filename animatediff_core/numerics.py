@@ -31,7 +31,10 @@ from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 from .configs import need
 from .errors import CheckpointError
 from .settings import MOTION_NORMS as MODES
-VERSIONS = ("v1", "v2", "v3")
+# SD-1.x: v1, v2, v3. SDXL: sdxl (the AnimateDiff-SDXL beta, guoyww/AnimateDiff's sdxl-beta branch, whose
+# motion module normalizes the (b, c, f, h, w) clip as a whole: its official function is diffusers' own) and
+# hotshot (Hotshot-XL's temporal layers, which normalize each frame, like v2/v3).
+VERSIONS = ("v1", "v2", "v3", "sdxl", "hotshot")
 # What a module records about its numerics: keys of a MotionAdapter's config (diffusers saves and
 # loads `_`-prefixed keys without complaint) and of an original-layout file's safetensors metadata.
 CONFIG_KEYS = {"mode": "_motion_norm", "version": "_motion_version"}
@@ -40,7 +43,7 @@ METADATA_KEYS = {"mode": "motion_norm", "version": "motion_version"}
 
 @dataclass(frozen=True)
 class Numerics:
-    """How a video UNet normalizes: `mode` official|diffusers; `version` v1|v2|v3 of the motion module."""
+    """How a video UNet normalizes: `mode` official|diffusers; `version` of the motion module (VERSIONS)."""
 
     mode: str = "official"
     version: str = "v2"
@@ -52,7 +55,7 @@ class Numerics:
 
     @property
     def temporal_per_frame(self) -> bool:
-        return self.mode == "official"
+        return self.mode == "official" and self.version != "sdxl"
 
     @property
     def spatial_across_frames(self) -> bool:
@@ -81,9 +84,10 @@ def detect_version(config: Mapping) -> str:
     return "v1" if int(config["motion_max_seq_length"]) == 24 else "v3"
 
 
-def resolve(mode: str | None, config: Mapping) -> Numerics:
+def resolve(mode: str | None, config: Mapping, family: str = "sd1") -> Numerics:
     """The numerics to run a module with: `mode` when given, else the one the module records, else official;
-    the version the module records, else the one its shape says. `config`: a MotionAdapter's config."""
+    the version the module records, else the one its shape says (`sdxl` for a module of an SDXL base, whose
+    shapes alone do not tell). `config`: a MotionAdapter's config."""
     if mode is not None:
         check_mode(mode)
     recorded = {field: config.get(key) for field, key in CONFIG_KEYS.items()}
@@ -91,7 +95,8 @@ def resolve(mode: str | None, config: Mapping) -> Numerics:
         if recorded[field] is not None and recorded[field] not in allowed:
             raise CheckpointError(f"motion module records {CONFIG_KEYS[field]}={recorded[field]!r}; "
                                   f"expected one of {', '.join(allowed)}")
-    return Numerics(mode or recorded["mode"] or "official", recorded["version"] or detect_version(config))
+    version = recorded["version"] or ("sdxl" if family == "sdxl" else detect_version(config))
+    return Numerics(mode or recorded["mode"] or "official", version)
 
 
 def record(adapter, numerics: Numerics) -> None:

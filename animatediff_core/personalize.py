@@ -33,6 +33,7 @@ from diffusers.loaders.single_file_utils import (
     convert_ldm_clip_checkpoint,
     convert_ldm_unet_checkpoint,
     convert_ldm_vae_checkpoint,
+    convert_open_clip_checkpoint,
 )
 from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -40,9 +41,9 @@ from . import hub, storage
 from .checkpoints import check_keys, load_state_dict
 from .errors import CheckpointError
 from .inflate import is_motion_param
-from .ldm_keys import VAE_PREFIX, align_text_keys
+from .ldm_keys import SDXL_CLIP_PREFIX, SDXL_OPEN_CLIP_PREFIX, VAE_PREFIX, align_text_keys
 from .motion_lora import adapter_to_diffusers_keys, to_diffusers_keys
-from .settings import CheckpointSpec, LoraSpec
+from .settings import CheckpointSpec, LoraSpec, family_of
 from .speed import weights_change
 
 BASE = "base"
@@ -177,7 +178,7 @@ class Personalizer:
             state = to_diffusers_keys(state, uri)
         self._scales[name] = weight  # set first: a half-loaded adapter is deleted on failure
         what_ = {"lora": "LoRA", "adapter": "domain adapter", "motion": "motion LoRA"}[kind]
-        target = "this motion module" if kind == "motion" else "this SD-1.x base"
+        target = "this motion module" if kind == "motion" else "this base"
         try:
             self.pipe.load_lora_weights(state, adapter_name=name)
         except (ValueError, KeyError, RuntimeError) as e:
@@ -196,7 +197,7 @@ class Personalizer:
         if self._scales:
             if adapter in self._present():  # a load that failed early left nothing to delete
                 self.pipe.delete_adapters([adapter])
-            for part in ("unet", "text_encoder"):
+            for part in ("unet", *self._text_parts):
                 _unwrap_empty_lora_layers(getattr(self.pipe, part))
             self._set_adapters()
         else:
@@ -223,37 +224,50 @@ class Personalizer:
                 getattr(self.pipe, part).load_state_dict(self._base_copy[part], strict=part != "unet")
                 self._dirty.discard(part)
 
+    @property
+    def _text_parts(self) -> tuple[str, ...]:
+        return ("text_encoder", "text_encoder_2") if getattr(self.pipe, "text_encoder_2", None) is not None else ("text_encoder",)
+
     def _set_dreambooth(self, uri: str | None, state: dict | None) -> None:
         if uri == self._dreambooth:
             return
         self._dreambooth = None
         if uri is None:
-            self._restore_base(("unet", "text_encoder"))
+            self._restore_base(("unet", *self._text_parts))
             return
         state = state if state is not None else load_state_dict(uri)
-        unet, text = self.pipe.unet, self.pipe.text_encoder
+        unet = self.pipe.unet
+        xl = family_of(dict(unet.config)) == "sdxl"
+        if any(k.startswith(SDXL_OPEN_CLIP_PREFIX) or k.startswith(SDXL_CLIP_PREFIX) for k in state) != xl:
+            found, base = ("an SDXL", "an SD-1.x") if not xl else ("an SD-1.x", "an SDXL")
+            raise CheckpointError(f"{uri}: {found} DreamBooth checkpoint cannot load on {base} base; give it a base of its "
+                                  "family (the checkpoint table's `base` column)")
         try:
             unet_sd = convert_ldm_unet_checkpoint(state, dict(unet.config))
-            text_sd = convert_ldm_clip_checkpoint(state)
+            texts = {"text_encoder": convert_ldm_clip_checkpoint(state)}
+            if xl:
+                texts["text_encoder_2"] = convert_open_clip_checkpoint(self.pipe.text_encoder_2, state, prefix=SDXL_OPEN_CLIP_PREFIX)
         except (KeyError, IndexError, ValueError) as e:
-            raise CheckpointError(f"{uri}: DreamBooth checkpoint does not match an SD-1.x UNet ({type(e).__name__}: {e})") from None
+            raise CheckpointError(f"{uri}: DreamBooth checkpoint does not match this base's UNet ({type(e).__name__}: {e})") from None
         spatial = {k: tuple(v.shape) for k, v in unet.state_dict().items() if not is_motion_param(k)}
-        check_keys(spatial, unet_sd, "SD-1.x UNet (DreamBooth single file)", uri)
-        expected_text = {k: tuple(v.shape) for k, v in text.state_dict().items()}
-        text_sd = align_text_keys(text_sd, set(expected_text))
-        text_sd = {k: v for k, v in text_sd.items() if k in expected_text or not k.endswith("position_ids")}
-        if text_sd:
-            check_keys(expected_text, text_sd, "CLIP text encoder (DreamBooth single file)", uri)
-        self._keep_base("unet")
-        self._keep_base("text_encoder")
+        check_keys(spatial, unet_sd, "UNet (DreamBooth single file)", uri)
+        for part, text_sd in list(texts.items()):
+            expected_text = {k: tuple(v.shape) for k, v in getattr(self.pipe, part).state_dict().items()}
+            text_sd = align_text_keys(text_sd, set(expected_text))
+            texts[part] = {k: v for k, v in text_sd.items() if k in expected_text or not k.endswith("position_ids")}
+            if texts[part]:
+                check_keys(expected_text, texts[part], f"CLIP text encoder (DreamBooth single file, {part})", uri)
+        for part in ("unet", *texts):
+            self._keep_base(part)
         dtype = next(unet.parameters()).dtype
         self._dirty.add("unet")
         unet.load_state_dict({k: v.to(dtype) for k, v in unet_sd.items()}, strict=False)
-        if text_sd:
-            self._dirty.add("text_encoder")
-            text.load_state_dict({k: v.to(dtype) for k, v in text_sd.items()}, strict=False)
-        else:  # a UNet-only file: the text encoder is the base's
-            self._restore_base(("text_encoder",))
+        for part, text_sd in texts.items():
+            if text_sd:
+                self._dirty.add(part)
+                getattr(self.pipe, part).load_state_dict({k: v.to(dtype) for k, v in text_sd.items()}, strict=False)
+            else:  # a UNet-only file: the text encoder is the base's
+                self._restore_base((part,))
         self._has_vae[uri] = any(k.startswith(VAE_PREFIX) for k in state)
         self._dreambooth = uri
 

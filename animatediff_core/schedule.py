@@ -46,7 +46,7 @@ class Sampler:
     @property
     def definition(self) -> dict:
         """What the name means, for fingerprints: the class and every option."""
-        return {"scheduler": self.scheduler, **dict(self.options), **asdict(ScheduleConfig())}
+        return {**asdict(ScheduleConfig()), **dict(self.options), "scheduler": self.scheduler}
 
 
 def _scheduler(cls_name: str, kwargs: dict):
@@ -70,6 +70,10 @@ _SAMPLERS = (
             "AnimateDiff-Lightning's 2/4/8-step modules (ByteDance/AnimateDiff-Lightning: Euler, trailing spacing; guidance 1.0)"),
     Sampler("lcm", "LCMScheduler", (("clip_sample", False),),
             "AnimateLCM's motion module + LCM LoRA (wangfuyun/AnimateLCM: 4-8 steps, guidance 1-2)"),
+    # guoyww/AnimateDiff's sdxl-beta branch: scripts/animate.py + configs/inference/inference.yaml
+    Sampler("sdxl_beta", "EulerDiscreteScheduler",
+            (("timestep_spacing", "leading"), ("steps_offset", 1), ("beta_end", 0.020), ("beta_schedule", "scaled_linear")),
+            "the official AnimateDiff-SDXL beta's sampler (Euler, leading spacing, scaled-linear betas to 0.020)"),
 )
 SAMPLERS = {s.name: s for s in _SAMPLERS}
 DEFAULT_SAMPLER = "ddim"

@@ -19,6 +19,9 @@ Tags (`configs.option(..., tag=value)`):
 - `uri`: the cell names files to read (bounded, allow-listed reads).
 - `needs`: the setting only acts when one of these settings is set; otherwise it is put back to its
   default (`effective`), so a job-wide value does not touch the identity of rows that do not use it.
+- `families`: the model families whose pipelines have the feature (default: all); a row of another
+  family that sets it is an error row naming the feature and the family (diffusers' SDXL AnimateDiff
+  pipeline has no FreeNoise, ControlNet, SparseCtrl or video-to-video).
 """
 
 from __future__ import annotations
@@ -46,6 +49,13 @@ WEIGHT_EXTS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")  # files that hol
 WEIGHTINGS = ("pyramid", "flat", "delayed_reverse_sawtooth")  # diffusers' FreeNoise weighting schemes
 PREPROCESSORS = ("canny", "none")  # how control_video frames become ControlNet inputs (conditioning.py)
 MOTION_NORMS = ("official", "diffusers")  # motion-module numerics (numerics.py)
+FAMILIES = ("sd1", "sdxl")  # the base a checkpoint and a motion module are made for: SD-1.x, SDXL
+FAMILY_NAMES = {"sd1": "SD-1.x", "sdxl": "SDXL"}
+
+
+def family_of(unet_config: dict) -> str:
+    """`sdxl` for an SDXL UNet config (its size and pooled-text conditioning), else `sd1`."""
+    return "sdxl" if unet_config.get("addition_embed_type") == "text_time" else "sd1"
 
 
 @dataclass(frozen=True)
@@ -66,28 +76,28 @@ class GenerationSettings:
     context_length: int = option(0, low=0, help="frames per context window for long clips; 0: the motion module's length")
     context_stride: int = option(4, low=1, help="frames between context-window starts")
     context_weighting: str = option("pyramid", choices=WEIGHTINGS, help="how overlapping windows are averaged")
-    prompt_schedule: str = option("", help='prompt travel: JSON {"frame": "prompt", ...}; empty: the row\'s prompt on every frame')
+    prompt_schedule: str = option("", families=("sd1",), help='prompt travel: JSON {"frame": "prompt", ...}; empty: the row\'s prompt on every frame')
     free_init_iterations: int = option(0, low=0, high=MAX_FREE_INIT, help="FreeInit sampling passes (0: off); each costs a full sampling")
     # A motion LoRA stacked on the checkpoint; weights, so the caller applies it (Personalizer.apply_motion_lora).
-    motion_lora: str = option("", uri=True, card=True, help="a motion LoRA file stacked on the checkpoint "
+    motion_lora: str = option("", uri=True, card=True, families=("sd1",), help="a motion LoRA file stacked on the checkpoint "
                               "(official v2 camera-motion .ckpt, or a jobs.train --motion-lora file)")
     motion_lora_scale: float = option(1.0, low=-MAX_LORA_SCALE, high=MAX_LORA_SCALE, help="the motion LoRA's weight")
-    context_loop: bool = option(False, help="a looping clip: context windows wrap from the last frame to the first")
+    context_loop: bool = option(False, families=("sd1",), help="a looping clip: context windows wrap from the last frame to the first")
     # Control beyond text (conditioning.py); URIs of any fsspec store. One ControlNet video, or keyframes.
-    control_video: str = option("", uri=True, card=True, help="ControlNet reference: a video or a folder of images (any fsspec URI)")
+    control_video: str = option("", uri=True, card=True, families=("sd1",), help="ControlNet reference: a video or a folder of images (any fsspec URI)")
     control_model: str = option("", uri=True, needs=("control_video",),
                                 help="the SD-1.x ControlNet: diffusers folder, single file or Hub id")
     control_scale: float = option(1.0, low=0, high=MAX_CONTROL_SCALE, needs=("control_video", "keyframes"),
                                   help="ControlNet / SparseCtrl conditioning scale (0: the text-only video)")
     control_preprocess: str = option("canny", choices=PREPROCESSORS, needs=("control_video",),
                                      help="canny: edges of the reference frames; none: they already are control images")
-    keyframes: str = option("", uri=True, card=True,
+    keyframes: str = option("", uri=True, card=True, families=("sd1",),
                             help='SparseCtrl: one image URI (image-to-video) or JSON {"frame": "image URI"}; -1 is the last frame')
     keyframe_model: str = option("", uri=True, needs=("keyframes",),
                                  help="the SparseCtrl model (RGB or scribble): an official .ckpt, a diffusers folder or a Hub id")
     keyframe_normalize: bool = option(False, needs=("keyframes",), help="keyframes to gray, stretched to the full range "
                                       "(the official normalize_condition_images, for scribbles)")
-    init_video: str = option("", uri=True, card=True, help="video-to-video: the input video (any fsspec URI)")
+    init_video: str = option("", uri=True, card=True, families=("sd1",), help="video-to-video: the input video (any fsspec URI)")
     strength: float = option(0.8, low=0, high=1, needs=("init_video",),
                              help="video-to-video: 0 keeps the input (its VAE round trip), 1 ignores it")
 
@@ -157,19 +167,21 @@ class CheckpointSpec:
     adapter: str | None = None
     adapter_scale: float = 1.0
     vae: str = "own"
+    base: str | None = None  # the base it runs on (a diffusers folder or Hub id); None: the job's --base
 
     @property
     def identity(self) -> dict:
         """What defines its weights (resume fingerprints): everything but the name."""
         return {"uri": self.uri or "", "kind": self.kind, "scale": self.scale,
                 "loras": [[lo.uri, lo.scale, lo.alpha] for lo in self.loras],
-                "adapter": self.adapter or "", "adapter_scale": self.adapter_scale, "vae": self.vae}
+                "adapter": self.adapter or "", "adapter_scale": self.adapter_scale, "vae": self.vae,
+                **({"base": self.base} if self.base else {})}
 
     @property
     def stack(self) -> str:
         """The stack beyond `uri` as JSON (metadata's `checkpoint_stack`; "" for a plain file or the base)."""
         extra = {k: v for k, v in self.identity.items() if k not in ("uri", "kind", "scale")}
-        plain = not self.loras and not self.adapter and self.vae == "own"
+        plain = not self.loras and not self.adapter and self.vae == "own" and not self.base
         return "" if plain else json.dumps({**extra, "scale": self.scale}, sort_keys=True)
 
     @classmethod
@@ -179,7 +191,7 @@ class CheckpointSpec:
             return cls(name, uri or None)
         d = json.loads(stack)
         return cls(name, uri or None, None, d.get("scale", 1.0), tuple(LoraSpec(*lo) for lo in d.get("loras", [])),
-                   d.get("adapter") or None, d.get("adapter_scale", 1.0), d.get("vae", "own"))
+                   d.get("adapter") or None, d.get("adapter_scale", 1.0), d.get("vae", "own"), d.get("base") or None)
 
 
 def parse_loras(text: str) -> tuple[LoraSpec, ...]:
@@ -209,10 +221,19 @@ def parse_loras(text: str) -> tuple[LoraSpec, ...]:
     return tuple(out)
 
 
-def validate_settings(s: GenerationSettings, max_frames: int, vae_scale: int = 8) -> None:
+def validate_settings(s: GenerationSettings, max_frames: int, vae_scale: int = 8, family: str = "sd1") -> None:
     """The rules between settings and those that depend on the motion module (`max_frames`: its length,
-    a context window's limit) and the VAE; each value's own type, choices and range were checked when
-    `s` was built. Raises ConfigError saying what to fix."""
+    a context window's limit), the VAE and the model family; each value's own type, choices and range were
+    checked when `s` was built. Raises ConfigError saying what to fix."""
+    for name, f in FIELDS.items():
+        families = tag(f, "families") or FAMILIES
+        if family not in families and getattr(s, name) != f.default:
+            raise ConfigError(f"{name} is not available for {FAMILY_NAMES[family]} checkpoints (only "
+                              f"{', '.join(FAMILY_NAMES[x] for x in families)}): diffusers' {FAMILY_NAMES[family]} "
+                              "AnimateDiff pipeline has no such input")
+    need(family == "sd1" or s.window(max_frames) >= s.num_frames,
+         f"num_frames={s.num_frames} is longer than the motion module ({max_frames} frames): context windows (long clips) "
+         f"are SD-1.x only; use at most {max_frames} frames for {FAMILY_NAMES[family]} checkpoints")
     c = s.context_length
     need(c <= max_frames, f"context_length={c} exceeds the motion module's length ({max_frames} frames); "
          f"use at most {max_frames}, or 0 for the module's length")

@@ -34,13 +34,13 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, MotionAdapter, SparseControlNetModel, UNet2DConditionModel
 from diffusers.utils import logging as diffusers_logging
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPTextModel
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 from transformers.utils import logging as transformers_logging
 
 from .checkpoints import save_state_dict
 from .flow import SMALL, raft_state
 from .inflate import MotionModuleConfig, new_motion_adapter
-from .ldm_keys import controlnet_to_ldm, text_encoder_to_ldm, unet_to_ldm, vae_to_ldm
+from .ldm_keys import CLIP_PREFIX, SDXL_CLIP_PREFIX, controlnet_to_ldm, open_clip_to_ldm, text_encoder_to_ldm, unet_to_ldm, vae_to_ldm
 from .motion_formats import diffusers_to_original, save_motion_adapter
 from .motion_lora import TARGET_RE
 from .schedule import ScheduleConfig
@@ -76,6 +76,17 @@ TINY_TEXT = dict(
     vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
     projection_dim=32,
 )
+# A toy SDXL: three levels like SDXL's (so its motion modules fit no SD-1.x toy), SDXL's size and pooled-text conditioning (addition_time_embed_dim x 6 + the second
+# text encoder's projection, 8 x 6 + 32), cross-attention over both text encoders (32 + 48). Its second
+# encoder is wider than the first and has ten layers, as diffusers' from_single_file tells an SDXL file by them.
+TINY_XL_UNET = dict(
+    block_out_channels=(32, 64, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    attention_head_dim=(2, 4, 4), use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+    transformer_layers_per_block=(1, 1, 2), projection_class_embeddings_input_dim=80, cross_attention_dim=80, norm_num_groups=32,
+)
+TINY_XL_TEXT_2 = dict(TINY_TEXT, hidden_size=48, num_hidden_layers=10, projection_dim=32)
 # SD-1.5's shapes (random weights): for benchmarks that need realistic sizes, never for tests.
 SD15_UNET = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
 SD15_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
@@ -158,6 +169,52 @@ def write_tiny_models(out: str | Path, seed: int = 0, preset: str = "tiny") -> P
         write_control_models(out / "control", unet, adapter, vae_scale=2 ** (len(vae.config.block_out_channels) - 1))
         torch.manual_seed(seed + 4)
         write_official_models(out / "official", unet, vae, text, out / "control", torch.Generator().manual_seed(seed + 4))
+        torch.manual_seed(seed + 5)
+        write_sdxl_models(out / "sdxl", torch.Generator().manual_seed(seed + 5))
+    return out
+
+
+def write_sdxl_models(out: Path, g: torch.Generator) -> None:
+    """A toy SDXL set: `base/` (a diffusers SDXL folder: two text encoders and tokenizers), `motion_module.ckpt`
+    (an AnimateDiff-SDXL module in the original layout, as mm_sdxl_v10_beta.ckpt), `hsxl_temporal_layers.safetensors`
+    (a Hotshot-XL-layout module, 24 positions), `checkpoints/dreambooth_xl.safetensors` (SDXL's single-file layout:
+    both text encoders and a VAE) and `checkpoints/lora_xl.safetensors` (kohya keys on the UNet and both encoders)."""
+    unet = UNet2DConditionModel(**TINY_XL_UNET)
+    vae = AutoencoderKL(**TINY_VAE)
+    text = CLIPTextModel(CLIPTextConfig(**TINY_TEXT))
+    text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**TINY_XL_TEXT_2))
+    base = out / "base"
+    for part, model in (("unet", unet), ("vae", vae), ("text_encoder", text), ("text_encoder_2", text_2)):
+        model.save_pretrained(base / part)
+    for part in ("tokenizer", "tokenizer_2"):
+        write_clip_tokenizer(base / part)
+    ScheduleConfig().inference_scheduler().save_pretrained(base / "scheduler")
+    (base / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionXLPipeline", "_diffusers_version": "0.42.1", "force_zeros_for_empty_prompt": True,
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+    }, indent=2))
+    # Released modules carry no config: loaders assume the official 8 heads and 32 groups, so these use them too.
+    adapter = new_motion_adapter(dict(unet.config), MotionModuleConfig(use_mid_block=False), zero_init=False)
+    save_state_dict(diffusers_to_original(adapter.state_dict()), str(out / "motion_module.ckpt"))
+    hotshot = new_motion_adapter(dict(unet.config), MotionModuleConfig(use_mid_block=False, max_seq_length=24), zero_init=False)
+    save_state_dict(original_to_hotshot(diffusers_to_original(hotshot.state_dict())), str(out / "hsxl_temporal_layers.safetensors"))
+    ckpts = out / "checkpoints"
+    ckpts.mkdir(parents=True, exist_ok=True)
+    state = _dreambooth_state(unet, text, g, vae, text_prefix=SDXL_CLIP_PREFIX)
+    state.update(open_clip_to_ldm(_perturb(text_2.state_dict(), g)))
+    save_state_dict(state, str(ckpts / "dreambooth_xl.safetensors"))
+    save_state_dict(_kohya_lora_state(unet, text, g, rank=4, alpha=2.0, text_2=text_2), str(ckpts / "lora_xl.safetensors"))
+
+
+def original_to_hotshot(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Original AnimateDiff motion-module keys -> Hotshot-XL's names for the same modules."""
+    out = {}
+    for k, v in state.items():
+        k = re.sub(r"\.motion_modules\.(\d+)\.temporal_transformer\.", r".temporal_attentions.\1.", k)
+        out[k.replace("pos_encoder.pe", "pos_encoder.positional_encoding")] = v
     return out
 
 
@@ -259,16 +316,19 @@ def motion_lora_state(adapter: MotionAdapter, g: torch.Generator, rank: int, ori
     return state
 
 
-def _dreambooth_state(unet, text, g, vae=None) -> dict[str, torch.Tensor]:
-    """Full fine-tune stand-in: every base weight moved by ~10% noise, saved with LDM single-file keys (with a
-    baked-in VAE when `vae` is given)."""
-    def perturb(sd):
-        # The mean in float64: a float32 reduction's last bit depends on the thread count, and the files must not.
-        return {k: v + 0.1 * v.abs().double().mean().float() * torch.randn(v.shape, generator=g) for k, v in sd.items()}
-    state = unet_to_ldm(perturb(unet.state_dict()), dict(unet.config))
-    state.update(text_encoder_to_ldm(perturb(text.state_dict())))
+def _perturb(sd: dict[str, torch.Tensor], g: torch.Generator) -> dict[str, torch.Tensor]:
+    """Every weight moved by ~10% noise. The mean in float64: a float32 reduction's last bit depends on the
+    thread count, and the files must not."""
+    return {k: v + 0.1 * v.abs().double().mean().float() * torch.randn(v.shape, generator=g) for k, v in sd.items()}
+
+
+def _dreambooth_state(unet, text, g, vae=None, text_prefix: str = CLIP_PREFIX) -> dict[str, torch.Tensor]:
+    """Full fine-tune stand-in: every base weight moved, saved with LDM single-file keys (with a baked-in VAE
+    when `vae` is given)."""
+    state = unet_to_ldm(_perturb(unet.state_dict(), g), dict(unet.config))
+    state.update(text_encoder_to_ldm(_perturb(text.state_dict(), g), text_prefix))
     if vae is not None:
-        state.update(vae_to_ldm(perturb(vae.state_dict()), dict(vae.config)))
+        state.update(vae_to_ldm(_perturb(vae.state_dict(), g), dict(vae.config)))
     return state
 
 
@@ -278,10 +338,12 @@ def _lora_pairs(module: torch.nn.Module, targets: tuple[str, ...]):
             yield name, mod
 
 
-def _kohya_lora_state(unet, text, g, rank: int, alpha: float) -> dict[str, torch.Tensor]:
-    """kohya-ss / A1111 keys: lora_unet_<module_with_underscores>.lora_down/.lora_up/.alpha."""
+def _kohya_lora_state(unet, text, g, rank: int, alpha: float, text_2=None) -> dict[str, torch.Tensor]:
+    """kohya-ss / A1111 keys: lora_unet_<module_with_underscores>.lora_down/.lora_up/.alpha (SDXL's: lora_te1_, lora_te2_)."""
     state = {}
-    for prefix, model, targets in (("lora_unet", unet, LORA_TARGETS_UNET), ("lora_te", text, LORA_TARGETS_TEXT)):
+    models = [("lora_unet", unet, LORA_TARGETS_UNET), ("lora_te1" if text_2 is not None else "lora_te", text, LORA_TARGETS_TEXT)]
+    models += [("lora_te2", text_2, LORA_TARGETS_TEXT)] if text_2 is not None else []
+    for prefix, model, targets in models:
         for name, lin in _lora_pairs(model, targets):
             key = f"{prefix}_{name.replace('.', '_')}"
             state[f"{key}.lora_down.weight"] = 0.3 * torch.randn(rank, lin.in_features, generator=g)

@@ -24,7 +24,7 @@ from animatediff_core.errors import CheckpointError
 from animatediff_core.motion_formats import inspect_motion_module
 from animatediff_core.numerics import resolve
 from animatediff_core.pipeline import read_unet_config
-from animatediff_core.settings import URI_SETTINGS, CheckpointSpec
+from animatediff_core.settings import FAMILY_NAMES, URI_SETTINGS, CheckpointSpec, family_of
 from pipelines import tables
 from pipelines.ray_session import count_nodes, stage
 from pipelines.animate import schema
@@ -48,6 +48,10 @@ class Prepared:
     checkpoints: dict[str, CheckpointSpec]
     motions: dict[str, MotionSpec]
     layout: OutputLayout
+    families: dict[str, str] = dataclasses.field(default_factory=dict)  # checkpoint name -> its base's family
+
+    def base_of(self, checkpoint: str) -> str:
+        return self.checkpoints[checkpoint].base or self.cfg.base
 
 
 def preflight(cfg: AnimateConfig) -> Prepared:
@@ -64,19 +68,12 @@ def preflight(cfg: AnimateConfig) -> Prepared:
         has_rows = has_rows or rows
     need(has_rows, f"--prompts {' '.join(cfg.prompts)}: the table has no rows")
     checkpoints = read_checkpoint_set(cfg.checkpoints)
-    try:
-        unet_config = read_unet_config(cfg.base)
-    except CheckpointError as e:
-        raise CheckpointError(f"--base {e}") from None
-    motions = {}
-    for name, spec in read_motion_set(cfg.motion_module).items():
-        try:
-            config = inspect_motion_module(spec.uri, unet_config)
-            numerics = resolve(cfg.motion_norm, config)
-        except CheckpointError as e:
-            raise CheckpointError(f"--motion-module {e}") from None
-        motions[name] = dataclasses.replace(spec, max_frames=int(config["motion_max_seq_length"]), norm=cfg.motion_norm,
-                                            numerics=numerics.label)
+    bases = _families(cfg, checkpoints)
+    motions = _inspect_motions(cfg, read_motion_set(cfg.motion_module), bases)
+    for name, spec in checkpoints.items():  # every checkpoint needs a module of its family
+        family = bases[spec.base or cfg.base][0]
+        need(any(m.family == family for m in motions.values()),
+             f"checkpoint {name!r} runs on an {FAMILY_NAMES[family]} base, but no motion module given is for {FAMILY_NAMES[family]}")
     if translated is not None:
         official.check_modules(translated, {n: m.numerics.split("/")[1] for n, m in motions.items()})
     for flag in (n for n in URI_SETTINGS if n != "keyframes"):  # job-wide inputs (keyframes: JSON, read per row)
@@ -86,7 +83,43 @@ def preflight(cfg: AnimateConfig) -> Prepared:
     storage.check_writable(cfg.out, "--out")
     log.info("planned: %d prompt table file(s), %d checkpoint(s) (%s), %d motion module(s) (%s)", len(files),
              len(checkpoints), ", ".join(checkpoints), len(motions), ", ".join(motions))
-    return Prepared(cfg, files, checkpoints, motions, layout)
+    return Prepared(cfg, files, checkpoints, motions, layout, {n: bases[s.base or cfg.base][0] for n, s in checkpoints.items()})
+
+
+def _families(cfg: AnimateConfig, checkpoints: dict[str, CheckpointSpec]) -> dict[str, tuple[str, dict]]:
+    """Every base the job runs on (--base and the checkpoint table's `base` column): its family and UNet config."""
+    out = {}
+    for uri, flag in [(cfg.base, "--base"), *((s.base, f"--checkpoints: checkpoint {n!r}'s base") for n, s in checkpoints.items() if s.base)]:
+        if uri not in out:
+            try:
+                config = read_unet_config(uri)
+            except CheckpointError as e:
+                raise CheckpointError(f"{flag} {e}") from None
+            out[uri] = (family_of(config), config)
+    return out
+
+
+def _inspect_motions(cfg: AnimateConfig, specs: dict[str, MotionSpec], bases: dict) -> dict[str, MotionSpec]:
+    """Each motion module's length, family (the bases it fits) and numerics, from its keys and shapes."""
+    motions = {}
+    for name, spec in specs.items():
+        fits, problems = None, []
+        for family, unet_config in {f: c for f, c in bases.values()}.items():  # one base of each family
+            try:
+                fits = (family, inspect_motion_module(spec.uri, unet_config))
+                break
+            except CheckpointError as e:
+                problems.append(str(e))
+        if fits is None:
+            raise CheckpointError(f"--motion-module {problems[0] if len(problems) == 1 else spec.uri + ': fits none of the bases (' + '; '.join(problems) + ')'}")
+        family, config = fits
+        try:
+            numerics = resolve(cfg.motion_norm, config, family)
+        except CheckpointError as e:
+            raise CheckpointError(f"--motion-module {spec.uri}: {e}") from None
+        motions[name] = dataclasses.replace(spec, max_frames=int(config["motion_max_seq_length"]), norm=cfg.motion_norm,
+                                            numerics=numerics.label, family=family)
+    return motions
 
 
 PLAN_BLOCK_ROWS = 20_000  # rows per planning task: a big single-file table still plans on every core
@@ -97,29 +130,32 @@ def read_prompts(files: list[str]):
     return ds.repartition(target_num_rows_per_block=PLAN_BLOCK_ROWS).map_batches(normalize, batch_format="pyarrow")
 
 
-def find_conflicts(planned) -> tuple[dict[int, dict[int, str]], int]:
+def find_conflicts(planned) -> tuple[dict[int, dict[int, str]], int, int]:
     """Output slots (motion module, checkpoint, id) that rows with different content claim, with the
-    prompts that claim each (their rows become error rows naming the other row), and the number of
-    rows to generate. One pass over three small columns of the plan (~17 bytes a row), and a second
-    over the plan only when conflicts exist."""
-    slots, contents, pending = [], [], 0
-    for b in planned.select_columns(["_slot", "_content", "_pending"]).iter_batches(batch_format="numpy", batch_size=100_000):
+    prompts that claim each (their rows become error rows naming the other row), the number of rows to
+    generate and the number of sweep pairs left out (families). One pass over four small columns of the
+    plan (~25 bytes a row), and a second over the plan only when conflicts exist."""
+    slots, contents, pending, left_out = [], [], 0, 0
+    for b in planned.select_columns(["_slot", "_content", "_pending", "_left_out"]).iter_batches(batch_format="numpy", batch_size=100_000):
         slots.append(b["_slot"])
         contents.append(b["_content"])
         pending += int(b["_pending"].sum())
+        left_out += int(b["_left_out"].sum())
+    if left_out:
+        log.info("%d sweep pair(s) left out: a motion module and a checkpoint of different families (SD-1.x, SDXL)", left_out)
     if not slots:
-        return {}, 0
+        return {}, 0, left_out
     pairs = np.unique(np.stack([np.concatenate(slots), np.concatenate(contents)], axis=1), axis=0)
     slot_values, counts = np.unique(pairs[:, 0], return_counts=True)
     bad = set(slot_values[counts > 1].tolist())
     if not bad:
-        return {}, pending
+        return {}, pending, left_out
     claims: dict[int, dict[int, str]] = {}
     hits = planned.map_batches(lambda b: b[b["_slot"].isin(bad)][["_slot", "_content", "prompt"]], batch_format="pandas")
     for b in hits.iter_batches(batch_format="pandas", batch_size=None):
         for slot, content, prompt in zip(b["_slot"], b["_content"], b["prompt"]):
             claims.setdefault(int(slot), {}).setdefault(int(content), str(prompt)[:60])
-    return claims, pending
+    return claims, pending, left_out
 
 
 @dataclass
@@ -135,23 +171,25 @@ def run_animate(prep: Prepared) -> Result:
     prep = stage_models(prep, count_nodes())
     cfg, layout = prep.cfg, prep.layout
     start, run_id = time.time(), new_run_id()
-    plan = Plan(tuple(prep.checkpoints), {n: m.max_frames for n, m in prep.motions.items()}, cfg.generation)
+    families = {**{n: m.family for n, m in prep.motions.items()}, **prep.families}
+    plan = Plan(tuple(prep.checkpoints), {n: m.max_frames for n, m in prep.motions.items()}, cfg.generation, families)
     finished = list_finished(layout, list(prep.motions), list(prep.checkpoints))
     planned = read_prompts(prep.files).map_batches(
         plan_block, batch_format="pandas",
         fn_kwargs=dict(plan=plan, finished=finished, layout=layout, motions=prep.motions, specs=prep.checkpoints),
     ).materialize()
-    conflicts, pending = find_conflicts(planned)
+    conflicts, pending, left_out = find_conflicts(planned)
     if conflicts:
         log.warning("%d output slot(s) claimed by rows with different content: those rows become error rows", len(conflicts))
         planned = planned.map_batches(mark_conflicts, batch_format="pandas", fn_kwargs={"conflicts": conflicts})
-    planned = planned.drop_columns(["_slot", "_content", "_pending"])
+    planned = planned.drop_columns(["_slot", "_content", "_pending", "_left_out"])
     done = planned.map_batches(is_done, batch_format="pandas").map_batches(
         write_shard, batch_format="pandas", fn_kwargs={"layout": layout, "run_id": run_id})
     log.info("%d row(s) to generate", pending)
     if pending:  # no actor (and no model load) for a plan with nothing to generate
         done = done.union(_generation(planned, prep, layout, run_id))
     summary, received = Summary(), set()
+    summary.left_out = left_out
     for batch in done.iter_batches(batch_format="pandas", batch_size=None):
         summary.add(batch)
         received.update(batch[SHARD].unique())
@@ -169,10 +207,23 @@ def _generation(planned, prep: Prepared, layout: OutputLayout, run_id: str):
     from pipelines.animate.stage import AnimateStage  # here: the model stack is the actors' import, not the planners'
 
     cfg = prep.cfg
-    kwargs = dict(base=cfg.base, motions=prep.motions, checkpoints=prep.checkpoints, layout=layout, run_id=run_id,
-                  gif=cfg.gif, actors=cfg.actors, max_batch=cfg.max_batch, speed=cfg.speed)
-    return planned.map_batches(is_pending, batch_format="pandas").map_batches(
-        **cfg.actors.pool(AnimateStage, kwargs, cfg.batch_size))
+    pending = planned.map_batches(is_pending, batch_format="pandas")
+    pools = []
+    for base in dict.fromkeys(prep.base_of(c) for c in prep.checkpoints):  # one pool per base: no actor holds two
+        checkpoints = {n: s for n, s in prep.checkpoints.items() if prep.base_of(n) == base}
+        family = prep.families[next(iter(checkpoints))]
+        kwargs = dict(base=base, motions={n: m for n, m in prep.motions.items() if m.family == family},
+                      checkpoints=checkpoints, layout=layout, run_id=run_id, gif=cfg.gif, actors=cfg.actors,
+                      max_batch=cfg.max_batch, speed=cfg.speed)
+        rows = pending if len(prep.checkpoints) == len(checkpoints) else pending.map_batches(
+            _on, batch_format="pandas", fn_kwargs={"checkpoints": list(checkpoints)})
+        pools.append(rows.map_batches(**cfg.actors.pool(AnimateStage, kwargs, cfg.batch_size)))
+    return pools[0].union(*pools[1:]) if len(pools) > 1 else pools[0]
+
+
+def _on(batch, checkpoints: list[str]):
+    """The rows of `checkpoints` (those of one base)."""
+    return batch[batch["checkpoint"].isin(checkpoints)]
 
 
 def stage_models(prep: Prepared, nodes: int) -> Prepared:
@@ -181,7 +232,8 @@ def stage_models(prep: Prepared, nodes: int) -> Prepared:
     name the staged copies, whose names are stable for unchanged files, so a rerun skips finished rows."""
     root = prep.cfg.out
     motions = {n: dataclasses.replace(m, uri=stage(m.uri, "--motion-module", root, nodes)) for n, m in prep.motions.items()}
-    checkpoints = {n: dataclasses.replace(c, uri=stage(c.uri, "--checkpoints", root, nodes)) for n, c in prep.checkpoints.items()}
+    checkpoints = {n: dataclasses.replace(c, uri=stage(c.uri, "--checkpoints", root, nodes), base=stage(c.base, "--checkpoints base", root, nodes))
+                   for n, c in prep.checkpoints.items()}
     cfg = dataclasses.replace(prep.cfg, base=stage(prep.cfg.base, "--base", root, nodes))
     return dataclasses.replace(prep, cfg=cfg, motions=motions, checkpoints=checkpoints)
 

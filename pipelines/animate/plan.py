@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from animatediff_core.configs import field_types, need, short
 from animatediff_core.errors import ConfigError
-from animatediff_core.settings import ANY_SEED, SEED_RANGE, GenerationSettings, validate_settings
+from animatediff_core.settings import ANY_SEED, FAMILY_NAMES, SEED_RANGE, GenerationSettings, validate_settings
 from pipelines import cells
 from pipelines.animate import schema
 from pipelines.animate.identity import content_hash, row_key, slot_hash
@@ -45,6 +45,20 @@ class Plan:
     checkpoints: tuple[str, ...]
     motions: dict[str, int]  # name -> most frames it supports
     defaults: GenerationSettings
+    families: dict[str, str] = field(default_factory=dict)  # checkpoint or motion-module name -> sd1 | sdxl (default sd1)
+
+    def family(self, name: str) -> str:
+        return self.families.get(name, "sd1")
+
+    def pairs(self, checkpoint, motion) -> tuple[list[tuple[str, str]], int]:
+        """The (motion module, checkpoint) pairs a row asks for (empty: every one) and how many of the sweep's
+        were left out because the module and the checkpoint's base are of different families."""
+        motions = list(self.motions) if motion in (None, "") else [str(motion)]
+        checkpoints = list(self.checkpoints) if checkpoint in (None, "") else [str(checkpoint)]
+        every = [(m, c) for m in motions for c in checkpoints]
+        swept = motion in (None, "") or checkpoint in (None, "")
+        kept = [(m, c) for m, c in every if not swept or self.family(m) == self.family(c)]
+        return kept, len(every) - len(kept)
 
 
 class _Checked:
@@ -63,11 +77,11 @@ class _Checked:
                 self.parsed[key] = e
         return self.parsed[key]
 
-    def error(self, s: GenerationSettings, motion: str) -> str:
-        key = (s, motion)
+    def error(self, s: GenerationSettings, motion: str, family: str = "sd1") -> str:
+        key = (s, motion, family)
         if key not in self.valid:
             try:
-                validate_settings(s, max_frames=self.plan.motions[motion], vae_scale=8)
+                validate_settings(s, max_frames=self.plan.motions[motion], vae_scale=8, family=family)
                 self.valid[key] = ""
             except ConfigError as e:
                 self.valid[key] = str(e)
@@ -79,20 +93,23 @@ def expand_rows(batch: pd.DataFrame, plan: Plan) -> pd.DataFrame:
 
     A row's `checkpoint` (`motion_module`) names one of the set; empty means every one. Ids: the
     table's `id`, else a uuid5 of the row content and checkpoint. Seeds: the table's `seed`, else
-    derived from the row content, so every checkpoint of a sweep starts from the same noise. Rows come
-    out ordered by checkpoint and shape, so actors see long runs of one checkpoint without a global sort.
+    derived from the row content, so every checkpoint of a sweep starts from the same noise. A sweep pairs
+    each checkpoint only with the motion modules of its base's family (SD-1.x, SDXL); the pairs left out are
+    counted in `frame.attrs["left_out"]`. Rows come out ordered by checkpoint and shape, so actors see long
+    runs of one checkpoint without a global sort.
     """
-    out, checked = [], _Checked(plan)
+    out, checked, left_out = [], _Checked(plan), 0
     columns = [c for c in schema.READ if c in batch.columns]
     for values in zip(*(batch[c].tolist() for c in columns)):
         row = dict(zip(columns, values))
         key = row_key(row)
-        ckpt, motion = cells.plain(row.get("checkpoint")), cells.plain(row.get("motion_module"))
-        for m in (list(plan.motions) if motion in (None, "") else [str(motion)]):
-            for c in (list(plan.checkpoints) if ckpt in (None, "") else [str(ckpt)]):
-                out.append(_resolve(row, key, c, m, plan, checked))
+        pairs, skipped = plan.pairs(cells.plain(row.get("checkpoint")), cells.plain(row.get("motion_module")))
+        left_out += skipped
+        out += [_resolve(row, key, c, m, plan, checked) for m, c in pairs]
     frame = schema.typed(pd.DataFrame(out)) if out else schema.empty()
-    return frame.sort_values(schema.GROUP, kind="stable", ignore_index=True)
+    frame = frame.sort_values(schema.GROUP, kind="stable", ignore_index=True)
+    frame.attrs["left_out"] = left_out  # sweep pairs of different families: counted, not rows
+    return frame
 
 
 def _resolve(row: dict, key: str, checkpoint: str, motion: str, plan: Plan, checked: _Checked) -> dict:
@@ -117,7 +134,10 @@ def _resolve(row: dict, key: str, checkpoint: str, motion: str, plan: Plan, chec
         need(out["prompt"].strip(), "prompt is empty; give a text prompt")
         need(checkpoint in plan.checkpoints, f"unknown checkpoint {short(checkpoint)}; the set has {', '.join(plan.checkpoints)}")
         need(motion in plan.motions, f"unknown motion module {short(motion)}; the set has {', '.join(plan.motions)}")
-        problem = checked.error(s, motion)
+        family = plan.family(checkpoint)
+        need(plan.family(motion) == family, f"motion module {motion!r} is for {FAMILY_NAMES[plan.family(motion)]} bases and "
+             f"checkpoint {checkpoint!r} runs on an {FAMILY_NAMES[family]} base; pair each with its own family")
+        problem = checked.error(s, motion, family)
         need(not problem, problem)
     except ConfigError as e:
         out.update(status="error", error=str(e))
@@ -126,14 +146,17 @@ def _resolve(row: dict, key: str, checkpoint: str, motion: str, plan: Plan, chec
 
 def plan_block(batch: pd.DataFrame, plan: Plan, finished, layout, motions, specs) -> pd.DataFrame:
     """One planning task: expand the sweep, mark finished rows, add the slot and content hashes."""
-    rows = mark_finished(expand_rows(batch, plan), finished, layout, motions, specs)
+    expanded = expand_rows(batch, plan)
+    rows = mark_finished(expanded, finished, layout, motions, specs)
     errors = rows.loc[rows["status"] == "error", "error"]
     if len(errors):  # per block, not per row: a million error rows must not be a million log lines
         top = "; ".join(f"{n} x {msg[:120]}" for msg, n in errors.value_counts().head(3).items())
         log.info("planned %d rows: %d error rows (%s)", len(rows), len(errors), top)
     for rid, msg in zip(rows.loc[errors.index, "id"], errors):
         log.debug("error row %s: %s", rid, msg)
-    return rows.assign(_slot=slot_hash(rows), _content=content_hash(rows), _pending=rows["status"] == "pending")
+    left_out = [expanded.attrs.get("left_out", 0)] + [0] * (len(rows) - 1)  # the block's count, on its first row
+    return rows.assign(_slot=slot_hash(rows), _content=content_hash(rows), _pending=rows["status"] == "pending",
+                       _left_out=left_out[: len(rows)])
 
 
 def mark_conflicts(batch: pd.DataFrame, conflicts: dict) -> pd.DataFrame:

@@ -81,6 +81,7 @@ class Summary:
         self.previews: dict[tuple[str, str], list[dict]] = defaultdict(list)
         self.rows = 0
         self.truncated = 0
+        self.left_out = 0  # sweep pairs of different families (SD-1.x, SDXL): not rows, counted here
 
     def add(self, batch: pd.DataFrame) -> None:
         if batch.empty:
@@ -117,6 +118,8 @@ class Summary:
         if self.truncated:
             lines.append(f"{self.truncated} prompt(s) longer than the text encoder reads (77 tokens) were truncated; "
                          "see the prompt_truncated column")
+        if self.left_out:
+            lines.append(f"{self.left_out} sweep pair(s) left out: motion module and checkpoint of different families (SD-1.x, SDXL)")
         lines += [f"  error x{n}: {msg}" for msg, n in self.reasons.most_common(5)]
         return "\n".join(lines)
 
@@ -144,6 +147,8 @@ def write_index(summary: Summary, layout: OutputLayout) -> str:
         sections.append(f'<h2>{title}</h2><p>{n["ok"]} ok ({n["skipped"]} from earlier runs), {n["error"]} error; {shown}</p>'
                         f'<div class="grid">{"".join(cards)}</div>')
     reasons = "".join(f"<tr><td>{n}</td><td>{e(msg)}</td></tr>" for msg, n in summary.reasons.most_common())
+    left_out = (f"<p>{summary.left_out} sweep pair(s) left out: a motion module and a checkpoint of different families "
+                "(SD-1.x, SDXL).</p>") if summary.left_out else ""
     errors = f"<h2>Errors</h2><table class='reasons'><tr><th>rows</th><th>reason</th></tr>{reasons}</table>" if reasons else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>animatediff-ray results</title>
 <style>body{{font-family:sans-serif;margin:1em}}.grid{{display:flex;flex-wrap:wrap;gap:12px}}
@@ -151,7 +156,7 @@ def write_index(summary: Summary, layout: OutputLayout) -> str:
 .card img,.card video{{width:256px;image-rendering:pixelated}}th{{text-align:left;vertical-align:top}}</style>
 </head><body><h1>animatediff-ray: {summary.rows} rows ({summary.total("ok")} ok, {summary.total("error")} error)</h1>
 <p>Every row is in the metadata table: <a href="metadata/">metadata/*.parquet</a> (one row per prompt row x checkpoint;
-columns {e(", ".join(schema.NAMES))}).</p>{"".join(sections)}{errors}</body></html>"""
+columns {e(", ".join(schema.NAMES))}).</p>{left_out}{"".join(sections)}{errors}</body></html>"""
     storage.write_text_atomic(layout.index, page)
     return layout.index
 

@@ -29,12 +29,14 @@ class MotionSpec:
     max_frames: int = 32  # its position-encoding length, read at preflight
     norm: str | None = None  # --motion-norm (animatediff_core/numerics.py); None: what the module records, else official
     numerics: str = ""  # the numerics it runs with, resolved at preflight ("official/v2"): part of its videos' identity
+    family: str = "sd1"  # the base family it fits (sd1, sdxl), found at preflight
 
 
 def read_checkpoint_set(uri: str | None) -> dict[str, CheckpointSpec]:
     """Checkpoints by name, from a folder of .safetensors files or a table: `name`, `uri` (a DreamBooth or LoRA
     file), optional `kind`, `scale` (the LoRA's weight), `loras` (JSON list of more LoRAs with their weights),
-    `adapter` and `adapter_scale` (the v3 domain adapter), `vae` (own, base or a URI): one stack per row.
+    `adapter` and `adapter_scale` (the v3 domain adapter), `vae` (own, base or a URI), `base` (the base it
+    runs on, SD-1.x or SDXL; default: the job's --base): one stack per row.
 
     No set: the base model alone, under the name "base".
     """
@@ -50,9 +52,9 @@ def read_checkpoint_set(uri: str | None) -> dict[str, CheckpointSpec]:
         for n in names:
             check_name(n, f"--checkpoints {uri}: checkpoint")
         return {n: CheckpointSpec(n, storage.join(uri, PurePosixPath(p).name)) for n, p in zip(names, files)}
-    table = tables.read_pandas(uri, strings=("name", "uri", "kind", "loras", "adapter", "vae"), flag="--checkpoints")
+    table = tables.read_pandas(uri, strings=("name", "uri", "kind", "loras", "adapter", "vae", "base"), flag="--checkpoints")
     need("name" in table.columns and {"uri", "loras", "adapter"} & set(table.columns),
-         f"--checkpoints {uri}: table needs columns name and uri (optional kind, scale, loras, adapter, adapter_scale, vae); "
+         f"--checkpoints {uri}: table needs columns name and uri (optional kind, scale, loras, adapter, adapter_scale, vae, base); "
          f"found {', '.join(map(str, table.columns)) or 'none'}")
     specs = {}
     for r in table.to_dict("records"):
@@ -66,13 +68,13 @@ def read_checkpoint_set(uri: str | None) -> dict[str, CheckpointSpec]:
 
 
 def checkpoint_spec(name: str, cells_: dict) -> CheckpointSpec:
-    """One checkpoint table row (`uri`, `kind`, `scale`, `loras`, `adapter`, `adapter_scale`, `vae`) as a stack."""
+    """One checkpoint table row (`uri`, `kind`, `scale`, `loras`, `adapter`, `adapter_scale`, `vae`, `base`) as a stack."""
     kind = as_text("kind", cells_.get("kind"))
     need(kind is None or kind in KINDS, f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     vae = as_text("vae", cells_.get("vae")) or "own"
     spec = CheckpointSpec(name, as_text("uri", cells_.get("uri")), kind, _number("scale", cells_.get("scale")),
                           parse_loras(as_text("loras", cells_.get("loras")) or ""), as_text("adapter", cells_.get("adapter")),
-                          _number("adapter_scale", cells_.get("adapter_scale")), vae)
+                          _number("adapter_scale", cells_.get("adapter_scale")), vae, as_text("base", cells_.get("base")))
     need(spec.uri or spec.loras or spec.adapter or spec.vae != "own",
          "give a uri (a DreamBooth or LoRA file), loras or an adapter (an empty row would be the base: leave it out)")
     return spec

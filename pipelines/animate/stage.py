@@ -29,7 +29,7 @@ from animatediff_core.motion_formats import load_motion_adapter
 from animatediff_core.numerics import apply_motion_norm, resolve
 from animatediff_core.device import setup_actor
 from animatediff_core.personalize import CheckpointSpec, Personalizer
-from animatediff_core.pipeline import load_pipeline, read_unet_config
+from animatediff_core.pipeline import family, load_pipeline, read_unet_config
 from animatediff_core.speed import OFF, SpeedOptions, apply_speed, weights_change
 from animatediff_core.video_io import write_gif, write_video
 from pipelines.animate import schema
@@ -119,7 +119,7 @@ class AnimateStage:
         for i, row in group.iterrows():
             req = Request(row["prompt"], row["negative_prompt"], int(row["seed"]), GenerationSettings(**schema.settings_of(row)))
             try:
-                validate_request(req, self.limit, self.pipe.vae_scale_factor)
+                validate_request(req, self.limit, self.pipe.vae_scale_factor, family(self.pipe))
                 ready.append((i, req))
                 batch.at[i, "windows"] = self._windows(req.settings)
                 batch.at[i, "prompt_truncated"] = self._too_long(req.prompt) or self._too_long(req.negative_prompt)
@@ -213,7 +213,7 @@ class AnimateStage:
             except RuntimeError as e:
                 raise CheckpointError(f"{spec.uri}: does not have the shape of the motion module loaded first "
                                       f"({str(e).splitlines()[0][:200]}); sweep modules of one version per job") from None
-        numerics = resolve(spec.norm, adapter.config)  # this module's numerics (what it records, or --motion-norm)
+        numerics = resolve(spec.norm, adapter.config, family(self.pipe))  # what it records, or --motion-norm
         apply_motion_norm(self.pipe.unet, numerics.mode, numerics.version)
         self.motion = name
         log.info("motion module %r active", name)

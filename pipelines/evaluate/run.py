@@ -34,10 +34,15 @@ def render_stills(rows: pd.DataFrame, cfg: EvaluateConfig, specs: dict[str, Chec
     log.info("domain similarity: %d stills (checkpoint x prompt x seed x shape), motion modules bypassed", len(wanted))
     if wanted.empty:
         return rows.assign(still_uri="")
-    kwargs = dict(base=cfg.base, motion_module=rows["motion_module_uri"].iloc[0], specs=specs, out=cfg.out, actors=cfg.actors)
-    ds = ray.data.from_pandas(wanted.sort_values("checkpoint")).map_batches(
-        **cfg.actors.pool(StillStage, kwargs, cfg.videos_per_call))
-    done = ds.to_pandas()
+    base_of = {n: s.base or cfg.base for n, s in specs.items()}
+    parts = []
+    for base in dict.fromkeys(base_of[c] for c in wanted["checkpoint"]):  # one pool per base (SD-1.x, SDXL)
+        mine = wanted[wanted["checkpoint"].map(base_of) == base]
+        module = rows.loc[rows["checkpoint"].isin(mine["checkpoint"]), "motion_module_uri"].iloc[0]  # one of its family
+        kwargs = dict(base=base, motion_module=module, specs=specs, out=cfg.out, actors=cfg.actors)
+        parts.append(ray.data.from_pandas(mine.sort_values("checkpoint")).map_batches(
+            **cfg.actors.pool(StillStage, kwargs, cfg.videos_per_call)))
+    done = (parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]).to_pandas()
     for err in done.loc[done["still_error"] != "", "still_error"].unique()[:5]:
         log.warning("still not rendered (domain similarity left empty): %s", err)
     return rows.merge(done[["still_key", "still_uri"]], on="still_key", how="left").fillna({"still_uri": ""})

@@ -20,7 +20,7 @@ from animatediff_core.device import setup_actor
 from animatediff_core.errors import AnimateDiffError
 from animatediff_core.generate import Request, validate_request
 from animatediff_core.personalize import CheckpointSpec, Personalizer
-from animatediff_core.pipeline import load_pipeline
+from animatediff_core.pipeline import family, load_pipeline
 from animatediff_core.settings import STILL_SETTINGS
 from animatediff_core.stills import generate_stills
 from pipelines.animate.identity import still_settings
@@ -68,7 +68,7 @@ class StillStage:
         reqs = [Request(r["prompt"], r["negative_prompt"] or "", int(r["seed"]), still_settings(r)) for _, r in rows.iterrows()]
         try:
             for req in reqs:
-                validate_request(req, max_frames=1, vae_scale=self.pipe.vae_scale_factor)
+                validate_request(req, max_frames=1, vae_scale=self.pipe.vae_scale_factor, family=family(self.pipe))
             images = generate_stills(self.pipe, reqs)
         except Exception as e:  # one failed call (bad row, out of memory) fails its stills, not the job
             batch.loc[rows.index, "still_error"] = f"still failed: {type(e).__name__}: {e}"

@@ -102,5 +102,5 @@ def test_few_step_samplers_run_and_differ_from_ddim(pipe, sampler):
     assert type(pipe.scheduler).__name__ == {"euler_trailing": "EulerDiscreteScheduler", "lcm": "LCMScheduler"}[sampler]
     again = generate(pipe, [Request("a cat", seed=3, settings=s)])[0]
     assert np.array_equal(ddim, again)  # back on DDIM exactly
-    with pytest.raises(ConfigError, match="sampler must be one of ddim, ddim_linspace, euler_trailing, lcm"):
+    with pytest.raises(ConfigError, match="sampler must be one of ddim, ddim_linspace, euler_trailing, lcm, sdxl_beta"):
         s.updated(sampler="dpm")

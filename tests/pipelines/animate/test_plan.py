@@ -81,7 +81,7 @@ def test_per_row_overrides_and_defaults():
     ({"prompt": "x", "id": "/abs/path"}, "is not a safe file name"),
     ({"prompt": "x", "id": "a" * 300}, "is not a safe file name"),
     ({"prompt": "x", "id": ".."}, "is not a safe file name"),
-    ({"prompt": "x", "sampler": "dpm"}, "sampler must be one of ddim, ddim_linspace, euler_trailing, lcm, got 'dpm'"),
+    ({"prompt": "x", "sampler": "dpm"}, "sampler must be one of ddim, ddim_linspace, euler_trailing, lcm, sdxl_beta, got 'dpm'"),
 ])
 def test_bad_rows_become_error_rows(row, message):
     out = _expand([row, {"prompt": "fine", "checkpoint": "dreamy"}])
@@ -212,3 +212,17 @@ def test_readme_lists_the_metadata_columns_the_schema_declares():
 
     readme = (Path(__file__).parents[3] / "README.md").read_text()
     assert ", ".join(schema.NAMES) in readme  # the README's output table names every column, in order
+
+
+def test_a_sweep_pairs_each_checkpoint_with_modules_of_its_family():
+    plan = Plan(("sd", "xl"), {"mm": 32, "mm_xl": 32}, DEFAULTS, {"sd": "sd1", "mm": "sd1", "xl": "sdxl", "mm_xl": "sdxl"})
+    out = expand_rows(normalize(pd.DataFrame({"prompt": ["a cat", "a dog"], "checkpoint": [None, "xl"],
+                                              "motion_module": [None, "mm"], "prompt_schedule": [None, None]})), plan)
+    pairs = set(zip(out.motion_module, out.checkpoint, out.status))
+    assert {("mm", "sd", "pending"), ("mm_xl", "xl", "pending")} <= pairs and out.attrs["left_out"] == 2  # a cat: 2 of 4 kept
+    bad = out[out.prompt == "a dog"].iloc[0]  # named explicitly: an error row, not left out
+    assert bad.status == "error" and "motion module 'mm' is for SD-1.x bases and checkpoint 'xl' runs on an SDXL base" in bad.error
+    sd_only = expand_rows(normalize(pd.DataFrame({"prompt": ["a cat"], "prompt_schedule": ['{"0": "a cat", "8": "a dog"}']})), plan)
+    xl_row = sd_only[sd_only.checkpoint == "xl"].iloc[0]
+    assert xl_row.status == "error" and "prompt_schedule is not available for SDXL checkpoints" in xl_row.error
+    assert sd_only[sd_only.checkpoint == "sd"].status.tolist() == ["pending"]
