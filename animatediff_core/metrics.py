@@ -20,6 +20,10 @@ Definitions (one value per video):
 - ``domain_similarity`` (AnimateDiff paper, sec. 5): mean cosine between each frame's CLIP image
   embedding and that of a still the same personalized checkpoint makes without the motion module.
 Metrics of consecutive frames are NaN for a one-frame video; ``domain_similarity`` is NaN without a still.
+
+VBench's dimensions (``VBENCH_COLUMNS``) are computed by `vbench.py` with VBench's own models and
+preprocessing; their names are declared here, with every column's range, so that tables, intervals and
+plots read one list.
 """
 
 from __future__ import annotations
@@ -34,8 +38,19 @@ from . import storage
 from .errors import CheckpointError
 from .flow import Raft, motion_flow
 
-METRICS = ("text_alignment", "frame_consistency", "frame_consistency_all_pairs", "temporal_flicker",
-           "motion_pixel", "motion_flow", "domain_similarity")
+CLIP_METRICS = ("text_alignment", "frame_consistency", "frame_consistency_all_pairs", "temporal_flicker",
+                "motion_pixel", "motion_flow", "domain_similarity")
+VBENCH_DIMENSIONS = ("subject_consistency", "background_consistency", "temporal_flickering", "dynamic_degree",
+                     "aesthetic_quality")
+VBENCH_COLUMNS = (*VBENCH_DIMENSIONS, "static_filter")  # static_filter: VBench's static-filter verdict (1 = kept)
+METRICS = (*CLIP_METRICS, *VBENCH_COLUMNS)  # every per-video metric column
+# Each column's range (None: unbounded on that side); intervals are kept inside it. Binary columns are 0/1 per video.
+RANGES = {"text_alignment": (0.0, 100.0), "frame_consistency": (-1.0, 1.0), "frame_consistency_all_pairs": (-1.0, 1.0),
+          "temporal_flicker": (0.0, 1.0), "motion_pixel": (0.0, 255.0), "motion_flow": (0.0, None),
+          "domain_similarity": (-1.0, 1.0), "subject_consistency": (0.0, 1.0), "background_consistency": (0.0, 1.0),
+          "temporal_flickering": (0.0, 1.0), "dynamic_degree": (0.0, 1.0), "aesthetic_quality": (None, None),
+          "static_filter": (0.0, 1.0)}
+BINARY = ("dynamic_degree", "static_filter")
 
 
 @dataclass(frozen=True)
@@ -148,7 +163,7 @@ def domain_similarity(frame_emb: torch.Tensor, still_emb: torch.Tensor | None) -
 
 def score_videos(clip: Clip, videos: list[np.ndarray], prompts: list[str],
                  stills: list[np.ndarray | None] | None = None, batch_size: int = 64, raft: Raft | None = None) -> list[dict]:
-    """Every metric for each video: one dict per video with the METRICS keys plus ``prompt_tokens``
+    """The CLIP metrics of each video: one dict per video with the CLIP_METRICS keys plus ``prompt_tokens``
     and ``prompt_truncated``. All frames (and stills) of all videos go through CLIP in batches of
     ``batch_size``; each distinct prompt is encoded once. ``stills[i]`` is ``(h, w, 3) uint8`` or None.
     ``motion_flow`` is NaN without `raft`.
