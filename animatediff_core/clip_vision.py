@@ -29,16 +29,17 @@ HEAD_WIDTH = 64
 
 class LayerNorm(nn.LayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).to(x.dtype)
+        """In float32, weights included (OpenAI's fp16 models keep their LayerNorms in float32)."""
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, width: int):
+    def __init__(self, width: int, heads: int, hidden: int):
         super().__init__()
-        self.attn = nn.MultiheadAttention(width, width // HEAD_WIDTH, batch_first=True)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
         self.ln_1, self.ln_2 = LayerNorm(width), LayerNorm(width)
         self.mlp = nn.Module()
-        self.mlp.c_fc, self.mlp.c_proj = nn.Linear(width, 4 * width), nn.Linear(4 * width, width)
+        self.mlp.c_fc, self.mlp.c_proj = nn.Linear(width, hidden), nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.ln_1(x)
@@ -48,14 +49,16 @@ class ResidualBlock(nn.Module):
 
 
 class ClipVision(nn.Module):
-    def __init__(self, width: int, layers: int, patch: int, grid: int, output_dim: int):
+    def __init__(self, width: int, layers: int, patch: int, grid: int, output_dim: int, heads: int | None = None,
+                 hidden: int | None = None):
         super().__init__()
         self.conv1 = nn.Conv2d(3, width, patch, patch, bias=False)
         self.class_embedding = nn.Parameter(torch.zeros(width))
         self.positional_embedding = nn.Parameter(torch.zeros(grid * grid + 1, width))
         self.ln_pre, self.ln_post = LayerNorm(width), LayerNorm(width)
         self.transformer = nn.Module()
-        self.transformer.resblocks = nn.Sequential(*(ResidualBlock(width) for _ in range(layers)))
+        heads = heads or max(1, width // HEAD_WIDTH)
+        self.transformer.resblocks = nn.Sequential(*(ResidualBlock(width, heads, hidden or 4 * width) for _ in range(layers)))
         self.proj = nn.Parameter(torch.zeros(width, output_dim))
         self.resolution = grid * patch
 
@@ -98,9 +101,9 @@ def from_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-def build(state: dict[str, torch.Tensor], uri: str) -> ClipVision:
+def build(state: dict[str, torch.Tensor], uri: str, heads: int | None = None) -> ClipVision:
     """The image tower of a CLIP state dict (OpenAI's keys, or transformers' CLIPModel keys), strictly checked;
-    the text tower's keys are ignored."""
+    the text tower's keys are ignored. `heads`: default width / 64, as every OpenAI CLIP has them."""
     if any(k.startswith("vision_model.") for k in state):
         state = from_transformers(state)
     visual = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
@@ -110,7 +113,8 @@ def build(state: dict[str, torch.Tensor], uri: str) -> ClipVision:
     width, patch = visual["conv1.weight"].shape[0], visual["conv1.weight"].shape[-1]
     layers = len({k.split(".")[2] for k in visual if k.startswith("transformer.resblocks.")})
     grid = round(math.sqrt(visual["positional_embedding"].shape[0] - 1))
-    net = ClipVision(width, layers, patch, grid, visual["proj"].shape[1])
+    hidden = visual["transformer.resblocks.0.mlp.c_fc.weight"].shape[0] if layers else None
+    net = ClipVision(width, layers, patch, grid, visual["proj"].shape[1], heads, hidden)
     check_keys({k: tuple(v.shape) for k, v in net.state_dict().items()}, visual, "CLIP image tower", uri)
     net.load_state_dict({k: v.float() for k, v in visual.items()})
     return net.eval()

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoints import check_keys
-from .errors import CheckpointError
+from .checkpoints import check_keys, load_state_dict
+from .errors import CheckpointError, ConfigError
 
 # (name, kind, kernel, stride): the network in order; "unit" a conv-BN-ReLU, "pool" a max pool, "mixed" an
 # Inception block (branches b0 1x1 | b1a 1x1 -> b1b 3x3x3 | b2a 1x1 -> b2b 3x3x3 | 3x3x3 max pool -> b3b 1x1).
@@ -107,6 +107,15 @@ def build(state: dict[str, torch.Tensor], uri: str) -> I3D:
     check_keys(expected, state, "I3D state dict", uri)
     net.load_state_dict(state, strict=False)
     return net.eval()
+
+
+def load(uri: str, device: str | torch.device = "cpu", flag: str = "--i3d") -> I3D:
+    """I3D weights from a file (any format `checkpoints.load_state_dict` reads safely), in float32 as VideoGPT
+    runs it; a wrong file is a ConfigError naming `flag`."""
+    try:
+        return build(load_state_dict(uri), uri).to(device)
+    except CheckpointError as e:
+        raise ConfigError(f"{flag} {e}") from None
 
 
 def random_state(widths_scale: float = 1.0, classes: int = 400, seed: int = 0) -> dict[str, torch.Tensor]:

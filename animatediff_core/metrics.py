@@ -22,8 +22,7 @@ Definitions (one value per video):
 Metrics of consecutive frames are NaN for a one-frame video; ``domain_similarity`` is NaN without a still.
 
 VBench's dimensions (``VBENCH_COLUMNS``) are computed by `vbench.py` with VBench's own models and
-preprocessing; their names are declared here, with every column's range, so that tables, intervals and
-plots read one list.
+preprocessing; every column's name and range is declared in `metric_columns.py`.
 """
 
 from __future__ import annotations
@@ -38,19 +37,7 @@ from . import storage
 from .errors import CheckpointError
 from .flow import Raft, motion_flow
 
-CLIP_METRICS = ("text_alignment", "frame_consistency", "frame_consistency_all_pairs", "temporal_flicker",
-                "motion_pixel", "motion_flow", "domain_similarity")
-VBENCH_DIMENSIONS = ("subject_consistency", "background_consistency", "temporal_flickering", "dynamic_degree",
-                     "aesthetic_quality")
-VBENCH_COLUMNS = (*VBENCH_DIMENSIONS, "static_filter")  # static_filter: VBench's static-filter verdict (1 = kept)
-METRICS = (*CLIP_METRICS, *VBENCH_COLUMNS)  # every per-video metric column
-# Each column's range (None: unbounded on that side); intervals are kept inside it. Binary columns are 0/1 per video.
-RANGES = {"text_alignment": (0.0, 100.0), "frame_consistency": (-1.0, 1.0), "frame_consistency_all_pairs": (-1.0, 1.0),
-          "temporal_flicker": (0.0, 1.0), "motion_pixel": (0.0, 255.0), "motion_flow": (0.0, None),
-          "domain_similarity": (-1.0, 1.0), "subject_consistency": (0.0, 1.0), "background_consistency": (0.0, 1.0),
-          "temporal_flickering": (0.0, 1.0), "dynamic_degree": (0.0, 1.0), "aesthetic_quality": (None, None),
-          "static_filter": (0.0, 1.0)}
-BINARY = ("dynamic_degree", "static_filter")
+from .metric_columns import BINARY, CLIP_METRICS, METRICS, RANGES, VBENCH_COLUMNS, VBENCH_DIMENSIONS  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,8 @@ import torch.nn.functional as F
 from . import clip_vision, dino, flow, hub, storage
 from .checkpoints import load_state_dict
 from .errors import CheckpointError, ConfigError
-from .metrics import VBENCH_DIMENSIONS, temporal_flicker
+from .metric_columns import VBENCH_DIMENSIONS
+from .metrics import temporal_flicker
 
 RAFT_ITERS = 20  # DynamicDegree.infer and StaticFilter.infer: iters=20, test_mode=True
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

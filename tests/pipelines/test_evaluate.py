@@ -122,6 +122,37 @@ def test_intervals():
     mean, low, high, n = mean_ci(np.array([1.0, 2.0, 3.0, np.nan]))
     assert (mean, n) == (2.0, 3) and low < 2.0 < high and high - 2.0 == pytest.approx(2.0 - low)
     assert np.isnan(mean_ci(np.array([5.0]))[1]) and mean_ci(np.array([]))[3] == 0
+    # a bounded metric's interval stays in its range; a 0/1 column gets a Wilson interval, even at 0 or 1
+    mean, low, high, _ = mean_ci(np.array([0.99, 1.0, 0.97, 1.0]), bounds=(0.0, 1.0))
+    assert low < mean < high == 1.0
+    for values in ([1.0] * 5, [0.0] * 5, [1.0, 0.0, 1.0]):
+        mean, low, high, _ = mean_ci(np.array(values), binary=True)
+        assert 0.0 <= low <= mean <= high <= 1.0 and high - low > 0.1
+
+
+def test_fvd_and_vbench_in_leaderboard_and_report(tmp_path):
+    """FVD per entry from the videos' I3D features against reference statistics, its curve over training
+    steps, and a VBench radar chart per entry."""
+    from animatediff_core import fvd
+    from pipelines.evaluate.fvd import Reference
+
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((50, 4))
+    rows = [dict(checkpoint="a", motion_module_label=f"run-step{s:06d}", step=float(s), status="ok", error="", metrics_error="",
+                 prompt=f"p{k}", category="", seed=1, prompt_truncated=False, video_uri="", gif_uri="",
+                 i3d_features=list(rng.standard_normal(4) * (1 + s / 100)), subject_consistency=0.9, background_consistency=0.95,
+                 temporal_flickering=0.97 if k else np.nan, dynamic_degree=float(k % 2), aesthetic_quality=0.5, static_filter=float(k > 0))
+            for s in (100, 200, 300) for k in range(6)]
+    scored = pd.DataFrame(rows)
+    board = leaderboard(scored, Reference(*fvd.statistics(reference), 50, "cache"))
+    assert (board.fvd_videos == 6).all() and board.fvd.is_monotonic_increasing  # farther from the reference with each step
+    first = scored[scored.step == 100]
+    expected = fvd.fvd(np.array(first.i3d_features.tolist()), reference)
+    assert board.loc[board.step == 100, "fvd"].item() == pytest.approx(expected)
+    assert (board.temporal_flickering_n == 5).all() and (board.dynamic_degree_ci_high <= 1).all()
+    page = Path(write_report(scored, board, str(tmp_path))).read_text()
+    for plot in ("plots/radar_0.png", "plots/radar_2.png", "plots/fvd.png", "plots/fvd_curve.png"):
+        assert plot in page and (tmp_path / plot).is_file()
 
 
 def test_modules_from_a_training_run_are_steps_of_a_learning_curve():
