@@ -97,7 +97,7 @@ def test_one_line_errors(generated, tiny_models, tmp_path, args, message):
     assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr
 
 
-def _batch_folder(root, tiny_models, frames=10, size=48):
+def _batch_folder(root, tiny_models, frames=9, size=48):
     """A batch-job output folder: 2 checkpoints x 2 prompts of `frames`-frame videos (drifting textures)."""
     from animatediff_core.video_io import write_video
     from pipelines.animate.layout import OutputLayout
@@ -121,15 +121,15 @@ def _batch_folder(root, tiny_models, frames=10, size=48):
 
 def test_vbench_dimensions_and_fvd_through_the_cli(tiny_models, tmp_path):
     """--score-only with VBench's models (the tiny stand-ins in VBench's layout) and FVD against a folder of
-    videos; the rerun reuses the reference's cached I3D statistics."""
+    videos (its cache is tested in tests/pipelines/test_evaluate.py)."""
     folder = _batch_folder(tmp_path / "batch", tiny_models)
     reference = tmp_path / "reference"
     reference.mkdir()
     for p in (folder / "videos").rglob("*.mp4"):  # a plain folder of videos: the same four, renamed
         (reference / f"{p.parent.name}-{p.name}").write_bytes(p.read_bytes())
     args = ["--score-only", str(folder), "--clip", str(tiny_models / "clip"), "--vbench-models", str(tiny_models / "vbench"),
-            "--fvd-reference", str(reference), "--i3d", str(tiny_models / "i3d_pretrained_400.pt"), "--fvd-frames", "10",
-            "--cpus-per-worker", "0.5", "--out", str(tmp_path / "out"), "--log-level", "INFO"]
+            "--fvd-reference", str(reference), "--i3d", str(tiny_models / "i3d_pretrained_400.pt"), "--fvd-frames", "9",
+            "--cpus-per-worker", "0.5", "--out", str(tmp_path / "out")]
     done = _run(args, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     scored = pd.read_parquet(tmp_path / "out" / "metrics.parquet")
@@ -146,7 +146,4 @@ def test_vbench_dimensions_and_fvd_through_the_cli(tiny_models, tmp_path):
     assert len(list((tmp_path / "out" / "fvd_reference").glob("*.npz"))) == 1
     page = (tmp_path / "out" / "report.html").read_text()
     assert "plots/radar_0.png" in page and "plots/fvd.png" in page and "FVD (lower is closer)" in page
-    again = _run(args + ["--vbench-dimensions", "subject_consistency"], timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "statistics reused from" in again.stderr
-    assert pd.read_csv(tmp_path / "out" / "leaderboard.csv").fvd.tolist() == pytest.approx(board.fvd.tolist())
+    assert "fvd" in done.stdout and "subject_consistency_mean" in done.stdout
