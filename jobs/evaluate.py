@@ -26,9 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.evaluate import runs
 
     folders = runs.find_runs(cfg.score_only) if cfg.score_only else None  # checked before the heavy imports
+    from animatediff_core import i3d
     from animatediff_core.flow import load_raft_state
     from animatediff_core.metrics import check_clip_folder
-    from animatediff_core import i3d
     from animatediff_core.vbench import load_models
     from pipelines.animate.config import AnimateConfig
     from pipelines.animate.job import preflight, run_animate
