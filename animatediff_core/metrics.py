@@ -37,7 +37,7 @@ from . import storage
 from .errors import CheckpointError
 from .flow import Raft, motion_flow
 
-from .metric_columns import BINARY, CLIP_METRICS, METRICS, RANGES, VBENCH_COLUMNS, VBENCH_DIMENSIONS  # noqa: F401  (re-exported)
+from .metric_columns import METRICS, VBENCH_DIMENSIONS  # noqa: F401  (re-exported: stages read them here)
 
 
 @dataclass(frozen=True)
