@@ -2,8 +2,9 @@
 
 Community checkpoints are untrusted. Nothing is ever unpickled: `.safetensors` is read as data,
 and `.ckpt/.pt/.pth/.bin` only through `torch.load(weights_only=True)`, whose restricted
-unpickler refuses any global that is not a tensor type. A pickle that would run code is refused
-with a CheckpointError naming the file, and the code never runs.
+unpickler refuses any global that is not a tensor type, or, for a TorchScript archive (OpenAI's CLIP
+files), through `torchscript_weights`, which reads its tensors and never its code. A pickle that would
+run code is refused with a CheckpointError naming the file, and the code never runs.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load, load_file as st_load_file, save as st_save
 
-from . import hub, storage
+from . import hub, storage, torchscript_weights
 from .errors import CheckpointError
 
 SAFETENSORS_EXT = (".safetensors",)
@@ -91,6 +92,12 @@ def _load_local_safetensors(uri: str) -> dict[str, torch.Tensor]:
 
 
 def _load_pickle_safely(uri: str, data: bytes) -> object:
+    if torchscript_weights.is_archive(data):
+        try:
+            return torchscript_weights.read_tensors(data)
+        except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
+            raise CheckpointError(f"{uri}: refused to load: a TorchScript archive holding more than modules and tensors "
+                                  f"({str(e)[:200]}); its code is never run") from None
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -3,10 +3,13 @@ ECCV 2020), for the ``motion_flow`` metric: mean flow magnitude between consecut
 
 Our own plain-torch implementation, whose module tree follows torchvision's
 ``torchvision/models/optical_flow/raft.py`` so that its ``raft_small`` and ``raft_large`` weight files
-(``.pth`` state dicts, or ``.safetensors`` with the same keys) load without renaming: the key map is the
-identity, and `load_raft` checks every key and shape strictly. torchvision itself is not a dependency.
-The reference test (tests/core/test_flow.py) fills torchvision's model and ours by one rule and
-compares their flows.
+(``.pth`` state dicts, or ``.safetensors`` with the same keys) load without renaming. The original
+princeton-vl/RAFT files (``raft-things.pth``, ``raft-small.pth``: ``fnet.*``, ``cnet.*``, ``update_block.*``,
+saved from a DataParallel wrapper; VBench's dynamic degree and static filter use ``raft-things.pth``) load
+through `from_original`, a declarative key map onto the same network; `load_raft` then checks every key and
+shape strictly. torchvision itself is not a dependency. The reference tests fill torchvision's model
+(tests/core/test_flow.py) and the original code (tests/core/test_vbench.py) and ours by one rule and
+compare their flows.
 
 Layouts: frames are ``(f, h, w, 3) uint8`` RGB; images into the network ``(b, 3, h, w)`` float32 in
 [-1, 1] (torchvision's ``OpticalFlow`` preset); flows ``(b, 2, h, w)`` in pixels, channel 0 along x
@@ -16,6 +19,7 @@ Layouts: frames are ``(f, h, w, 3) uint8`` RGB; images into the network ``(b, 3,
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -279,26 +283,96 @@ class RaftNet(nn.Module):
         return upsample_flow(coords1 - coords0, mask)
 
 
-def detect_spec(state: dict[str, torch.Tensor], uri: str) -> RaftSpec:
+# The original RAFT's names -> torchvision's (regex, replacement), applied in order to each key. The original
+# blocks register their shortcut's norm twice (`normN` and `downsample.1`): `original_key` drops the first.
+_ORIGINAL_RULES = (
+    (r"^fnet\.", "feature_encoder."), (r"^cnet\.", "context_encoder."),
+    (r"^(\w+_encoder)\.conv1\.", r"\1.convnormrelu.0."), (r"^(\w+_encoder)\.norm1\.", r"\1.convnormrelu.1."),
+    (r"^(\w+_encoder)\.conv2\.", r"\1.conv."),
+    (r"\.(layer\d\.\d)\.conv(\d)\.", r".\1.convnormrelu\2.0."), (r"\.(layer\d\.\d)\.norm(\d)\.", r".\1.convnormrelu\2.1."),
+    (r"^update_block\.encoder\.convc(\d)\.", r"update_block.motion_encoder.convcorr\1.0."),
+    (r"^update_block\.encoder\.convf(\d)\.", r"update_block.motion_encoder.convflow\1.0."),
+    (r"^update_block\.encoder\.conv\.", "update_block.motion_encoder.conv.0."),
+    (r"^update_block\.gru\.conv([zrq])([12])\.", r"update_block.recurrent_block.convgru\2.conv\1."),  # large: 1x5, 5x1
+    (r"^update_block\.gru\.conv([zrq])\.", r"update_block.recurrent_block.convgru1.conv\1."),  # small: one 3x3
+    (r"^update_block\.mask\.0\.", "mask_predictor.convrelu.0."), (r"^update_block\.mask\.2\.", "mask_predictor.conv."),
+)
+
+
+def is_original(state: dict[str, torch.Tensor]) -> bool:
+    """princeton-vl/RAFT keys (`fnet.*`, `cnet.*`), as in raft-things.pth (its `module.` prefix already stripped)."""
+    return any(k.startswith("fnet.") for k in state)
+
+
+def original_key(key: str, state: dict[str, torch.Tensor]) -> str | None:
+    """torchvision's name for one original key; None for a block's duplicate of its shortcut norm."""
+    m = re.match(r"^([fc]net\.layer\d\.\d)\.norm(\d)\.", key)
+    if m and not any(k.startswith(f"{m[1]}.conv{m[2]}.") for k in state):
+        return None  # normN without a convN is downsample.1, which the state also holds under that name
+    for pattern, repl in _ORIGINAL_RULES:
+        key = re.sub(pattern, repl, key)
+    return key
+
+
+def from_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An original RAFT state dict in torchvision's keys (the same tensors)."""
+    out = {}
+    for k, v in state.items():
+        new = original_key(k, state)
+        if new is not None:
+            out[new] = v
+    return out
+
+
+def to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torchvision's keys -> the original RAFT's (shortcut norms under both of their names): for stand-ins
+    written in VBench's layout. The inverse of `from_original`."""
+    large = any(".convgru2." in k for k in state)
+    rules = ((r"^feature_encoder\.", "fnet."), (r"^context_encoder\.", "cnet."),
+             (r"^([fc]net)\.convnormrelu\.0\.", r"\1.conv1."), (r"^([fc]net)\.convnormrelu\.1\.", r"\1.norm1."),
+             (r"^([fc]net)\.conv\.", r"\1.conv2."),
+             (r"\.(layer\d\.\d)\.convnormrelu(\d)\.0\.", r".\1.conv\2."), (r"\.(layer\d\.\d)\.convnormrelu(\d)\.1\.", r".\1.norm\2."),
+             (r"^update_block\.motion_encoder\.convcorr(\d)\.0\.", r"update_block.encoder.convc\1."),
+             (r"^update_block\.motion_encoder\.convflow(\d)\.0\.", r"update_block.encoder.convf\1."),
+             (r"^update_block\.motion_encoder\.conv\.0\.", "update_block.encoder.conv."),
+             (r"^update_block\.recurrent_block\.convgru(\d)\.conv([zrq])\.", r"update_block.gru.conv\2\1." if large else r"update_block.gru.conv\2."),
+             (r"^mask_predictor\.convrelu\.0\.", "update_block.mask.0."), (r"^mask_predictor\.conv\.", "update_block.mask.2."))
+    out = {}
+    for key, value in state.items():
+        for pattern, repl in rules:
+            key = re.sub(pattern, repl, key)
+        out[key] = value
+    for key, value in list(out.items()):
+        m = re.match(r"^([fc]net\.layer\d\.\d)\.downsample\.1\.(.*)$", key)
+        if m:
+            convs = len({k.split(".")[3] for k in out if k.startswith(f"{m[1]}.conv")})
+            out[f"{m[1]}.norm{convs + 1}.{m[2]}"] = value
+    return out
+
+
+def detect_spec(state: dict[str, torch.Tensor], uri: str, flag: str = "--raft") -> RaftSpec:
     """raft_large has the convex-upsampling mask predictor, raft_small has not; anything else is not RAFT."""
     if any(k.startswith("mask_predictor.") for k in state):
         return LARGE
     if any(k.startswith("feature_encoder.") for k in state):
         return SMALL
     found = ", ".join(sorted(state)[:3])
-    raise ConfigError(f"--raft {uri}: not a torchvision RAFT state dict: expected raft_small or raft_large keys "
-                      f"(feature_encoder.*, context_encoder.*, update_block.*, mask_predictor.* for raft_large), found {found}, ...")
+    raise ConfigError(f"{flag} {uri}: not a torchvision RAFT state dict: expected raft_small or raft_large keys "
+                      f"(feature_encoder.*, context_encoder.*, update_block.*, mask_predictor.* for raft_large) "
+                      f"or the original RAFT's (fnet.*, cnet.*, update_block.*), found {found}, ...")
 
 
-def load_raft_state(uri: str) -> tuple[RaftSpec, dict[str, torch.Tensor]]:
-    """Read and strictly check a torchvision raft_small/raft_large state dict; ConfigError names what is wrong."""
+def load_raft_state(uri: str, flag: str = "--raft") -> tuple[RaftSpec, dict[str, torch.Tensor]]:
+    """Read and strictly check a RAFT state dict (torchvision's or the original's keys, returned in
+    torchvision's); ConfigError names what is wrong, after `flag`."""
     try:
         state = load_state_dict(uri)
-        spec = detect_spec(state, uri)
+        state = from_original(state) if is_original(state) else state
+        spec = detect_spec(state, uri, flag)
         expected = {k: tuple(v.shape) for k, v in RaftNet(spec).state_dict().items()}
         check_keys(expected, state, f"torchvision {spec.name} state dict", uri)
     except CheckpointError as e:  # a wrong --raft file is a configuration error of this job
-        raise ConfigError(f"--raft {e}") from None
+        raise ConfigError(f"{flag} {e}") from None
     return spec, state
 
 
@@ -315,9 +389,11 @@ class Raft:
         return next(self.net.parameters()).device
 
 
-def load_raft(uri: str, device: str | torch.device = "cpu", iters: int = ITERS, pair_batch: int = PAIR_BATCH) -> Raft:
-    """Load torchvision's raft_small or raft_large weights (`.pth` or `.safetensors`), the variant read from the keys."""
-    spec, state = load_raft_state(uri)
+def load_raft(uri: str, device: str | torch.device = "cpu", iters: int = ITERS, pair_batch: int = PAIR_BATCH,
+              flag: str = "--raft") -> Raft:
+    """Load RAFT weights (`.pth` or `.safetensors`; torchvision's raft_small/raft_large or the original RAFT's
+    keys), the variant read from the keys."""
+    spec, state = load_raft_state(uri, flag)
     net = RaftNet(spec)
     net.load_state_dict(state)
     return Raft(net.to(device).eval(), iters, pair_batch)
@@ -385,3 +461,24 @@ def motion_flow(raft: Raft, frames: np.ndarray) -> float:
     if len(frames) < 2:
         return float("nan")
     return float(pair_magnitudes(raft, frames).mean())
+
+
+@torch.no_grad()
+def flows_between(raft: Raft, frames: np.ndarray, pairs: list[tuple[int, int]]) -> tuple[torch.Tensor, tuple[int, int]]:
+    """``(f, h, w, 3) uint8`` and index pairs ``(i, j)`` -> ``(len(pairs), 2, H, W)`` float32 flows from frame i to
+    frame j on the network's padded grid, in its pixels, uncropped (VBench measures its flows there), and the
+    (H', W') of the frames before padding (``(h, w)`` unless upscaled to RAFT's minimum side).
+
+    Frames are encoded once per chunk of `raft.pair_batch` pairs; the original RAFT, like ours, normalizes each
+    image on its own, so features do not depend on the batch."""
+    x, _, size = to_network(frames, raft.net.spec.min_side)
+    out = []
+    for start in range(0, len(pairs), raft.pair_batch):
+        chunk = pairs[start : start + raft.pair_batch]
+        used = sorted({k for pair in chunk for k in pair})
+        at = {k: n for n, k in enumerate(used)}
+        xs = x[used].to(raft.device)
+        fmaps = raft.net.feature_encoder(xs)
+        first, second = [at[i] for i, _ in chunk], [at[j] for _, j in chunk]
+        out.append(raft.net.refine(fmaps[first], fmaps[second], raft.net.context_encoder(xs[first]), raft.iters).float().cpu())
+    return (torch.cat(out) if out else torch.zeros(0, 2, *x.shape[-2:])), size

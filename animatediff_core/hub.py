@@ -34,11 +34,12 @@ def parse(ref: str) -> tuple[str, str] | None:
     return (m.group("repo"), m.group("path") or "") if m else None
 
 
-def resolve(ref: str, allow_patterns: list[str] | None = None) -> str:
+def resolve(ref: str, allow_patterns: list[str] | None = None, local_only: bool = False) -> str:
     """A local path for Hub ids and https:// files; other references unchanged.
 
     `allow_patterns` limits what a whole-repo or folder id downloads (a base model needs its
-    unet/vae/text_encoder/tokenizer, not every variant in the repo)."""
+    unet/vae/text_encoder/tokenizer, not every variant in the repo). `local_only`: Hub ids from the
+    local cache only, never downloaded (CheckpointError when not cached)."""
     parsed = parse(ref)
     if parsed is None:
         return storage.localize(ref) if str(ref).startswith(("http://", "https://")) else ref
@@ -47,10 +48,10 @@ def resolve(ref: str, allow_patterns: list[str] | None = None) -> str:
 
     try:
         if path.endswith(FILE_EXTS):
-            return hf.hf_hub_download(repo, path)
+            return hf.hf_hub_download(repo, path, local_files_only=local_only)
         patterns = [f"{path}/{p}" for p in allow_patterns] if path and allow_patterns else \
             allow_patterns or ([f"{path}/*", f"{path}/**"] if path else None)
-        folder = hf.snapshot_download(repo, allow_patterns=patterns)
+        folder = hf.snapshot_download(repo, allow_patterns=patterns, local_files_only=local_only)
     except Exception as e:  # offline and not cached, unknown repo, no access: all say the same to the user
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise CheckpointError(

@@ -20,6 +20,9 @@ Definitions (one value per video):
 - ``domain_similarity`` (AnimateDiff paper, sec. 5): mean cosine between each frame's CLIP image
   embedding and that of a still the same personalized checkpoint makes without the motion module.
 Metrics of consecutive frames are NaN for a one-frame video; ``domain_similarity`` is NaN without a still.
+
+VBench's dimensions (``VBENCH_COLUMNS``) are computed by `vbench.py` with VBench's own models and
+preprocessing; every column's name and range is declared in `metric_columns.py`.
 """
 
 from __future__ import annotations
@@ -34,8 +37,7 @@ from . import storage
 from .errors import CheckpointError
 from .flow import Raft, motion_flow
 
-METRICS = ("text_alignment", "frame_consistency", "frame_consistency_all_pairs", "temporal_flicker",
-           "motion_pixel", "motion_flow", "domain_similarity")
+from .metric_columns import METRICS, VBENCH_DIMENSIONS  # noqa: F401  (re-exported: stages read them here)
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,7 @@ def domain_similarity(frame_emb: torch.Tensor, still_emb: torch.Tensor | None) -
 
 def score_videos(clip: Clip, videos: list[np.ndarray], prompts: list[str],
                  stills: list[np.ndarray | None] | None = None, batch_size: int = 64, raft: Raft | None = None) -> list[dict]:
-    """Every metric for each video: one dict per video with the METRICS keys plus ``prompt_tokens``
+    """The CLIP metrics of each video: one dict per video with the CLIP_METRICS keys plus ``prompt_tokens``
     and ``prompt_truncated``. All frames (and stills) of all videos go through CLIP in batches of
     ``batch_size``; each distinct prompt is encoded once. ``stills[i]`` is ``(h, w, 3) uint8`` or None.
     ``motion_flow`` is NaN without `raft`.

@@ -13,6 +13,13 @@
                                    (as jobs.train --motion-lora writes) and zoom_original.safetensors in the
                                    official v2 MotionLoRA layout (written last, from their own seed)
   out/raft_small.pth               a random RAFT (small) in torchvision's state-dict keys, for motion_flow
+  out/vbench/                      VBench's model cache layout (`--vbench-models`) with random stand-ins:
+                                   dino_model/dino_vitbase16_pretrain.pth (a small DINO ViT),
+                                   clip_model/ViT-B-32.pt and ViT-L-14.pt (small CLIP image towers, OpenAI's
+                                   keys), aesthetic_model/emb_reader/sa_0_4_vit_l_14_linear.pth (a linear head)
+                                   and raft_model/models/raft-things.pth (a full-size RAFT-large in the original
+                                   RAFT's DataParallel keys)
+  out/i3d_pretrained_400.pt        an I3D at 1/8 of the real widths in VideoGPT's keys, for FVD (`--i3d`)
   out/control/                     control models (tiny preset only): controlnet/ (a random SD-1.x
                                    ControlNet, diffusers folder), controlnet.safetensors and
                                    controlnet_original.safetensors (the same weights in one file, diffusers
@@ -38,7 +45,10 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConf
 from transformers.utils import logging as transformers_logging
 
 from .checkpoints import save_state_dict
-from .flow import SMALL, raft_state
+from .clip_vision import ClipVision
+from .dino import DinoViT
+from .flow import LARGE, SMALL, raft_state, to_original
+from .i3d import random_state as i3d_random_state
 from .inflate import MotionModuleConfig, new_motion_adapter
 from .ldm_keys import CLIP_PREFIX, SDXL_CLIP_PREFIX, controlnet_to_ldm, open_clip_to_ldm, text_encoder_to_ldm, unet_to_ldm, vae_to_ldm
 from .motion_formats import diffusers_to_original, save_motion_adapter
@@ -164,6 +174,8 @@ def write_tiny_models(out: str | Path, seed: int = 0, preset: str = "tiny") -> P
     torch.manual_seed(seed + 2)  # the CLIP is written last, from its own seed: the files above do not depend on it
     write_clip(out / "clip", preset)
     save_state_dict(raft_state(SMALL, seed=seed + 3), str(out / "raft_small.pth"))  # after the CLIP, from its own seed
+    write_vbench_models(out / "vbench", seed=seed + 4)
+    save_state_dict(i3d_random_state(1 / 8, seed=seed + 5), str(out / "i3d_pretrained_400.pt"))
     if preset == "tiny":  # SD-1.5-sized control models would add ~4 GB that no benchmark reads
         torch.manual_seed(seed + 3)
         write_control_models(out / "control", unet, adapter, vae_scale=2 ** (len(vae.config.block_out_channels) - 1))
@@ -215,6 +227,28 @@ def original_to_hotshot(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     for k, v in state.items():
         k = re.sub(r"\.motion_modules\.(\d+)\.temporal_transformer\.", r".temporal_attentions.\1.", k)
         out[k.replace("pos_encoder.pe", "pos_encoder.positional_encoding")] = v
+    return out
+
+
+def write_vbench_models(out: Path, seed: int = 0) -> Path:
+    """Random stand-ins in VBench's cache layout (see the module docstring), each from its own seed. The
+    networks whose widths VBench's code reads from the weights are small; RAFT-large's are fixed."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        vit = DinoViT(dim=64, depth=2, patch=16, grid=14, hidden=128)
+        with torch.no_grad():
+            vit.cls_token.normal_(0.0, 0.02)
+            vit.pos_embed.normal_(0.0, 0.02)  # DINO's init (zeros would leave positions out)
+        save_state_dict(vit.state_dict(), str(out / "dino_model" / "dino_vitbase16_pretrain.pth"))
+        for name, patch, grid in (("ViT-B-32", 32, 7), ("ViT-L-14", 14, 16)):
+            tower = ClipVision(width=64, layers=2, patch=patch, grid=grid, output_dim=32)
+            with torch.no_grad():
+                for p in (tower.class_embedding, tower.positional_embedding, tower.proj):
+                    p.normal_(0.0, 64 ** -0.5)  # OpenAI's init scale (zeros would make every frame alike)
+            save_state_dict({f"visual.{k}": v for k, v in tower.state_dict().items()}, str(out / "clip_model" / f"{name}.pt"))
+        save_state_dict(torch.nn.Linear(32, 1).state_dict(), str(out / "aesthetic_model" / "emb_reader" / "sa_0_4_vit_l_14_linear.pth"))
+    original = {f"module.{k}": v for k, v in to_original(raft_state(LARGE, seed=seed + 1)).items()}  # a DataParallel save
+    save_state_dict(original, str(out / "raft_model" / "models" / "raft-things.pth"))
     return out
 
 

@@ -1,4 +1,5 @@
-"""Write the tiny model set (base, motion module in both formats, personalized checkpoints, a CLIP, a RAFT).
+"""Write the tiny model set (base, motion module in both formats, personalized checkpoints, a CLIP, a RAFT,
+VBench's models in its cache layout, an I3D).
 
     python -m jobs.tiny_models --out DIR [--seed 0]
 """
@@ -16,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     out = write_tiny_models(args.out, seed=args.seed)
-    print(f"tiny models written to {out}: base/, motion_adapter/, motion_module.safetensors, checkpoints/, clip/, motion_loras/, raft_small.pth, control/, official/")
+    print(f"tiny models written to {out}: base/, motion_adapter/, motion_module.safetensors, checkpoints/, clip/, motion_loras/, "
+          "raft_small.pth, vbench/, i3d_pretrained_400.pt, control/, official/, sdxl/")
     return 0
 
 

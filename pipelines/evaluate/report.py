@@ -4,6 +4,8 @@
     leaderboard.parquet, .csv       one row per (checkpoint, motion module): means, 95% intervals, n, errors
     plots/<metric>.png              mean and interval per entry (matplotlib)
     plots/<metric>_curve.png        the same against training step, when the modules come from a training run
+    plots/radar_<k>.png             VBench's dimensions of leaderboard entry k as a radar chart (with --vbench-models)
+    plots/fvd.png, fvd_curve.png    FVD per entry, and against training step (with --fvd-reference)
     report.html                     the leaderboard (click a header to sort), the plots, and a grid of
                                     previews: prompts as rows, checkpoints (x motion modules) as columns
 
@@ -26,7 +28,11 @@ from animatediff_core.metrics import METRICS
 TITLES = {"text_alignment": "text alignment (CLIPScore, 0-100)", "frame_consistency": "frame consistency (consecutive)",
           "frame_consistency_all_pairs": "frame consistency (all pairs)", "temporal_flicker": "temporal flicker (1 = still)",
           "motion_pixel": "motion: mean abs. pixel change (0-255)", "motion_flow": "motion: optical flow (RAFT), pixels",
-          "domain_similarity": "domain similarity to the still"}
+          "domain_similarity": "domain similarity to the still", "subject_consistency": "VBench subject consistency (DINO)",
+          "background_consistency": "VBench background consistency (CLIP)", "temporal_flickering": "VBench temporal flickering (static videos)",
+          "dynamic_degree": "VBench dynamic degree (share dynamic)", "aesthetic_quality": "VBench aesthetic quality (LAION)",
+          "static_filter": "VBench static filter (share static)"}
+RADAR = ("subject_consistency", "background_consistency", "temporal_flickering", "dynamic_degree", "aesthetic_quality")
 
 
 def write_tables(scored: pd.DataFrame, board: pd.DataFrame, out: str) -> None:
@@ -77,6 +83,46 @@ def write_plots(board: pd.DataFrame, out: str) -> list[str]:
     return paths
 
 
+def write_vbench_plots(board: pd.DataFrame, out: str) -> list[str]:
+    """A radar chart of VBench's dimensions per entry (VBench's own figure: one axis per dimension, 0 to 1) and
+    FVD per entry and against training step; relative paths, none for what was not computed."""
+    import matplotlib.pyplot as plt
+
+    several = board["motion_module_label"].nunique() > 1
+    names = [entry_name(c, m, several) for c, m in zip(board["checkpoint"], board["motion_module_label"])]
+    paths = []
+    dims = [d for d in RADAR if f"{d}_mean" in board and board[f"{d}_mean"].notna().any()]
+    if len(dims) >= 3:  # fewer axes make no polygon
+        angles = np.linspace(0, 2 * np.pi, len(dims), endpoint=False)
+        for k, (name, r) in enumerate(zip(names, board.to_dict("records"))):
+            values = np.clip(np.nan_to_num([r[f"{d}_mean"] for d in dims]), 0, 1)
+            fig, ax = plt.subplots(figsize=(4, 4), subplot_kw={"projection": "polar"})
+            ax.plot(np.append(angles, angles[0]), np.append(values, values[0]), color="#4c72b0")
+            ax.fill(angles, values, color="#4c72b0", alpha=0.25)
+            ax.set_xticks(angles, [d.replace("_", "\n") for d in dims], fontsize=7)
+            ax.set_ylim(0, 1)
+            ax.set_title(name, fontsize=9)
+            paths.append(_save(fig, out, f"plots/radar_{k}.png"))
+    if "fvd" in board and board["fvd"].notna().any():
+        fig, ax = plt.subplots(figsize=(7, 1.2 + 0.32 * len(board)))
+        ax.barh(range(len(board)), np.nan_to_num(board["fvd"].to_numpy(float)), color="#c44e52")
+        ax.set_yticks(range(len(board)), names)
+        ax.invert_yaxis()
+        ax.set_title("FVD against the reference (lower is closer)", fontsize=10)
+        paths.append(_save(fig, out, "plots/fvd.png"))
+        trained = board[board["step"].notna() & board["fvd"].notna()]
+        if trained["step"].nunique() > 1:
+            fig, ax = plt.subplots(figsize=(7, 4))
+            for ckpt, g in trained.groupby("checkpoint"):
+                g = g.sort_values("step")
+                ax.plot(g["step"].to_numpy(float), g["fvd"].to_numpy(float), marker="o", label=str(ckpt))
+            ax.set_xlabel("training step")
+            ax.set_title("FVD over training", fontsize=10)
+            ax.legend(fontsize=8)
+            paths.append(_save(fig, out, "plots/fvd_curve.png"))
+    return paths
+
+
 def _save(fig, out: str, rel: str) -> str:
     import matplotlib.pyplot as plt
 
@@ -98,7 +144,9 @@ def _href(uri: str, out: str) -> str:
 
 def _leaderboard_html(board: pd.DataFrame) -> str:
     shown = [m for m in METRICS if f"{m}_mean" in board and board[f"{m}_mean"].notna().any()]  # no motion_flow without --raft
-    head = ["rank", "checkpoint", "motion module", "step", "videos", "n", "errors", *[TITLES[m] for m in shown]]
+    fvd = "fvd" in board and board["fvd"].notna().any()
+    head = ["rank", "checkpoint", "motion module", "step", "videos", "n", "errors", *[TITLES[m] for m in shown],
+            *(["FVD (lower is closer)"] if fvd else [])]
     body = []
     for r in board.to_dict("records"):
         cells = [f'<td data-v="{r["rank"]}">{r["rank"]}</td>', f"<td>{html.escape(str(r['checkpoint']))}</td>",
@@ -109,6 +157,10 @@ def _leaderboard_html(board: pd.DataFrame) -> str:
             mean, low, high = r[f"{m}_mean"], r[f"{m}_ci_low"], r[f"{m}_ci_high"]
             text = "–" if pd.isna(mean) else f"{mean:.3f}" + ("" if pd.isna(low) else f" <small>[{low:.3f}, {high:.3f}]</small>")
             cells.append(f'<td data-v="{"" if pd.isna(mean) else mean}">{text}</td>')
+        if fvd:
+            value = r["fvd"]
+            cells.append(f'<td data-v="{"" if pd.isna(value) else value}">{"–" if pd.isna(value) else f"{value:.2f}"}'
+                         f' <small>n={r["fvd_videos"]}</small></td>')
         body.append(f"<tr>{''.join(cells)}</tr>")
     return (f'<table class="sortable"><thead><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr></thead>'
             f"<tbody>{''.join(body)}</tbody></table>")
@@ -156,7 +208,7 @@ SORT_JS = """document.querySelectorAll('table.sortable th').forEach((th, col) =>
 
 def write_report(scored: pd.DataFrame, board: pd.DataFrame, out: str) -> str:
     """Write the plots and `out/report.html`; returns the report's URI."""
-    plots = write_plots(board, out)
+    plots = write_plots(board, out) + write_vbench_plots(board, out)
     errors = int(board["errors"].sum()) if len(board) else 0
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>animatediff-ray evaluation</title>
 <style>body{{font-family:sans-serif;margin:1em}}table{{border-collapse:collapse;font-size:13px}}
@@ -164,7 +216,8 @@ td,th{{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}
 .plots img{{max-width:640px;margin:4px}}.grid img,.grid video{{width:128px;image-rendering:pixelated}}
 .grid th.prompt{{max-width:220px;font-weight:normal}}.err{{color:#a00}}small{{color:#666}}</style></head><body>
 <h1>Checkpoint evaluation: {len(scored)} videos, {len(board)} entries, {errors} errors</h1>
-<p>Means with 95% Student-t intervals over videos. Failed generations and unreadable videos count as errors.
+<p>Means with 95% Student-t intervals over videos (kept inside each metric's range; Wilson intervals for the
+0/1 VBench columns). Failed generations and unreadable videos count as errors.
 Click a column header to sort.</p>
 <h2>Leaderboard</h2>{_leaderboard_html(board)}
 <h2>Metrics</h2><div class="plots">{"".join(f'<img src="{p}" alt="{html.escape(p)}">' for p in plots)}</div>
@@ -178,9 +231,10 @@ Click a column header to sort.</p>
 
 def summary(scored: pd.DataFrame, board: pd.DataFrame, seconds: float, report_uri: str) -> str:
     """The job's closing lines: the leaderboard's main columns and where the outputs are."""
-    flow = ["motion_flow_mean"] if board["motion_flow_mean"].notna().any() else []  # only with --raft
+    optional = [c for c in ("motion_flow_mean", *(f"{d}_mean" for d in RADAR), "fvd")  # with --raft, --vbench-models, --fvd-reference
+                if c in board and board[c].notna().any()]
     cols = ["rank", "checkpoint", "motion_module_label", "n", "errors", "text_alignment_mean",
-            "frame_consistency_mean", "motion_pixel_mean", *flow, "domain_similarity_mean"]
+            "frame_consistency_mean", "motion_pixel_mean", *optional, "domain_similarity_mean"]
     out = report_uri[: -len("report.html")].rstrip("/")
     return "\n".join([board[cols].to_string(index=False, float_format="%.3f"),
                       f"{len(scored)} videos ({int(board['errors'].sum())} errors) evaluated in {seconds:.1f}s; "

@@ -1,7 +1,9 @@
 """Evaluation on Ray Data: batch-job output folders -> one metrics row per video.
 
     metadata of every folder (driver) -> [stills: StillStage actor pool, when a base is given]
-        -> MetricsStage actor pool (CLIP, and RAFT when given, loaded once per actor, GPU-pinned where GPUs exist) -> rows
+        -> MetricsStage actor pool (CLIP, and RAFT, VBench's networks and I3D when given, loaded once per actor,
+           GPU-pinned where GPUs exist; each video decoded once for all of them) -> rows
+    [FVD reference: its videos -> I3DStage actor pool -> statistics, cached (`fvd.py`)]
 
 Only paths and metadata travel through the object store: actors read the videos and stills themselves.
 Nothing here writes a video: scoring an existing folder regenerates nothing.
@@ -53,8 +55,10 @@ def score(rows: pd.DataFrame, cfg: EvaluateConfig) -> pd.DataFrame:
     if "still_uri" not in rows.columns:
         rows = rows.assign(still_uri="")
     log.info("motion_flow: %s", f"RAFT {cfg.raft}, {cfg.raft_iters or 'default'} updates per frame pair" if cfg.raft else "no --raft weights, left empty")
+    log.info("VBench: %s", f"{', '.join(cfg.vbench_dimensions)} from {cfg.vbench_models}" if cfg.vbench_models else "no --vbench-models, left empty")
     kwargs = dict(clip=cfg.clip, actors=cfg.actors, frame_batch=cfg.frame_batch, raft=cfg.raft, raft_iters=cfg.raft_iters,
-                  flow_batch=cfg.flow_batch)
+                  flow_batch=cfg.flow_batch, vbench_models=cfg.vbench_models, vbench_dimensions=tuple(cfg.vbench_dimensions),
+                  i3d=cfg.i3d, fvd_frames=cfg.fvd_frames)
     ds = ray.data.from_pandas(rows).map_batches(**cfg.actors.pool(MetricsStage, kwargs, cfg.videos_per_call))
     scored = ds.to_pandas()
     return scored.sort_values(["motion_module_label", "checkpoint", "prompt", "seed"], kind="stable").reset_index(drop=True)

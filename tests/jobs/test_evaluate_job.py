@@ -84,9 +84,66 @@ def test_score_only_regenerates_nothing(generated, tiny_models, tmp_path):
     (["--base", "/b"], "give --base and --motion-module to generate, or --score-only"),
     (["--score-only", "GENERATED", "--raft", "MODELS/checkpoints/dreamy.safetensors"],
      "dreamy.safetensors: not a torchvision RAFT state dict: expected raft_small or raft_large keys"),
+    (["--score-only", "GENERATED", "--vbench-models", "MODELS/checkpoints"], "--vbench-models MODELS/checkpoints: no "),
+    (["--score-only", "GENERATED", "--i3d", "MODELS/raft_small.pth"], "FVD needs both --fvd-reference and --i3d, got only --i3d"),
+    (["--score-only", "GENERATED", "--i3d", "MODELS/raft_small.pth", "--fvd-reference", "GENERATED"],
+     "raft_small.pth: not an I3D state dict"),
 ])
 def test_one_line_errors(generated, tiny_models, tmp_path, args, message):
     args = [str(generated[0] / "generated") if a == "GENERATED" else a.replace("MODELS", str(tiny_models)) for a in args]
     argv = ["--clip", str(tiny_models / "clip"), "--out", str(tmp_path / "o"), *args]
+    message = message.replace("MODELS", str(tiny_models))
     done = _run(argv, timeout=120)
     assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def _batch_folder(root, tiny_models, frames=9, size=48):
+    """A batch-job output folder: 2 checkpoints x 2 prompts of `frames`-frame videos (drifting textures)."""
+    from animatediff_core.video_io import write_video
+    from pipelines.animate.layout import OutputLayout
+    from pipelines.animate.report import write_shard
+
+    rows = []
+    for c, ckpt in enumerate(("dreamy", "toon_lora")):
+        for k, prompt in enumerate(("a cat", "a red car")):
+            rng = np.random.default_rng(10 * c + k)
+            base = rng.integers(0, 256, (size, size, 3)).astype(np.uint8)
+            video = np.stack([np.roll(base, (t * (c + 1), t * k), axis=(0, 1)) for t in range(frames)])
+            uri = root / "videos" / ckpt / f"p{k}.mp4"
+            write_video(str(uri), video, fps=8)
+            rows.append(dict(id=f"p{k}", prompt=prompt, negative_prompt="", seed=k, checkpoint=ckpt, num_frames=frames,
+                             height=size, width=size, steps=1, guidance_scale=2.0, fps=8, status="ok", error="",
+                             motion_module="motion_module", motion_module_uri=str(tiny_models / "motion_module.safetensors"),
+                             checkpoint_uri="", video_uri=str(uri), gif_uri="", seconds=0.1, bytes=0, sha256="", skipped=False))
+    write_shard(pd.DataFrame(rows), OutputLayout(str(root)), "20260101T000000-abcdef")
+    return root
+
+
+def test_vbench_dimensions_and_fvd_through_the_cli(tiny_models, tmp_path):
+    """--score-only with VBench's models (the tiny stand-ins in VBench's layout) and FVD against a folder of
+    videos (its cache is tested in tests/pipelines/test_evaluate.py)."""
+    folder = _batch_folder(tmp_path / "batch", tiny_models)
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    for p in (folder / "videos").rglob("*.mp4"):  # a plain folder of videos: the same four, renamed
+        (reference / f"{p.parent.name}-{p.name}").write_bytes(p.read_bytes())
+    args = ["--score-only", str(folder), "--clip", str(tiny_models / "clip"), "--vbench-models", str(tiny_models / "vbench"),
+            "--fvd-reference", str(reference), "--i3d", str(tiny_models / "i3d_pretrained_400.pt"), "--fvd-frames", "9",
+            "--cpus-per-worker", "0.5", "--out", str(tmp_path / "out")]
+    done = _run(args, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    scored = pd.read_parquet(tmp_path / "out" / "metrics.parquet")
+    assert "i3d_features" not in scored and len(scored) == 4
+    for col in ("subject_consistency", "background_consistency", "dynamic_degree", "aesthetic_quality", "static_filter"):
+        assert scored[col].notna().all(), col
+    assert scored[["subject_consistency", "background_consistency"]].stack().between(0, 1).all()
+    assert set(scored.dynamic_degree) <= {0.0, 1.0} and set(scored.static_filter) <= {0.0, 1.0}
+    assert (scored.temporal_flickering.notna() == (scored.static_filter == 1)).all()  # scored only where static
+    board = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
+    assert (board.fvd >= 0).all() and (board.fvd_videos == 2).all()
+    for m in ("subject_consistency", "dynamic_degree", "static_filter"):
+        assert (board[f"{m}_ci_low"] >= 0).all() and (board[f"{m}_ci_high"] <= 1).all()
+    assert len(list((tmp_path / "out" / "fvd_reference").glob("*.npz"))) == 1
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "plots/radar_0.png" in page and "plots/fvd.png" in page and "FVD (lower is closer)" in page
+    assert "fvd" in done.stdout and "subject_consistency_mean" in done.stdout

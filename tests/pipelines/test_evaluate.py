@@ -4,6 +4,7 @@ The input is a batch-job output folder made here: real small mp4s and GIFs writt
 metadata table in the batch job's layout, with one failed generation and one corrupt video in it.
 """
 
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -20,6 +21,7 @@ from pipelines.evaluate.leaderboard import leaderboard, mean_ci
 from pipelines.evaluate.modules import describe
 from pipelines.evaluate.report import write_report, write_tables
 from animatediff_core.configs import build
+from animatediff_core.errors import ConfigError
 from pipelines.evaluate.config import EvaluateConfig
 from pipelines.evaluate.run import evaluate
 
@@ -122,6 +124,37 @@ def test_intervals():
     mean, low, high, n = mean_ci(np.array([1.0, 2.0, 3.0, np.nan]))
     assert (mean, n) == (2.0, 3) and low < 2.0 < high and high - 2.0 == pytest.approx(2.0 - low)
     assert np.isnan(mean_ci(np.array([5.0]))[1]) and mean_ci(np.array([]))[3] == 0
+    # a bounded metric's interval stays in its range; a 0/1 column gets a Wilson interval, even at 0 or 1
+    mean, low, high, _ = mean_ci(np.array([0.99, 1.0, 0.97, 1.0]), bounds=(0.0, 1.0))
+    assert low < mean < high == 1.0
+    for values in ([1.0] * 5, [0.0] * 5, [1.0, 0.0, 1.0]):
+        mean, low, high, _ = mean_ci(np.array(values), binary=True)
+        assert 0.0 <= low <= mean <= high <= 1.0 and high - low > 0.1
+
+
+def test_fvd_and_vbench_in_leaderboard_and_report(tmp_path):
+    """FVD per entry from the videos' I3D features against reference statistics, its curve over training
+    steps, and a VBench radar chart per entry."""
+    from animatediff_core import fvd
+    from pipelines.evaluate.fvd import Reference
+
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((50, 4))
+    rows = [dict(checkpoint="a", motion_module_label=f"run-step{s:06d}", step=float(s), status="ok", error="", metrics_error="",
+                 prompt=f"p{k}", category="", seed=1, prompt_truncated=False, video_uri="", gif_uri="",
+                 i3d_features=list(rng.standard_normal(4) * (1 + s / 100)), subject_consistency=0.9, background_consistency=0.95,
+                 temporal_flickering=0.97 if k else np.nan, dynamic_degree=float(k % 2), aesthetic_quality=0.5, static_filter=float(k > 0))
+            for s in (100, 200, 300) for k in range(6)]
+    scored = pd.DataFrame(rows)
+    board = leaderboard(scored, Reference(*fvd.statistics(reference), 50, "cache"))
+    assert (board.fvd_videos == 6).all() and board.fvd.is_monotonic_increasing  # farther from the reference with each step
+    first = scored[scored.step == 100]
+    expected = fvd.fvd(np.array(first.i3d_features.tolist()), reference)
+    assert board.loc[board.step == 100, "fvd"].item() == pytest.approx(expected)
+    assert (board.temporal_flickering_n == 5).all() and (board.dynamic_degree_ci_high <= 1).all()
+    page = Path(write_report(scored, board, str(tmp_path))).read_text()
+    for plot in ("plots/radar_0.png", "plots/radar_2.png", "plots/fvd.png", "plots/fvd_curve.png"):
+        assert plot in page and (tmp_path / plot).is_file()
 
 
 def test_modules_from_a_training_run_are_steps_of_a_learning_curve():
@@ -158,3 +191,37 @@ def test_prompt_suite_and_seeds(tmp_path):
     mine = expand_seeds([own], 1)
     assert "id" not in mine and mine.negative_prompt.tolist() == ["", "blurry"] and mine.seed.nunique() == 2
     assert expand_seeds([own], 1).seed.tolist() == mine.seed.tolist()  # derived from the text: stable
+
+
+@pytest.mark.slow  # ~16 s: an I3D actor pool, twice
+def test_fvd_reference_kinds_and_cache(ray_session, tiny_models, batch_out, tmp_path):
+    """--fvd-reference as a batch-job folder, a plain folder of videos or a WebVid table: the same videos;
+    their statistics are computed once (one Ray Data pass) and read back from the cache on the next run."""
+    from pipelines.evaluate.fvd import reference_statistics, reference_uris
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for k in range(3):
+        write_video(str(videos / f"v{k}.mp4"), _video(k, f=9), fps=8)
+    table = tmp_path / "webvid.csv"
+    pd.DataFrame({"videoid": ["0", "1", "2"], "contentUrl": [f"videos/v{k}.mp4" for k in range(3)],
+                  "name": ["a", "b", "c"]}).to_csv(table, index=False)
+    assert reference_uris(str(videos), 10) == [str(videos / f"v{k}.mp4") for k in range(3)]
+    assert reference_uris(str(table), 2) == [str(videos / f"v{k}.mp4") for k in range(2)]
+    assert len(reference_uris(str(batch_out), 100)) == 7  # the ones that generated (one of them unreadable)
+    cfg = _cfg(tiny_models, tmp_path / "out", fvd_reference=str(videos), i3d=str(tiny_models / "i3d_pretrained_400.pt"), fvd_frames=9)
+    first = reference_statistics(cfg)
+    assert first.videos == 3 and first.mu.shape == (400,) and first.sigma.shape == (400, 400)
+    cached = list((tmp_path / "out" / "fvd_reference").glob("*.npz"))
+    assert len(cached) == 1 and first.uri == str(cached[0])
+    before = cached[0].stat().st_mtime_ns
+    again = reference_statistics(cfg)
+    assert np.array_equal(again.mu, first.mu) and cached[0].stat().st_mtime_ns == before
+    with pytest.raises(ConfigError, match=r"fewer than 2 of its videos have 10 readable frames \(3 of 3 left out\)"):
+        reference_statistics(dataclasses.replace(cfg, fvd_frames=10))  # another key: computed, and all too short
+    one = tmp_path / "one.csv"
+    pd.read_csv(table).head(1).to_csv(one, index=False)
+    with pytest.raises(ConfigError, match=r"--fvd-reference .*one.csv: FVD needs at least 2 reference videos, found 1"):
+        reference_statistics(dataclasses.replace(cfg, fvd_reference=str(one)))
+    with pytest.raises(ConfigError, match=r"--fvd-reference .*nowhere: not found"):
+        reference_uris(str(tmp_path / "nowhere"), 10)
