@@ -17,7 +17,7 @@ import torch
 from diffusers import ControlNetModel, SparseControlNetModel
 from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 
-from . import hub, storage
+from . import bounded, hub
 from .checkpoints import load_state_dict
 from .errors import CheckpointError
 
@@ -32,11 +32,21 @@ def controlnet_config(unet_config: dict) -> dict:
     return cfg
 
 
+def _local(uri: str, what: str) -> str:
+    """A checked local copy of a control model (a Hub id, a path or any URI), through the bounded reader."""
+    try:
+        return bounded.local_path(hub.resolve(uri), "model", what)
+    except (bounded.InputError, CheckpointError) as e:
+        raise CheckpointError(str(e) if str(e).startswith(what) else f"{what} {uri}: {e}") from None
+
+
 def load_controlnet(uri: str, unet_config: dict, dtype: torch.dtype = torch.float32) -> ControlNetModel:
-    where = hub.resolve(uri)
-    if not storage.exists(where):
-        raise CheckpointError(f"control_model {uri}: not found (expected a diffusers ControlNet folder, a single file or a Hub id)")
-    local = storage.localize(where)
+    try:
+        local = _local(uri, "control_model")
+    except CheckpointError as e:
+        if str(e).endswith(": not found"):
+            raise CheckpointError(f"{e} (expected a diffusers ControlNet folder, a single file or a Hub id)") from None
+        raise
     try:
         if Path(local).is_dir():
             return ControlNetModel.from_pretrained(local, torch_dtype=dtype, local_files_only=True).eval()
@@ -99,12 +109,12 @@ def _controlnet_from_file(path: str, unet_config: dict, dtype: torch.dtype) -> C
 
 
 def load_sparsectrl(uri: str, dtype: torch.dtype = torch.float32) -> SparseControlNetModel:
-    where = hub.resolve(uri)
-    if not storage.exists(where) or not storage.isdir(where):
+    local = _local(uri, "keyframe_model")
+    if not Path(local).is_dir():
         raise CheckpointError(f"keyframe_model {uri}: not found (expected a diffusers SparseControlNetModel folder or a Hub id; "
                               "convert official SparseCtrl .ckpt files with diffusers' convert_animatediff_sparsectrl_to_diffusers.py)")
     try:
-        return SparseControlNetModel.from_pretrained(storage.localize(where), torch_dtype=dtype, local_files_only=True).eval()
+        return SparseControlNetModel.from_pretrained(local, torch_dtype=dtype, local_files_only=True).eval()
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise CheckpointError(f"keyframe_model {uri}: could not load a SparseCtrl model ({str(e).splitlines()[0][:300]})") from None
 

@@ -23,7 +23,6 @@ from diffusers import AnimateDiffPipeline
 from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from . import hub
 from .checkpoints import check_keys, load_state_dict
 from .errors import CheckpointError
 from .inflate import is_motion_param
@@ -99,7 +98,7 @@ class Personalizer:
             self.motion_lora = None
         if want is not None:
             if MOTION not in self._scales:
-                state = to_diffusers_keys(load_state_dict(hub.resolve(uri)), uri)  # a path, URI or Hub id
+                state = to_diffusers_keys(load_state_dict(uri, kind="lora"), uri)  # a path, URI or Hub id; bounded (bounded.py)
                 self._scales[MOTION] = want[1]  # set first: a half-loaded adapter is deleted on failure
                 try:
                     self.pipe.load_lora_weights(state, adapter_name=MOTION)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from animatediff_core.bounded import ReadLimits
 from animatediff_core.configs import field_types, need, short
 from animatediff_core.errors import ConfigError
 from animatediff_core.settings import GenerationSettings, validate_settings
@@ -21,6 +22,7 @@ from pipelines import cells
 from pipelines.animate import schema
 from pipelines.animate.identity import content_hash, row_key, slot_hash
 from pipelines.animate.layout import NAME_RULE, is_safe_name
+from pipelines.animate.limits import RowLimits, row_problem
 from pipelines.animate.resume import mark_finished
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ class Plan:
     checkpoints: tuple[str, ...]
     motions: dict[str, int]  # name -> most frames it supports
     defaults: GenerationSettings
+    limits: RowLimits = RowLimits()  # cost per row (limits.py)
+    reads: ReadLimits = ReadLimits()  # where a row's URIs may point (bounded.py)
 
 
 class _Checked:
@@ -61,6 +65,8 @@ class _Checked:
                 self.parsed[key] = _settings(row, self.plan.defaults)
             except ConfigError as e:
                 self.parsed[key] = e
+            except (ValueError, TypeError, OverflowError, RecursionError) as e:  # a cell no rule foresaw
+                self.parsed[key] = ConfigError(f"the row's settings cannot be read ({type(e).__name__}: {str(e)[:200]})")
         return self.parsed[key]
 
     def error(self, s: GenerationSettings, motion: str) -> str:
@@ -68,9 +74,11 @@ class _Checked:
         if key not in self.valid:
             try:
                 validate_settings(s, max_frames=self.plan.motions[motion], vae_scale=8)
-                self.valid[key] = ""
+                self.valid[key] = row_problem(s, self.plan.limits, self.plan.reads)
             except ConfigError as e:
                 self.valid[key] = str(e)
+            except (ValueError, TypeError, OverflowError, RecursionError) as e:  # a cell no rule foresaw: its row, not the job
+                self.valid[key] = f"the row's settings cannot be checked ({type(e).__name__}: {str(e)[:200]})"
         return self.valid[key]
 
 
@@ -83,7 +91,7 @@ def expand_rows(batch: pd.DataFrame, plan: Plan) -> pd.DataFrame:
     out ordered by checkpoint and shape, so actors see long runs of one checkpoint without a global sort.
     """
     out, checked = [], _Checked(plan)
-    columns = [c for c in schema.READ if c in batch.columns]
+    columns = [c for c in (*schema.READ, cells.PROBLEM) if c in batch.columns]
     for values in zip(*(batch[c].tolist() for c in columns)):
         row = dict(zip(columns, values))
         key = row_key(row)
@@ -105,6 +113,7 @@ def _resolve(row: dict, key: str, checkpoint: str, motion: str, plan: Plan, chec
            "motion_module": motion, "seed": int(key[:15], 16) % 2**31, "status": "pending", "error": "",
            **{k: getattr(d, k) for k in schema.SETTINGS}}
     try:
+        need(not row.get(cells.PROBLEM), str(row.get(cells.PROBLEM)))  # a cell no rule can read (cells.normalize)
         need(is_safe_name(out["id"]), f"id {short(out['id'])} is not a safe file name: use {NAME_RULE}")
         seed = cells.as_int("seed", row.get("seed"))
         if seed is not None:
@@ -115,13 +124,19 @@ def _resolve(row: dict, key: str, checkpoint: str, motion: str, plan: Plan, chec
             raise s
         out.update({k: getattr(s, k) for k in schema.SETTINGS})
         need(out["prompt"].strip(), "prompt is empty; give a text prompt")
-        need(checkpoint in plan.checkpoints, f"unknown checkpoint {short(checkpoint)}; the set has {', '.join(plan.checkpoints)}")
-        need(motion in plan.motions, f"unknown motion module {short(motion)}; the set has {', '.join(plan.motions)}")
+        need(checkpoint in plan.checkpoints, f"unknown checkpoint {short(checkpoint)}; the set has {_some(plan.checkpoints)}")
+        need(motion in plan.motions, f"unknown motion module {short(motion)}; the set has {_some(plan.motions)}")
         problem = checked.error(s, motion)
         need(not problem, problem)
     except ConfigError as e:
         out.update(status="error", error=str(e))
     return out
+
+
+def _some(names, shown: int = 10) -> str:
+    """Up to `shown` names and how many more: a message stays short whatever the size of the set."""
+    names = list(names)
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def plan_block(batch: pd.DataFrame, plan: Plan, finished, layout, motions, specs) -> pd.DataFrame:

@@ -47,7 +47,7 @@ def _batch(stage, rows):
 def test_groups_run_as_one_call_per_checkpoint_and_shape(stage, monkeypatch):
     calls, applied = [], []
     real_generate, real_apply = stage_mod.generate, stage.personalizer.apply
-    monkeypatch.setattr(stage_mod, "generate", lambda pipe, reqs: calls.append(len(reqs)) or real_generate(pipe, reqs))
+    monkeypatch.setattr(stage_mod, "generate", lambda pipe, reqs, **kw: calls.append(len(reqs)) or real_generate(pipe, reqs, **kw))
     monkeypatch.setattr(stage.personalizer, "apply", lambda spec: applied.append(spec.name) or real_apply(spec))
     monkeypatch.setattr(stage, "max_batch", 8)
     rows = [{"prompt": f"p{i}", "checkpoint": c} for i, c in enumerate(["dreamy", "dreamy", "toon_lora", "dreamy", "toon_lora"])]
@@ -94,10 +94,10 @@ def test_an_exception_in_generation_or_writing_fails_only_its_rows(stage, monkey
 
     real_generate = stage_mod.generate
 
-    def flaky_generate(pipe, reqs):
+    def flaky_generate(pipe, reqs, **kw):
         if any(r.prompt == "bug" for r in reqs):
             raise IndexError("a bug deep inside")
-        return real_generate(pipe, reqs)
+        return real_generate(pipe, reqs, **kw)
 
     monkeypatch.setattr(stage, "_write", flaky_write)
     monkeypatch.setattr(stage_mod, "generate", flaky_generate)
@@ -126,8 +126,11 @@ def test_finished_rows_are_marked_skipped(stage):
     assert changed.status.tolist() == ["pending"]  # other settings: a new id, not a reuse
 
 
-def test_same_row_gives_the_same_bytes_whatever_else_is_in_the_batch(stage, monkeypatch):
-    monkeypatch.setattr(stage, "max_batch", 8)
+def test_same_row_gives_the_same_bytes_whatever_else_is_in_the_batch(stage):
+    # CPU actors run one row per pipeline call whatever --max-batch says: a batched call's kernels would move a
+    # row's frames by a level (the README promises identical bytes on CPU); GPUs batch.
+    assert stage.max_batch == 1 and stage_mod.batch_size(4, cuda=False) == 1
+    assert stage_mod.batch_size(None, cuda=True) == 8 and stage_mod.batch_size(3, cuda=True) == 3
     alone = stage(_batch(stage, [{"prompt": "stable", "checkpoint": "toon_lora", "id": "s1"}]))
     crowd = stage(_batch(stage, [{"prompt": "other", "checkpoint": "dreamy"}, {"prompt": "x y z", "checkpoint": "toon_lora"},
                                  {"prompt": "stable", "checkpoint": "toon_lora", "id": "s1"}]))
