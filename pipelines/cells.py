@@ -24,7 +24,7 @@ TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 MAX_CELL_CHARS = 10_000  # any cell, prompts included: CLIP reads 77 tokens (a few hundred characters)
 PROBLEM = "_problem"  # why a row's cells cannot be used at all ("" when they can)
 UNREADABLE = "unreadable table: "  # starts a PROBLEM for the rest of a file that could not be parsed
-FILE, ROW, BROKEN = "_file", "_row", "_unreadable"  # where a row came from; a reader's parse failure (csv_cells.py)
+FILE, ROW, BROKEN = "_file", "_row", "_broken"  # where a row came from; why the reader could not parse it (csv_cells.py)
 
 
 def text(v, nan_is_missing: bool = False) -> str | None:
@@ -75,7 +75,7 @@ def normalize(batch, columns) -> pd.DataFrame:
         out[c] = values
     where = _where(get, names, n)
     broken = [text(v) for v in get(BROKEN)] if BROKEN in names else [None] * n
-    out[PROBLEM] = [UNREADABLE + b if b else (f"{w}: {p}" if w else p) if p else "" for b, p, w in zip(broken, problems, where)]
+    out[PROBLEM] = [b if b else (f"{w}: {p}" if w else p) if p else "" for b, p, w in zip(broken, problems, where)]
     return pd.DataFrame(out)
 
 

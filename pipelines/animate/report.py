@@ -124,12 +124,12 @@ class Summary:
         for msg, n in batch.loc[batch["status"] == "error", "error"].map(reason).value_counts().items():
             key = msg if msg in self.reasons or len(self.reasons) < MAX_REASONS else "other"
             self.reasons[key] += int(n)
-        ok = batch[batch["status"] == "ok"]
-        for (m, c), group in ok.groupby(["motion_module", "checkpoint"]):
-            room = PREVIEWS - len(self.previews[(m, c)])
-            if room > 0:
-                cards = group.head(room)[[*schema.CARD, "id", "video_uri", "gif_uri"]].to_dict("records")
-                self.previews[(m, c)] += [{k: v if k.endswith("uri") else _cut(v) for k, v in r.items()} for r in cards]
+        # The first PREVIEWS ok rows of each group: one vectorized pass, then at most PREVIEWS records per group.
+        ok = batch.loc[batch["status"] == "ok", list(dict.fromkeys([*schema.CARD, "id", "video_uri", "gif_uri"]))]
+        for r in ok.groupby(["motion_module", "checkpoint"], sort=False).head(PREVIEWS).to_dict("records"):
+            cards = self.previews[(r["motion_module"], r["checkpoint"])]
+            if len(cards) < PREVIEWS:
+                cards.append({k: v if k.endswith("uri") else _cut(v) for k, v in r.items()})
 
     def total(self, kind: str) -> int:
         return sum(c[kind] for c in self.counts.values())
