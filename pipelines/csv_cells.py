@@ -4,16 +4,17 @@ pyarrow's CSV reader fails a whole file on one cell that is not UTF-8 (as text) 
 the wanted columns are read as bytes (`cells.normalize` decodes them, a bad cell becoming its row's
 problem, named by file and row), other columns are not converted at all, a row with the wrong number of
 fields becomes a row saying so, and a file that stops parsing yields the rows before the failure plus one
-row saying where it stopped (`cells.BROKEN`), so the job reports it (one line, exit 1) instead of crashing. `CellsCSV` is the Ray Data datasource (tables.read_ray_cells uses it).
+row saying where it stopped (`cells.BROKEN`), so the job reports it (one line, exit 1) instead of crashing. `datasource` is the Ray Data datasource (tables.read_ray_cells
+uses it); `stream` reads one file anywhere (tables.read_cells).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
-from ray.data.datasource import FileBasedDatasource
 
 from pipelines import cells
 from pipelines.cells import BROKEN, FILE, ROW
@@ -68,14 +69,23 @@ def stream(f, path: str, columns) -> Iterator[pa.Table]:
         yield _problems(target, columns, path, found)
 
 
-class CellsCSV(FileBasedDatasource):
-    """Ray Data datasource over CSV files (.csv, .csv.gz): see the module docstring."""
+def datasource(paths, columns, **kwargs):
+    """The Ray Data datasource over CSV files (.csv, .csv.gz) that `stream` reads: see the module docstring."""
+    return _datasource_class()(paths, columns, **kwargs)
 
-    _FILE_EXTENSIONS = ["csv", "gz"]
 
-    def __init__(self, paths, columns, **kwargs):
-        super().__init__(paths, **kwargs)
-        self.columns = list(columns)
+@functools.cache
+def _datasource_class():
+    from ray.data.datasource import FileBasedDatasource  # here: the driver and evaluation read CSV cells without Ray
 
-    def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
-        yield from stream(f, path, self.columns)
+    class CellsCSV(FileBasedDatasource):
+        _FILE_EXTENSIONS = ["csv", "gz"]
+
+        def __init__(self, paths, columns, **kwargs):
+            super().__init__(paths, **kwargs)
+            self.columns = list(columns)
+
+        def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
+            yield from stream(f, path, self.columns)
+
+    return CellsCSV

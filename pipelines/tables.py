@@ -127,7 +127,7 @@ def read_ray_cells(files: list[str], columns, fn, num_cpus: float | None = None)
     numbered by file), Parquet through Ray's reader; the parts are normalized apart, then unioned."""
     import ray.data  # here: preflight and the checkpoint set read tables with pandas, without Ray
 
-    from pipelines.csv_cells import CellsCSV
+    from pipelines import csv_cells
 
     arrow_fs = storage.arrow_location(files[0])[1]
     paths = [storage.arrow_location(f)[0] for f in files]
@@ -138,6 +138,25 @@ def read_ray_cells(files: list[str], columns, fn, num_cpus: float | None = None)
     if parquet:
         parts.append(ray.data.read_parquet(parquet, filesystem=arrow_fs, **kw).map_batches(fn, batch_format="pyarrow"))
     if csv:
-        source = CellsCSV(csv, list(columns), filesystem=arrow_fs, file_extensions=["csv", "gz"])
+        source = csv_cells.datasource(csv, list(columns), filesystem=arrow_fs, file_extensions=["csv", "gz"])
         parts.append(ray.data.read_datasource(source, **kw).map_batches(fn, batch_format="pyarrow"))
     return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+
+
+def read_cells(uri: str, flag: str = "table") -> pd.DataFrame:
+    """A whole (small) table, or every table of a folder, as text cells by the batch job's rules
+    (`cells.normalize`: every column as text, `cells.PROBLEM` naming a row's unusable cell by file and row)."""
+    from pipelines import cells, csv_cells  # here: the cell rules import pandas helpers only this reader needs
+
+    parts = []
+    for f in list_tables(uri, flag):
+        columns, _ = header(f, flag)
+        fs, path = storage.fs_and_path(f)
+        try:
+            with fs.open(path, "rb", compression="infer") as fh:
+                table = pq.read_table(fh) if is_parquet(f) else \
+                    pa.concat_tables(list(csv_cells.stream(fh, f, columns)) or [csv_cells.schema(columns).empty_table()])
+        except (OSError, EOFError, pa.ArrowInvalid) as e:
+            raise ConfigError(f"{flag} {f}: not a readable table ({type(e).__name__}: {str(e)[:200]})") from None
+        parts.append(cells.normalize(table, columns))
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]

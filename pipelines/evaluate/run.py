@@ -33,7 +33,7 @@ def render_stills(rows: pd.DataFrame, cfg: EvaluateConfig, specs: dict[str, Chec
     log.info("domain similarity: %d stills (checkpoint x prompt x seed x shape), motion modules bypassed", len(wanted))
     if wanted.empty:
         return rows.assign(still_uri="")
-    kwargs = dict(base=cfg.base, motion_module=rows["motion_module_uri"].iloc[0], specs=specs, out=cfg.out, actors=cfg.actors)
+    kwargs = dict(base=cfg.base, motion_module=None, specs=specs, out=cfg.out, actors=cfg.actors, reads=cfg.reads)
     ds = ray.data.from_pandas(wanted.sort_values("checkpoint")).map_batches(
         **cfg.actors.pool(StillStage, kwargs, cfg.videos_per_call))
     done = ds.to_pandas()
@@ -48,7 +48,7 @@ def score(rows: pd.DataFrame, cfg: EvaluateConfig) -> pd.DataFrame:
         rows = rows.assign(still_uri="")
     log.info("motion_flow: %s", f"RAFT {cfg.raft}, {cfg.raft_iters or 'default'} updates per frame pair" if cfg.raft else "no --raft weights, left empty")
     kwargs = dict(clip=cfg.clip, actors=cfg.actors, frame_batch=cfg.frame_batch, raft=cfg.raft, raft_iters=cfg.raft_iters,
-                  flow_batch=cfg.flow_batch)
+                  flow_batch=cfg.flow_batch, reads=cfg.reads)
     ds = ray.data.from_pandas(rows).map_batches(**cfg.actors.pool(MetricsStage, kwargs, cfg.videos_per_call))
     scored = ds.to_pandas()
     return scored.sort_values(["motion_module_label", "checkpoint", "prompt", "seed"], kind="stable").reset_index(drop=True)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from animatediff_core import flow, metrics
+from animatediff_core import bounded, flow, metrics
+from animatediff_core.bounded import ReadLimits
 from animatediff_core.device import setup_actor
 from animatediff_core.errors import AnimateDiffError
 from animatediff_core.video_io import read_video
+from pipelines.evaluate.runs import verified_video
 from pipelines.evaluate.stills import read_still
 from pipelines.ray_session import ActorOptions
 
@@ -23,7 +25,9 @@ SCORE_COLUMNS = [*metrics.METRICS, "prompt_tokens", "prompt_truncated", "metrics
 
 class MetricsStage:
     def __init__(self, clip: str, actors: ActorOptions = ActorOptions(), frame_batch: int = 64,
-                 raft: str | None = None, raft_iters: int | None = None, flow_batch: int | None = None):
+                 raft: str | None = None, raft_iters: int | None = None, flow_batch: int | None = None,
+                 reads: ReadLimits = ReadLimits()):
+        bounded.configure(reads)
         placement = setup_actor(actors.precision, actors.threads)
         self.clip = metrics.load_clip(clip, device=placement.device, dtype=placement.dtype)
         self.frame_batch = frame_batch
@@ -39,8 +43,8 @@ class MetricsStage:
         for i, row in batch.iterrows():
             if row["status"] != "ok":
                 continue
-            try:
-                videos.append(read_video(row["video_uri"], num_threads=1))
+            try:  # the bytes its metadata vouches for (sha256), within --max-video-mb: a scored folder is untrusted
+                videos.append(read_video(verified_video(row), num_threads=1, name=row["video_uri"]))
             except AnimateDiffError as e:
                 batch.at[i, "metrics_error"] = f"cannot score: {e}"
                 continue
