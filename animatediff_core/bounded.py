@@ -7,7 +7,7 @@ every such read goes through.
   `--allow-uri` (`*`: anything). Each redirect is checked again, and a connection goes to the address
   that was checked (a name that resolves elsewhere later is never followed there).
 - **What**: regular files only (no FIFOs, devices, /proc or /sys), at most `--max-<kind>-mb` per file,
-  and a folder at most that much in all (kinds: image, video, lora, model).
+  and a folder at most that much in all (kinds: image, video, lora, model, table: a scored folder's metadata).
 - **How long**: a remote read connects within `--connect-timeout` and ends within `--read-timeout`
   seconds; object-store reads are abandoned past it.
 
@@ -36,7 +36,7 @@ from .configs import check_fields, need, option
 from .errors import ConfigError
 
 MB = 1 << 20
-KINDS = ("image", "video", "lora", "model")
+KINDS = ("image", "video", "lora", "model", "table")
 # Object stores and the Hub: reads there are bounded in size and time, and may be named by any cell.
 STORES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory", "hf")
 SPECIAL = ("/proc", "/sys", "/dev")  # never read as a file, whatever the link says
@@ -58,6 +58,7 @@ class ReadLimits:
     max_lora_mb: int = option(2048, low=1, help="largest motion LoRA file a cell may name, MiB")
     max_model_mb: int = option(16384, low=1, help="largest model file or folder a cell or checkpoint table may name "
                                                   "(checkpoints, control models), MiB; also caps each remote copy")
+    max_table_mb: int = option(4096, low=1, help="largest metadata shard read from a folder given to --score-only, MiB")
     max_cache_mb: int = option(65536, low=1, help="the private model cache ($ANIMATEDIFF_CACHE) is kept under this, MiB")
     connect_timeout: float = option(10.0, low=0.1, high=600, help="seconds a remote read may take to connect")
     read_timeout: float = option(600.0, low=1, help="seconds a whole remote read may take")

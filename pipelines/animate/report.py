@@ -18,8 +18,10 @@ import re
 from collections import Counter, defaultdict
 
 import pandas as pd
+from pyarrow import ArrowException
 
-from animatediff_core import storage
+from animatediff_core import bounded, storage
+from animatediff_core.errors import ConfigError
 from animatediff_core.redact import redact_uri
 from pipelines.cells import UNREADABLE
 from pipelines.animate import schema
@@ -218,13 +220,23 @@ def list_shards(layout: OutputLayout) -> list[str]:
     return sorted(storage.join(layout.metadata, p.rstrip("/").rsplit("/", 1)[-1]) for p in names if p.endswith(".parquet"))
 
 
+def _read_shard(uri: str) -> pd.DataFrame:
+    """One shard, through the bounded reader: a folder given to `jobs.evaluate --score-only` may hold anything
+    under *.parquet (a FIFO, a huge or corrupt file): ConfigError naming it, never a hang or a traceback."""
+    data = bounded.read_bytes(uri, "table", "metadata shard")
+    try:
+        return pd.read_parquet(io.BytesIO(data))
+    except (ValueError, OSError, ArrowException) as e:
+        raise ConfigError(f"metadata shard {uri}: not a readable Parquet file ({type(e).__name__}: {str(e)[:200]})") from None
+
+
 def read_metadata(out: str) -> pd.DataFrame:
     """The job's metadata table: one row per (prompt row, motion module, checkpoint). Where a rerun
     wrote a row again (its shards stay until it completes), the latest run's rows win."""
     shards = list_shards(OutputLayout(out))
     if not shards:
         return schema.empty()
-    parts = [pd.read_parquet(io.BytesIO(storage.read_bytes(s))).assign(_run=shard_run_id(s)) for s in shards]
+    parts = [_read_shard(s).assign(_run=shard_run_id(s)) for s in shards]
     table = pd.concat(parts, ignore_index=True)
     latest = table.groupby(["motion_module", "checkpoint", "id"])["_run"].transform("max")
     return table[table["_run"] == latest].drop(columns="_run").reset_index(drop=True)

@@ -30,6 +30,7 @@ from animatediff_core.metrics import METRICS
 SHOWN = 300  # characters of a value shown in the page
 GRID_PROMPTS, GRID_ENTRIES = 200, 60  # the preview grid's most rows and columns
 PLOT_ENTRIES = 60  # entries drawn in a plot (best first)
+SUMMARY_ROWS = 30  # leaderboard rows printed at the end of the job
 FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
 TITLES = {"text_alignment": "text alignment (CLIPScore, 0-100)", "frame_consistency": "frame consistency (consecutive)",
@@ -214,7 +215,8 @@ def summary(scored: pd.DataFrame, board: pd.DataFrame, seconds: float, report_ur
     cols = ["rank", "checkpoint", "motion_module_label", "n", "errors", "text_alignment_mean",
             "frame_consistency_mean", "motion_pixel_mean", *flow, "domain_similarity_mean"]
     out = report_uri[: -len("report.html")].rstrip("/")
-    return "\n".join([board[cols].to_string(index=False, float_format="%.3f"),
+    more = [f"... and {len(board) - SUMMARY_ROWS} more entries (leaderboard.csv)"] if len(board) > SUMMARY_ROWS else []
+    return "\n".join([board[cols].head(SUMMARY_ROWS).to_string(index=False, float_format="%.3f"), *more,
                       f"{len(scored)} videos ({int(board['errors'].sum())} errors) evaluated in {seconds:.1f}s; "
                       f"{int(board['truncated_prompts'].sum())} videos had prompts past CLIP's 77 tokens (truncated)",
                       f"leaderboard: {storage.join(out, 'leaderboard.csv')}", f"report: {report_uri}"])

@@ -210,6 +210,15 @@ def test_a_scored_folder_is_untrusted(batch_out, tmp_path):
     assert "<img src=x" not in page and "javascript:" not in page and "<b>cat" not in page and page.count("<script>") == 1
     csv = (tmp_path / "eval" / "leaderboard.csv").read_text()
     assert "'=HYPERLINK" in csv and ',=HYPERLINK' not in csv
+    from animatediff_core.errors import ConfigError
+
+    os.mkfifo(folder / "metadata" / "zz.parquet")  # a shard that is not a file: one line, never a hang
+    with pytest.raises(ConfigError, match="zz.parquet: not a regular file \\(a FIFO\\)"):
+        read_runs([str(folder)])
+    os.remove(folder / "metadata" / "zz.parquet")
+    (folder / "metadata" / "zz.parquet").write_bytes(b"PAR1 garbage")
+    with pytest.raises(ConfigError, match="zz.parquet: not a readable Parquet file"):
+        read_runs([str(folder)])
 
 
 def test_prompt_tables_follow_the_batch_jobs_cell_rules(tmp_path):
