@@ -6,7 +6,7 @@ steps_offset=1 and clip_sample off, run by the official script on diffusers 0.11
 timesteps "leading" and ends at alpha 1.0: `ddim` here).
 
 `SAMPLERS` is the one list of samplers: a name, the diffusers scheduler class and its options over the
-linear betas, and a help line. Settings take their choices from it, and the resume fingerprint records
+linear betas, and a help line (a new sampler is one entry of `_SAMPLERS`). Settings take their choices from it, and the resume fingerprint records
 a sampler's definition (`Sampler.definition`), so changing what a name means regenerates its videos.
 Plain Python at import: diffusers is imported when a scheduler is built, so planning stays torch-free.
 """
@@ -70,6 +70,18 @@ _SAMPLERS = (
             "AnimateDiff-Lightning's 2/4/8-step modules (ByteDance/AnimateDiff-Lightning: Euler, trailing spacing; guidance 1.0)"),
     Sampler("lcm", "LCMScheduler", (("clip_sample", False),),
             "AnimateLCM's motion module + LCM LoRA (wangfuyun/AnimateLCM: 4-8 steps, guidance 1-2)"),
+    # The two samplers ComfyUI and A1111 users pick first, as diffusers maps them (its schedulers overview:
+    # "DPM++ 2M Karras" and "Euler a").
+    Sampler("dpmpp_2m_karras", "DPMSolverMultistepScheduler",
+            (("algorithm_type", "dpmsolver++"), ("solver_order", 2), ("use_karras_sigmas", True),
+             ("timestep_spacing", "linspace")),
+            "DPM++ 2M Karras (ComfyUI dpmpp_2m + karras): diffusers' DPMSolverMultistepScheduler, "
+            "second order, Karras sigmas; 20-30 steps"),
+    # Ancestral: fresh noise at every step, drawn from the row's own generator (the pipeline hands the
+    # per-row generators to the scheduler's step), so a row's frames still do not depend on its batch.
+    Sampler("euler_ancestral", "EulerAncestralDiscreteScheduler", (("timestep_spacing", "linspace"),),
+            "Euler ancestral (ComfyUI euler_ancestral, A1111 \"Euler a\"): diffusers' EulerAncestralDiscreteScheduler; "
+            "noise at every step from the row's seed"),
 )
 SAMPLERS = {s.name: s for s in _SAMPLERS}
 DEFAULT_SAMPLER = "ddim"
