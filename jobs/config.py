@@ -199,6 +199,7 @@ def setup_logging(level: str = "INFO") -> None:
     if not debug:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # also transformers' and diffusers' loading bars
         os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")  # Ray Data's per-dataset INFO lines (its log file too)
+        os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")  # Ray's own, printed by its actors
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True)
     for handler in logging.getLogger().handlers:

@@ -20,7 +20,8 @@ from collections import Counter
 
 log = logging.getLogger(__name__)
 
-INTERVAL = 10.0  # seconds between plain progress lines (not on a terminal)
+INTERVAL = 10.0  # seconds between plain progress lines (not on a terminal), when something changed
+HEARTBEAT = 60.0  # seconds between plain lines when nothing changed (the job is still alive)
 REFRESH = 0.5  # seconds between redraws of the bar (on a terminal)
 OUTCOMES = ("ok", "error", "skipped")
 
@@ -69,6 +70,8 @@ class Progress:
         self.own: Counter = Counter()  # what the driver counted itself
         self.polled: tuple[dict, str, str] = ({}, "", "")
         self.first_shown = False
+        self._since: tuple[float, int] | None = None  # (time, items worked) when the first item was done
+        self._last: tuple[float, int] = (self.start, 0)  # when the count last changed
         self._stop = threading.Event()
         self._bar = None
         self._thread = threading.Thread(target=self._loop, name=f"progress-{what}", daemon=True)
@@ -91,7 +94,7 @@ class Progress:
         parts = [f"{done}/{self.total} {self.noun}"]
         if any(c[k] for k in ("error", "skipped")):
             parts[0] += " (" + ", ".join(f"{k} {c[k]}" for k in OUTCOMES if c[k] or k == "ok") + ")"
-        rate = worked / elapsed if elapsed > 0 else 0.0
+        rate = self.rate(worked)
         if worked:
             parts.append(f"{rate:.2f} {self.unit}/s" if rate >= 0.01 else f"{elapsed / worked:.0f} s per {self.unit.rstrip('s')}")
             left = self.total - done
@@ -100,6 +103,18 @@ class Progress:
             parts.append(f"{duration(elapsed)} elapsed")
         note = self.polled[2]
         return ", ".join(p for p in (*parts, note) if p)
+
+    def rate(self, worked: int) -> float:
+        """Items per second between the first item done and the latest (the start-up before the first
+        item, loading models, is not work); from the start while only one item is done."""
+        now = time.time()
+        if worked and self._since is None:
+            self._since = (now, worked)
+        if worked != self._last[1]:
+            self._last = (now, worked)
+        if self._since is not None and self._last[1] > self._since[1] and self._last[0] > self._since[0]:
+            return (self._last[1] - self._since[1]) / (self._last[0] - self._since[0])
+        return worked / max(self._last[0] - self.start, 1e-9) if worked else 0.0
 
     # -- display ----------------------------------------------------------------------------------
     def __enter__(self) -> "Progress":
@@ -125,12 +140,15 @@ class Progress:
             self._redirect.__exit__(None, None, None)
 
     def _loop(self) -> None:
-        last_line = time.time()
+        last_line, last_text = time.time(), ""
         while not self._stop.wait(REFRESH):
             self._poll()
-            if self._bar is not None or time.time() - last_line >= self.interval:
+            text, now = self.line(), time.time()
+            changed = text.split(", ")[0] != last_text.split(", ")[0]
+            due = now - last_line >= (self.interval if changed else HEARTBEAT)
+            if self._bar is not None or due or (self.polled[1] and not self.first_shown):  # the first video at once
                 self._show()
-                last_line = time.time()
+                last_line, last_text = now, text
 
     def _poll(self) -> None:
         if self.tally is None:

@@ -14,6 +14,8 @@ otherwise wait for it in the gradient all-reduce).
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 import tempfile
 import time
@@ -221,6 +223,9 @@ def _train(plan: WorkerPlan) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     quiet_model_libraries()
+    if os.environ.get("ANIMATEDIFF_LOG_LEVEL") != "DEBUG":  # Ray Train logs each report at INFO on the console
+        for name in ("ray.train", ""):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if device.type == "cpu":
         torch.set_num_threads(run.torch_threads)
     trainer = build(plan, device)
