@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass
 
 from animatediff_core import storage
@@ -57,10 +56,10 @@ def init_ray(**kwargs) -> ClusterInfo:
     import ray
     import ray.data
 
-    # Ray Data draws bars on a terminal; elsewhere it logs its progress at INFO, which RAY_DATA_LOG_LEVEL
-    # (jobs/config.py) keeps out of the log below DEBUG. Turning the bars off outright would make every
-    # Ray Data actor warn that they are off.
-    ray.data.DataContext.get_current().enable_progress_bars = debug() or not sys.stdout.isatty()
+    # Ray Data's bars off below DEBUG (the job prints its own progress): left on, the actors that run a
+    # dataset outside the driver (Ray Train's split coordinator) print ~40 bar lines into a log that is
+    # not a terminal; off, they print one line saying so.
+    ray.data.DataContext.get_current().enable_progress_bars = debug()
     if ray.is_initialized():
         return ClusterInfo(count_nodes())
     kwargs.setdefault("logging_level", logging.DEBUG if debug() else logging.WARNING)

@@ -264,8 +264,8 @@ def write_index(summary: Summary, layout: OutputLayout) -> str:
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>animatediff-ray results</title>
 <style>body{{font-family:sans-serif;margin:1em}}.grid{{display:flex;flex-wrap:wrap;gap:12px}}
 .card{{border:1px solid #ccc;padding:6px;width:280px;font-size:12px;overflow-wrap:anywhere}}.reasons td{{padding:2px 8px;vertical-align:top}}
-.card img,.card video{{width:256px;image-rendering:pixelated}}th{{text-align:left;vertical-align:top}}</style>
-.pxc td,.pxc th{{vertical-align:top;font-size:12px;max-width:200px;overflow-wrap:anywhere}}.pxc img,.pxc video{{width:128px;image-rendering:pixelated}}
+.card img,.card video{{width:256px;image-rendering:pixelated}}th{{text-align:left;vertical-align:top}}
+.pxc td,.pxc th{{vertical-align:top;font-size:12px;max-width:200px;overflow-wrap:anywhere}}.pxc img,.pxc video{{width:128px;image-rendering:pixelated}}</style>
 </head><body><h1>animatediff-ray: {summary.rows} rows ({summary.total("ok")} ok, {summary.total("error")} error, {summary.total("skipped")} skipped: finished by an earlier run)</h1>
 <p>Every row is in the metadata table: <a href="metadata/">metadata/*.parquet</a> (one row per prompt row x checkpoint;
 columns {a(", ".join(schema.NAMES))}).</p>{left_out}{_grid(summary, shown, out, several)}{"".join(sections)}{errors}</body></html>"""

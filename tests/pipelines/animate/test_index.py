@@ -46,3 +46,11 @@ def test_index_shows_values_settings_skipped_rows_and_the_grid(tmp_path):
     row = next(r for r in grid.split("<tr>") if "prompt 2" in r)
     assert "videos/dreamy/p2.mp4" in row and "videos/toon/p2.mp4" in row
     assert "videos/dreamy/p0.mp4" in next(r for r in grid.split("<tr>") if "prompt 0" in r)
+
+
+def test_index_styles_stay_inside_the_style_element(tmp_path):
+    summary = Summary()
+    summary.add(_rows(tmp_path))
+    page = open(write_index(summary, OutputLayout(str(tmp_path)))).read()
+    head, body = page.split("</head>")
+    assert "{" not in head.split("</style>")[1] and "{" not in body.split("<h1>")[0]  # no CSS shown as text
