@@ -22,6 +22,7 @@ from pipelines.evaluate.config import EvaluateConfig
 from pipelines.evaluate.runs import add_categories, read_runs
 from pipelines.evaluate.stage import MetricsStage
 from pipelines.evaluate.stills import StillStage
+from pipelines.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,13 @@ def score(rows: pd.DataFrame, cfg: EvaluateConfig) -> pd.DataFrame:
                   flow_batch=cfg.flow_batch, vbench_models=cfg.vbench_models, vbench_dimensions=tuple(cfg.vbench_dimensions),
                   i3d=cfg.i3d, fvd_frames=cfg.fvd_frames, reads=cfg.reads)
     ds = ray.data.from_pandas(rows).map_batches(**cfg.actors.pool(MetricsStage, kwargs, cfg.videos_per_call))
-    scored = ds.to_pandas()
+    parts = []
+    with Progress("scoring", len(rows)) as progress:  # the project's own progress line (pipelines/progress.py)
+        for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
+            parts.append(batch)
+            failed = int((batch["metrics_error"].astype(str) != "").sum()) if "metrics_error" in batch else 0
+            progress.add(ok=len(batch) - failed, error=failed)
+    scored = pd.concat(parts, ignore_index=True) if parts else rows.iloc[:0]
     return scored.sort_values(["motion_module_label", "checkpoint", "prompt", "seed"], kind="stable").reset_index(drop=True)
 
 
