@@ -55,15 +55,17 @@ def _read(uri: str) -> bytes:
     return data
 
 
-def load_state_dict(uri: str) -> dict[str, torch.Tensor]:
+def load_state_dict(uri: str, nested: bool = False) -> dict[str, torch.Tensor]:
     """Read a flat `{name: tensor}` state dict from any fsspec URI, safely.
 
     Unwraps the containers training scripts write (`{"state_dict": ...}`) and strips a DDP `module.`
-    prefix. Raises CheckpointError for a missing, empty, truncated, unsafe or unrecognized file.
+    prefix. `nested`: one level of dicts of tensors is kept as `outer.inner` keys (IP-Adapter's `.bin`
+    files: `{"image_proj": {...}, "ip_adapter": {...}}`), not dropped. Raises CheckpointError for a
+    missing, empty, truncated, unsafe or unrecognized file.
     """
     uri = hub.resolve(uri)  # Hub ids and https:// files: a local cached copy
     if uri.endswith(SAFETENSORS_EXT) and storage.is_local(uri) and os.path.isfile(storage.fs_and_path(uri)[1]):
-        return _unwrap(uri, _load_local_safetensors(uri))
+        return _unwrap(uri, _load_local_safetensors(uri), nested)
     data = _read(uri)
     kind = _sniff(data)
     if uri.endswith(SAFETENSORS_EXT) or kind == "safetensors":
@@ -77,7 +79,7 @@ def load_state_dict(uri: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"{uri}: unrecognized checkpoint format (expected .safetensors, or a torch .ckpt/.pt/.bin zip/pickle)"
         )
-    return _unwrap(uri, state)
+    return _unwrap(uri, state, nested)
 
 
 def _load_local_safetensors(uri: str) -> dict[str, torch.Tensor]:
@@ -110,11 +112,14 @@ def _load_pickle_safely(uri: str, data: bytes) -> object:
         raise CheckpointError(f"{uri}: truncated or corrupt checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
 
 
-def _unwrap(uri: str, state: object) -> dict[str, torch.Tensor]:
+def _unwrap(uri: str, state: object, nested: bool = False) -> dict[str, torch.Tensor]:
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not state:
         raise CheckpointError(f"{uri}: expected a non-empty mapping of tensor names to tensors, found {type(state).__name__}")
+    if nested:
+        state = {f"{k}.{inner}" if isinstance(v, dict) else k: w
+                 for k, v in state.items() for inner, w in (v.items() if isinstance(v, dict) else [(None, v)])}
     out = {}
     for k, v in state.items():
         if not isinstance(v, torch.Tensor):
