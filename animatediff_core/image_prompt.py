@@ -223,7 +223,8 @@ def load_encoder(uri: str, dtype: torch.dtype = torch.float32) -> CLIPVisionMode
 
 def match(adapters: list[str], encoders: list[str], unet_configs: dict[str, dict]) -> dict[str, tuple[str, str]]:
     """`{family: (adapter, encoder)}`: for each base family of the job (`{family: UNet config}`), the first adapter that
-    fits it, with the first encoder (given, else the `image_encoder/` beside the adapter) whose features it takes.
+    fits it, with the first encoder whose features it takes: of `encoders` when given, else the `image_encoder/`
+    beside the adapter.
     Reads headers and configs only. CheckpointError (one line) for an adapter that fits no base or has no encoder."""
     from diffusers import UNet2DConditionModel  # here: a config check, on the meta device
 
@@ -242,7 +243,7 @@ def match(adapters: list[str], encoders: list[str], unet_configs: dict[str, dict
                 problems.append(str(e))
         if not fits:
             raise CheckpointError(problems[0] if len(problems) == 1 else f"--ip-adapter {adapter}: fits none of the job's bases")
-        candidates = [*encoders, *([default_encoder(adapter)] if default_encoder(adapter) else [])]
+        candidates = encoders or ([default_encoder(adapter)] if default_encoder(adapter) else [])  # given: only those
         encoder = next((e for e in candidates if _exists(e) and encoder_fits(encoder_config(e), shapes, adapter)), None)
         if encoder is None:
             width, hidden = input_width(shapes, adapter)

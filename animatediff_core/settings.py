@@ -250,8 +250,7 @@ def validate_settings(s: GenerationSettings, max_frames: int, vae_scale: int = 8
     need(not s.motion_lora or s.motion_lora.lower().endswith(WEIGHT_EXTS),
          f"motion_lora must be the URI of a {'/'.join(WEIGHT_EXTS)} file, got {s.motion_lora[:80]!r}")
     _validate_control(s, max_frames)
-    if s.ip_adapter_image:
-        parse_image_prompt(s.ip_adapter_image)
+    _validate_image_prompt(s, max_frames, family)
     if s.prompt_schedule:
         parse_schedule(s.prompt_schedule, s.num_frames, prompt="-")  # the row's prompt is checked on its own
     for name in ("height", "width"):
@@ -300,6 +299,24 @@ def parse_keyframes(text: str, num_frames: int) -> dict[int, str]:
         need(isinstance(uri, str) and uri.strip(), f"keyframes frame {frame} needs an image URI, got {str(uri)[:60]!r}")
         out[frame] = uri.strip()
     return dict(sorted(out.items()))
+
+
+def _validate_image_prompt(s: GenerationSettings, max_frames: int, family: str) -> None:
+    """An image prompt runs on the plain text-to-video path only: the combinations below are untested here
+    (several run in diffusers' pipelines), so a row asking for one is refused by name rather than guessed at."""
+    if not s.ip_adapter_image:
+        return
+    parse_image_prompt(s.ip_adapter_image)
+    others = [("SDXL checkpoints", family != "sd1"),
+              ("context windows (num_frames longer than the context window, context_loop)",
+               s.window(max_frames) < s.num_frames or s.context_loop),
+              ("prompt_schedule (prompt travel)", bool(s.prompt_schedule)),
+              ("free_init_iterations (FreeInit)", s.free_init_iterations > 1),
+              ("control_video (ControlNet)", bool(s.control_video)), ("keyframes (SparseCtrl)", bool(s.keyframes)),
+              ("init_video (video-to-video)", bool(s.init_video))]
+    found = [name for name, used in others if used]
+    need(not found, f"ip_adapter_image (IP-Adapter) is not supported with {', '.join(found)} yet: only plain SD-1.x "
+         "text-to-video within one context window; drop one of them")
 
 
 def parse_image_prompt(text: str) -> tuple[str, ...]:

@@ -29,11 +29,20 @@ class GenerationFlags:
     gif: bool = option(True, help="write GIF previews beside the mp4s")
     motion_norm: str | None = option(None, choices=MOTION_NORMS, help="motion-module numerics: official (AnimateDiff's own "
                                      "function for the module's version) or diffusers; default: what the module records, else official")
+    # Image prompts (animatediff_core/image_prompt.py): loaded once per actor, for rows with ip_adapter_image.
+    ip_adapter: str | None = option(None, help="IP-Adapter weights for rows with an image prompt (ip_adapter_image): "
+                                    "an ip-adapter(-plus)_sd15 .safetensors/.bin file, a folder holding one, or a Hub id "
+                                    "of the file; SD-1.x bases")
+    image_encoder: str | None = option(None, help="the CLIP vision encoder the adapter reads (a CLIPVisionModelWithProjection "
+                                       "folder or Hub id); default: image_encoder/ beside the adapter file")
     # Speed options (off by default; bench/gpu_job.py measures each on a GPU), applied once per actor.
     speed: SpeedOptions = section(SpeedOptions)
 
     def __post_init__(self):
         check_fields(self)
+        need(not self.image_encoder or bool(self.ip_adapter), "image_encoder: give --ip-adapter too (the encoder is its input)")
+        need(not (self.ip_adapter and self.speed.fuse_qkv), "ip_adapter: not supported with --fuse-qkv (the fused "
+             "cross-attention would drop the adapter's image attention); leave one out")
 
     def generation_flags(self) -> dict:
         """This section's values, to build another config that generates (evaluation -> the batch job)."""
