@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load, load_file as st_load_file, save as st_save
 
-from . import hub, storage, torchscript_weights
+from . import bounded, hub, storage, torchscript_weights
 from .errors import CheckpointError
 
 SAFETENSORS_EXT = (".safetensors",)
@@ -41,39 +41,52 @@ def read_safetensors_metadata(uri: str) -> dict[str, str]:
     try:
         (n,) = struct.unpack("<Q", data[:8])
         header = json.loads(data[8 : 8 + n])
-    except (struct.error, ValueError) as e:
+    except (struct.error, ValueError, RecursionError) as e:
         raise CheckpointError(f"{uri}: not a readable .safetensors header ({e})") from None
-    return dict(header.get("__metadata__") or {})
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return dict(meta) if isinstance(meta, dict) else {}
 
 
-def _read(uri: str) -> bytes:
-    if not storage.exists(uri):
-        raise CheckpointError(f"{uri}: checkpoint not found (expected a .safetensors, .ckpt, .pt or .bin file)")
-    data = storage.read_bytes(uri)
+def _read(uri: str, kind: str = "model") -> bytes:
+    """The file's bytes through the bounded reader (a regular file, within its kind's size limit)."""
+    try:
+        data = bounded.read_bytes(uri, kind)
+    except bounded.InputError as e:
+        if str(e).endswith(": not found"):
+            raise CheckpointError(f"{uri}: checkpoint not found (expected a .safetensors, .ckpt, .pt or .bin file)") from None
+        raise CheckpointError(str(e)) from None
     if not data:
         raise CheckpointError(f"{uri}: checkpoint file is empty")
     return data
 
 
-def load_state_dict(uri: str, nested: bool = False) -> dict[str, torch.Tensor]:
-    """Read a flat `{name: tensor}` state dict from any fsspec URI, safely.
+def load_state_dict(uri: str, kind: str = "model", nested: bool = False) -> dict[str, torch.Tensor]:
+    """Read a flat `{name: tensor}` state dict from any fsspec URI, safely, through the bounded reader
+    (`bounded.py`: where it may point, a regular file, at most the size limit of `kind`: lora or model).
 
     Unwraps the containers training scripts write (`{"state_dict": ...}`) and strips a DDP `module.`
     prefix. `nested`: one level of dicts of tensors is kept as `outer.inner` keys (IP-Adapter's `.bin`
     files: `{"image_proj": {...}, "ip_adapter": {...}}`), not dropped. Raises CheckpointError for a
     missing, empty, truncated, unsafe or unrecognized file.
     """
-    uri = hub.resolve(uri)  # Hub ids and https:// files: a local cached copy
+    try:
+        uri = hub.resolve(uri, kind=kind)  # Hub ids and https:// files: a local cached copy
+    except bounded.InputError as e:
+        raise CheckpointError(str(e)) from None
     if uri.endswith(SAFETENSORS_EXT) and storage.is_local(uri) and os.path.isfile(storage.fs_and_path(uri)[1]):
-        return _unwrap(uri, _load_local_safetensors(uri), nested)
-    data = _read(uri)
-    kind = _sniff(data)
-    if uri.endswith(SAFETENSORS_EXT) or kind == "safetensors":
+        try:
+            path = bounded.local_path(uri, kind)  # a regular file within the limit (a link to /dev/zero is not)
+        except bounded.InputError as e:
+            raise CheckpointError(str(e)) from None
+        return _unwrap(uri, _load_local_safetensors(path), nested)
+    data = _read(uri, kind)
+    fmt = _sniff(data)
+    if uri.endswith(SAFETENSORS_EXT) or fmt == "safetensors":
         try:
             state = st_load(data)
         except (SafetensorError, Exception) as e:  # safetensors raises several types on truncation
             raise CheckpointError(f"{uri}: truncated or corrupt .safetensors file ({e})") from None
-    elif kind == "pickle":
+    elif fmt == "pickle":
         state = _load_pickle_safely(uri, data)
     else:
         raise CheckpointError(

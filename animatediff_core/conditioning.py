@@ -21,15 +21,16 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
-from . import storage
+from . import bounded, storage
 from .configs import need
 from .errors import ConfigError, VideoError
 from .settings import parse_keyframes
-from .video_io import decode_frames, fetch, probe_video
+from .video_io import decode_frames, probe_video
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CANNY_LOW, CANNY_HIGH = 100, 200  # OpenCV Canny's thresholds as diffusers' ControlNet examples use them
 MAX_SOURCE_FRAMES = 10_000  # a control or init video longer than this is a mistake, not an input
+MAX_SOURCE_PIXELS = 4096 * 4096  # per frame: beyond 16 megapixels a reference frame is a mistake too
 
 
 @dataclass(frozen=True)
@@ -77,9 +78,10 @@ def preprocess(frames: np.ndarray, how: str) -> np.ndarray:
 
 
 def read_frames(uri: str, num_frames: int, size: tuple[int, int], what: str) -> np.ndarray:
-    """`num_frames` evenly spaced frames of a video file or a folder of images, fitted to `size` (h, w)."""
+    """`num_frames` evenly spaced frames of a video file or a folder of images, fitted to `size` (h, w).
+    Every read is bounded (`bounded.py`: where the URI may point, regular files, size limits, time-outs)."""
     try:
-        if storage.isdir(uri):
+        if bounded.is_folder(uri, what):
             fs, path = storage.fs_and_path(uri)
             files = sorted(f for f in fs.ls(path, detail=False) if f.lower().endswith(IMAGE_EXTS))
             need(bool(files), f"{what} {uri}: the folder holds no images ({', '.join(IMAGE_EXTS)})")
@@ -87,23 +89,24 @@ def read_frames(uri: str, num_frames: int, size: tuple[int, int], what: str) -> 
             base = uri.rstrip("/")
             frames = [read_image(f"{base}/{PurePosixPath(files[i]).name}", size, what) for i in picked]
             return np.stack(frames)
-        data = fetch(uri)  # a local path stays a path; a remote video is read once, for the probe and the decode
-        total = min(probe_video(data, name=uri).num_frames, MAX_SOURCE_FRAMES)
-        frames = decode_frames(data, _evenly(total, num_frames), name=uri)
+        data = bounded.source(uri, "video", what)  # a local path stays a path; a remote video is read once
+        info = probe_video(data, name=uri)
+        need(info.height * info.width <= MAX_SOURCE_PIXELS, f"{what} {uri}: {info.width}x{info.height} frames are more "
+             f"than {MAX_SOURCE_PIXELS // 10**6} megapixels; give a smaller video")
+        total = min(info.num_frames, MAX_SOURCE_FRAMES)
+        # Each frame is fitted as it is decoded: memory holds the row's frames, never the source's.
+        return decode_frames(data, _evenly(total, num_frames), name=uri, transform=lambda f: fit(f, size))
     except VideoError as e:
         raise ConfigError(f"{what} {uri}: {e}; give a readable video (mp4, webm, ...) or a folder of images") from None
     except (OSError, ValueError) as e:
         raise ConfigError(f"{what} {uri}: cannot read it ({type(e).__name__}: {str(e)[:200]})") from None
-    return np.stack([fit(f, size) for f in frames])
 
 
 def read_image(uri: str, size: tuple[int, int], what: str) -> np.ndarray:
     try:
-        data = storage.read_bytes(uri)
+        data = bounded.read_bytes(uri, "image", what)
         with Image.open(io.BytesIO(data)) as im:
             rgb = np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {uri}: not found") from None
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ConfigError(f"{what} {uri}: not a readable image ({type(e).__name__}: {str(e)[:200]})") from None
     return fit(rgb, size)

@@ -17,7 +17,7 @@ import torch
 from diffusers import ControlNetModel, SparseControlNetModel
 from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 
-from . import hub, storage
+from . import bounded, hub
 from .checkpoints import check_keys, load_state_dict
 from .errors import CheckpointError
 from .motion_formats import original_to_diffusers
@@ -33,11 +33,21 @@ def controlnet_config(unet_config: dict) -> dict:
     return cfg
 
 
+def _local(uri: str, what: str) -> str:
+    """A checked local copy of a control model (a Hub id, a path or any URI), through the bounded reader."""
+    try:
+        return bounded.local_path(hub.resolve(uri), "model", what)
+    except (bounded.InputError, CheckpointError) as e:
+        raise CheckpointError(str(e) if str(e).startswith(what) else f"{what} {uri}: {e}") from None
+
+
 def load_controlnet(uri: str, unet_config: dict, dtype: torch.dtype = torch.float32) -> ControlNetModel:
-    where = hub.resolve(uri)
-    if not storage.exists(where):
-        raise CheckpointError(f"control_model {uri}: not found (expected a diffusers ControlNet folder, a single file or a Hub id)")
-    local = storage.localize(where)
+    try:
+        local = _local(uri, "control_model")
+    except CheckpointError as e:
+        if str(e).endswith(": not found"):
+            raise CheckpointError(f"{e} (expected a diffusers ControlNet folder, a single file or a Hub id)") from None
+        raise
     try:
         if Path(local).is_dir():
             return ControlNetModel.from_pretrained(local, torch_dtype=dtype, local_files_only=True).eval()
@@ -129,15 +139,19 @@ def sparsectrl_to_diffusers(state: dict) -> dict:
 
 def load_sparsectrl(uri: str, unet_config: dict, motion_config: dict, dtype: torch.dtype = torch.float32) -> SparseControlNetModel:
     """A SparseCtrl model from a diffusers folder, a Hub id, or one file as released (the official `.ckpt`
-    layout, loaded safely) or with diffusers keys; a file's config comes from the base UNet and motion module."""
-    where = hub.resolve(uri)
-    if not storage.exists(where):
-        raise CheckpointError(f"keyframe_model {uri}: not found (expected a SparseCtrl file such as v3_sd15_sparsectrl_rgb.ckpt, "
-                              "a diffusers SparseControlNetModel folder or a Hub id)")
+    layout, loaded safely) or with diffusers keys; a file's config comes from the base UNet and motion module.
+    Read through the bounded reader (`_local`)."""
     try:
-        if storage.isdir(where):
-            return SparseControlNetModel.from_pretrained(storage.localize(where), torch_dtype=dtype, local_files_only=True).eval()
-        state = sparsectrl_to_diffusers(load_state_dict(where))
+        local = _local(uri, "keyframe_model")
+    except CheckpointError as e:
+        if str(e).endswith(": not found"):
+            raise CheckpointError(f"{e} (expected a SparseCtrl file such as v3_sd15_sparsectrl_rgb.ckpt, "
+                                  "a diffusers SparseControlNetModel folder or a Hub id)") from None
+        raise
+    try:
+        if Path(local).is_dir():
+            return SparseControlNetModel.from_pretrained(local, torch_dtype=dtype, local_files_only=True).eval()
+        state = sparsectrl_to_diffusers(load_state_dict(local))
         model = SparseControlNetModel.from_config(sparsectrl_config(unet_config, motion_config, state))
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("pos_embed.pe")}
         check_keys(expected, state, "SparseCtrl model for this base and motion module", f"keyframe_model {uri}")

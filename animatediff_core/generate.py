@@ -13,6 +13,7 @@ with the adapter taken out (`image_prompt.text_only`): the text-only video.
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ from .conditioning import Inputs
 from .image_prompt import ImageEmbeds, text_only
 from .pipeline import max_frames as module_frames
 from .configs import need
+from .errors import AnimateDiffError
 from .prompt_travel import parse_schedule
 from .schedule import DEFAULT_SAMPLER, SAMPLERS
 from .settings import SEED_RANGE, GenerationSettings, validate_settings  # noqa: F401  (the settings a Request carries)
@@ -78,48 +80,68 @@ def _encode_unique(pipe: AnimateDiffPipeline, texts: list[str], device) -> torch
     return embeds.index_select(0, index)
 
 
+class TimeUp(AnimateDiffError):
+    """Sampling ran past its deadline (`generate(..., deadline=)`); raised between sampler steps."""
+
+
+def _stop_at(deadline: float | None) -> dict:
+    """Pipeline kwargs that end sampling with TimeUp once `time.monotonic()` passes `deadline` (checked
+    after every sampler step: a step itself is never cut)."""
+    if deadline is None:
+        return {}
+
+    def check(pipe, step, timestep, kwargs):
+        if time.monotonic() > deadline:
+            raise TimeUp(f"stopped after sampler step {step + 1} of {getattr(pipe, '_num_timesteps', '?')}")
+        return kwargs
+
+    return {"callback_on_step_end": check}
+
+
 @torch.no_grad()
-def generate(pipe: AnimateDiffPipeline, requests: list[Request]) -> list[np.ndarray]:
+def generate(pipe: AnimateDiffPipeline, requests: list[Request], deadline: float | None = None) -> list[np.ndarray]:
     """Generate one video per request; returns `(f, h, w, 3) uint8` arrays in request order.
 
     Requests must share `settings.shape` (group them first); validate them with `validate_request`.
     `settings.motion_lora` is weights, not sampling: the caller applies it (`Personalizer.apply_motion_lora`).
+    `deadline` (a `time.monotonic()` value): TimeUp is raised at the first sampler step that ends past it.
     """
     if not requests:
         return []
     s = requests[0].settings
     need(not any(r.settings.shape != s.shape for r in requests), "generate() needs requests of one shape; group by GenerationSettings.shape first")
     _use_sampler(pipe, s.sampler)
+    stop = _stop_at(deadline)
     if any(_image(r) is not None for r in requests):  # validate_settings keeps these to the plain SD-1.x path
-        return _generate_image_prompted(pipe, requests)
+        return _generate_image_prompted(pipe, requests, stop)
     with text_only(pipe):
-        return _generate_text(pipe, requests)
+        return _generate_text(pipe, requests, stop)
 
 
-def _generate_text(pipe: AnimateDiffPipeline, requests: list[Request]) -> list[np.ndarray]:
+def _generate_text(pipe: AnimateDiffPipeline, requests: list[Request], stop: dict) -> list[np.ndarray]:
     s = requests[0].settings
     if any(r.conditioning is not None and r.conditioning.inputs is not None for r in requests):
-        return [_generate_conditioned(pipe, r) for r in requests]
+        return [_generate_conditioned(pipe, r, stop) for r in requests]
     with _free_init(pipe, s.free_init_iterations):
         if uses_windows(s, module_frames(pipe)):
-            return [_generate_windowed(pipe, r) for r in requests]
+            return [_generate_windowed(pipe, r, stop) for r in requests]
         if isinstance(pipe, AnimateDiffSDXLPipeline):
-            return _generate_batch_xl(pipe, requests)
-        return _generate_batch(pipe, requests)
+            return _generate_batch_xl(pipe, requests, stop)
+        return _generate_batch(pipe, requests, stop)
 
 
 def _image(r: Request) -> ImageEmbeds | None:
     return r.conditioning.image if r.conditioning is not None else None
 
 
-def _generate_image_prompted(pipe: AnimateDiffPipeline, requests: list[Request]) -> list[np.ndarray]:
+def _generate_image_prompted(pipe: AnimateDiffPipeline, requests: list[Request], stop: dict) -> list[np.ndarray]:
     """One batched call: requests of one shape share their image prompt cell and scale (both are in
     `settings.shape`), and diffusers' pipeline repeats the one encoded prompt for every row."""
     s, image = requests[0].settings, _image(requests[0])
     need(bool(s.ip_adapter_image) and all(_image(r) is not None for r in requests),
          "requests with an image prompt need ip_adapter_image and their encoding (Conditioning.image) on every request")
     pipe.set_ip_adapter_scale(s.ip_adapter_scale)
-    return _generate_batch(pipe, requests, image)
+    return _generate_batch(pipe, requests, stop, image)
 
 
 def uses_windows(s: GenerationSettings, module_len: int) -> bool:
@@ -128,7 +150,8 @@ def uses_windows(s: GenerationSettings, module_len: int) -> bool:
 
 
 @torch.no_grad()
-def _generate_batch(pipe: AnimateDiffPipeline, requests: list[Request], image: ImageEmbeds | None = None) -> list[np.ndarray]:
+def _generate_batch(pipe: AnimateDiffPipeline, requests: list[Request], stop: dict,
+                    image: ImageEmbeds | None = None) -> list[np.ndarray]:
     """One pipeline call for `requests` (one shape); `image`: the image prompt they all share."""
     s = requests[0].settings
     device = pipe._execution_device
@@ -141,14 +164,14 @@ def _generate_batch(pipe: AnimateDiffPipeline, requests: list[Request], image: I
         negative_prompt_embeds=negative_embeds if s.guidance_scale > 1 else None,
         num_frames=s.num_frames, height=s.height, width=s.width,
         num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
-        generator=generators, latents=latents, output_type="np", **decode_kwargs(pipe),
+        generator=generators, latents=latents, output_type="np", **decode_kwargs(pipe), **stop,
         **({"ip_adapter_image_embeds": image.pipeline_input(s.guidance_scale > 1)} if image is not None else {}),
     )
     return _to_uint8(out.frames)
 
 
 @torch.no_grad()
-def _generate_batch_xl(pipe: AnimateDiffSDXLPipeline, requests: list[Request]) -> list[np.ndarray]:
+def _generate_batch_xl(pipe: AnimateDiffSDXLPipeline, requests: list[Request], stop: dict) -> list[np.ndarray]:
     """SDXL: diffusers encodes the prompts with both text encoders and sets SDXL's size conditioning
     (original and target size = the video's, crop at 0, 0) and its empty-negative rule, as its pipeline does."""
     s = requests[0].settings
@@ -158,13 +181,13 @@ def _generate_batch_xl(pipe: AnimateDiffSDXLPipeline, requests: list[Request]) -
         prompt=[r.prompt for r in requests], negative_prompt=[r.negative_prompt or "" for r in requests],
         num_frames=s.num_frames, height=s.height, width=s.width,
         num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
-        generator=generators, latents=latents, output_type="np",
+        generator=generators, latents=latents, output_type="np", **stop,
     )
     return _to_uint8(out.frames)
 
 
 @torch.no_grad()
-def _generate_windowed(pipe: AnimateDiffPipeline, r: Request) -> np.ndarray:
+def _generate_windowed(pipe: AnimateDiffPipeline, r: Request, stop: dict) -> np.ndarray:
     """One request in context windows: FreeNoise's windowed motion attention, rescheduled noise and
     per-frame (travelling) prompt embeddings. One window covering the clip gives the plain result."""
     s = r.settings
@@ -181,7 +204,7 @@ def _generate_windowed(pipe: AnimateDiffPipeline, r: Request) -> np.ndarray:
             prompt=prompt, negative_prompt=r.negative_prompt or "",
             num_frames=s.num_frames, height=s.height, width=s.width,
             num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
-            generator=g, latents=latents, output_type="np", **decode_kwargs(pipe),
+            generator=g, latents=latents, output_type="np", **decode_kwargs(pipe), **stop,
         )
     return _to_uint8(out.frames)[0]
 
@@ -190,7 +213,7 @@ PARTS = ("vae", "text_encoder", "tokenizer", "unet", "motion_adapter", "schedule
 
 
 @torch.no_grad()
-def _generate_conditioned(pipe: AnimateDiffPipeline, r: Request) -> np.ndarray:
+def _generate_conditioned(pipe: AnimateDiffPipeline, r: Request, stop: dict) -> np.ndarray:
     """One request with control inputs, through the diffusers pipeline for them, built over `pipe`'s
     modules: ControlNet (per-frame control images), SparseCtrl (keyframes), video-to-video (an input
     video and `strength`), or video-to-video with ControlNet. Context windows and prompt travel apply
@@ -223,7 +246,7 @@ def _generate_conditioned(pipe: AnimateDiffPipeline, r: Request) -> np.ndarray:
     windows = long_video.windows(run, window, s.context_stride, s.context_weighting, split=window < s.num_frames,
                                  loop=s.context_loop) if uses_windows(s, module_frames(pipe)) else nullcontext()
     with _free_init(run, s.free_init_iterations), windows:
-        out = run(prompt=prompt, **common, **kwargs)
+        out = run(prompt=prompt, **common, **kwargs, **stop)
     return _to_uint8(out.frames)[0]
 
 

@@ -5,7 +5,8 @@ Accepted wherever a model is named (`--base`, `--motion-module`, checkpoint sets
   or the same behind `hf://`. Resolved through `huggingface_hub`, which keeps its own cache and
   honours `HF_HOME`, `HF_HUB_OFFLINE` and its login token (`HF_TOKEN`); each node of a cluster
   resolves the same id into its own cache.
-- `https://.../file.safetensors`: fetched once into this project's local cache (`storage.localize`).
+- `https://.../file.safetensors`: fetched once into this project's private model cache (`storage.localize`,
+  within the limits of `bounded.py`: public addresses unless allowed, size caps, time-outs).
 - Anything else (a local path, `s3://`, `gs://`, ...) is returned unchanged. A path that exists
   locally is always a path, never a Hub id.
 """
@@ -34,15 +35,16 @@ def parse(ref: str) -> tuple[str, str] | None:
     return (m.group("repo"), m.group("path") or "") if m else None
 
 
-def resolve(ref: str, allow_patterns: list[str] | None = None, local_only: bool = False) -> str:
+def resolve(ref: str, allow_patterns: list[str] | None = None, local_only: bool = False, kind: str = "model") -> str:
     """A local path for Hub ids and https:// files; other references unchanged.
 
     `allow_patterns` limits what a whole-repo or folder id downloads (a base model needs its
     unet/vae/text_encoder/tokenizer, not every variant in the repo). `local_only`: Hub ids from the
-    local cache only, never downloaded (CheckpointError when not cached)."""
+    local cache only, never downloaded (CheckpointError when not cached). `kind` (bounded.py) sizes an
+    https:// file's limit."""
     parsed = parse(ref)
     if parsed is None:
-        return storage.localize(ref) if str(ref).startswith(("http://", "https://")) else ref
+        return storage.localize(ref, kind) if str(ref).lower().startswith(("http://", "https://")) else ref
     repo, path = parsed
     import huggingface_hub as hf  # here: only Hub ids need it; planning resolves plain paths without it
 

@@ -102,28 +102,27 @@ def to_diffusers_keys(state: dict[str, torch.Tensor], uri: str = "") -> dict[str
     """A motion LoRA in diffusers/peft keys (`unet.*.lora_A.weight`), from this module's files or the
     official original-format MotionLoRA files; CheckpointError when the keys are neither or touch
     anything but motion modules."""
-    out = {}
-    for key, value in state.items():
-        k = _renamed(key)
-        if ".motion_modules." not in k or not k.endswith((".lora_A.weight", ".lora_B.weight")):
-            raise CheckpointError(f"{uri}: not a motion LoRA: expected LoRA weights on motion modules "
-                                  f"('*.motion_modules.*.lora_A.weight' or the original '*_lora.down.weight'), found {key!r}")
-        out[k] = value
-    if not out:
-        raise CheckpointError(f"{uri}: the file holds no weights")
-    return out
+    return _peft_keys(state, uri, motion=True, what="a motion LoRA", expected="LoRA weights on motion modules "
+                      "('*.motion_modules.*.lora_A.weight' or the original '*_lora.down.weight')")
 
 
 def adapter_to_diffusers_keys(state: dict[str, torch.Tensor], uri: str = "") -> dict[str, torch.Tensor]:
     """The v3 domain adapter (`v3_sd15_adapter.ckpt`: LoRA layers in the original AnimateDiff layout on the
     image model's attention, `*.attn1.processor.to_q_lora.down.weight`) in diffusers/peft keys. The official
     loader adds scale x up @ down: no alpha here either (peft takes alpha = rank)."""
+    return _peft_keys(state, uri, motion=False, what="an AnimateDiff domain adapter", expected="LoRA weights on the "
+                      "image model's attention ('*.attentions.*.processor.to_q_lora.down.weight')")
+
+
+def _peft_keys(state: dict[str, torch.Tensor], uri: str, motion: bool, what: str, expected: str) -> dict[str, torch.Tensor]:
+    """`state` renamed to peft keys, every key a LoRA weight on the motion modules (`motion`) or on the image
+    model's attention; CheckpointError naming the first key that is not."""
     out = {}
     for key, value in state.items():
         k = _renamed(key)
-        if ".motion_modules." in k or ".attentions." not in k or not k.endswith((".lora_A.weight", ".lora_B.weight")):
-            raise CheckpointError(f"{uri}: not an AnimateDiff domain adapter: expected LoRA weights on the image model's "
-                                  f"attention ('*.attentions.*.processor.to_q_lora.down.weight'), found {key!r}")
+        placed = ".motion_modules." in k if motion else ".attentions." in k and ".motion_modules." not in k
+        if not placed or not k.endswith((".lora_A.weight", ".lora_B.weight")):
+            raise CheckpointError(f"{uri}: not {what}: expected {expected}, found {key!r}")
         out[k] = value
     if not out:
         raise CheckpointError(f"{uri}: the file holds no weights")

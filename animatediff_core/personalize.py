@@ -38,7 +38,7 @@ from diffusers.loaders.single_file_utils import (
 )
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from . import hub, storage
+from . import bounded, hub, storage
 from .checkpoints import check_keys, load_state_dict
 from .errors import CheckpointError
 from .image_prompt import is_adapter_param
@@ -168,7 +168,7 @@ class Personalizer:
         (`("motion", uri)`) as the peft adapter `name`; CheckpointError naming the file when it does not fit."""
         kind, what = load
         uri = what.uri if kind == "lora" else what
-        state = (read or {}).get(uri) or load_state_dict(hub.resolve(uri))  # a path, any fsspec URI or a Hub id
+        state = (read or {}).get(uri) or load_state_dict(uri, kind="lora")  # a path, URI or Hub id; bounded (bounded.py)
         if kind == "lora":
             if self._kinds.setdefault(uri, detect_kind(state, uri)) != "lora":
                 raise CheckpointError(f"{uri}: listed as a LoRA, but the keys are those of a DreamBooth checkpoint")
@@ -302,7 +302,11 @@ def _read_vae(uri: str, state: dict | None, config: dict) -> dict[str, torch.Ten
     where = hub.resolve(uri)
     if state is None and storage.isdir(where):
         try:
-            return AutoencoderKL.from_pretrained(storage.localize(where), local_files_only=True).state_dict()
+            local = bounded.local_path(where, "model", "vae")  # a folder of regular files within the limit
+        except bounded.InputError as e:
+            raise CheckpointError(str(e)) from None
+        try:
+            return AutoencoderKL.from_pretrained(local, local_files_only=True).state_dict()
         except (OSError, ValueError) as e:
             raise CheckpointError(f"vae {uri}: not a diffusers AutoencoderKL folder ({str(e).splitlines()[0][:200]})") from None
     state = state if state is not None else load_state_dict(where)

@@ -23,7 +23,7 @@ def parse_schedule(text: str, num_frames: int, prompt: str = "") -> dict[int, st
     """
     try:
         raw = json.loads(text)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RecursionError) as e:
         raise ConfigError(f"prompt_schedule is not valid JSON ({e}); write it as "
                           '{"0": "a prompt", "32": "another prompt"}') from None
     need(isinstance(raw, dict) and raw, "prompt_schedule must be a non-empty JSON object of frame index -> prompt, "
@@ -31,7 +31,8 @@ def parse_schedule(text: str, num_frames: int, prompt: str = "") -> dict[int, st
     out: dict[int, str] = {}
     for key, value in raw.items():
         k = key.strip()
-        need(k.isascii() and k.isdigit(), f"prompt_schedule key {key!r} is not a frame index (a non-negative integer)")
+        need(k.isascii() and k.isdigit() and len(k) <= 9, f"prompt_schedule key {_short(key)} is not a frame index "
+             "(a non-negative integer under 10^9)")
         frame = int(k)
         need(frame < num_frames, f"prompt_schedule key {frame} is past the last frame ({num_frames - 1}); "
              f"use keys from 0 to {num_frames - 1} or raise num_frames")

@@ -282,7 +282,7 @@ def parse_keyframes(text: str, num_frames: int) -> dict[int, str]:
         return {0: text}
     try:
         obj = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise ConfigError(f"keyframes is not valid JSON ({getattr(e, 'msg', e)}); expected "
                           '{"0": "first.png", "15": "last.png"} or one image URI') from None
     need(isinstance(obj, dict) and obj, 'keyframes must be a non-empty JSON object {"frame": "image URI"}')

@@ -7,9 +7,7 @@ A URI is a local path, ``file://``, ``s3://``, ``gs://``, ``memory://`` or (for 
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 import tempfile
 import time
 
@@ -128,28 +126,16 @@ def isdir(uri: str, **storage_options) -> bool:
     return fs.isdir(path)
 
 
-def localize(uri: str, cache_dir: str | None = None, **storage_options) -> str:
-    """A local path for ``uri``: itself when local, else a copy of the file or folder in a cache dir.
-
-    Remote copies land under ``cache_dir`` (default: $ANIMATEDIFF_CACHE or the system temp dir),
-    keyed by the URI, and are reused by later calls in the same process or on the same node.
-    """
-    fs, path = fs_and_path(uri, **storage_options)
+def localize(uri: str, kind: str = "model") -> str:
+    """A local path for ``uri``: itself when local, else a copy of the file or folder in the private model
+    cache (`cache.py`), fetched within the limits of `kind` (`bounded.py`: where it may point, its size, time-outs)
+    and reused by later calls on the same node."""
+    fs, path = fs_and_path(uri)
     if isinstance(fs, LocalFileSystem):
         return path
-    root = cache_dir or os.environ.get("ANIMATEDIFF_CACHE") or os.path.join(tempfile.gettempdir(), "animatediff-cache")
-    local = os.path.join(root, hashlib.sha256(str(uri).encode()).hexdigest()[:16], os.path.basename(path.rstrip("/")))
-    if not os.path.exists(local):
-        os.makedirs(os.path.dirname(local), exist_ok=True)
-        tmp = local + f".partial-{os.getpid()}"
-        fs.get(path.rstrip("/"), tmp, recursive=fs.isdir(path))
-        try:
-            os.replace(tmp, local)
-        except OSError:  # another process on this node finished the same copy first
-            if not os.path.exists(local):
-                raise
-            shutil.rmtree(tmp, ignore_errors=True) if os.path.isdir(tmp) else os.remove(tmp)
-    return local
+    from . import bounded  # here: bounded imports this module
+
+    return bounded.local_path(str(uri), kind)
 
 
 def upload_dir(local_dir: str, uri: str, **storage_options) -> None:

@@ -161,8 +161,9 @@ def probe_video(src: Source, *, name: str | None = None) -> VideoInfo:
 
 
 def _decode_with_pyav(data: str | bytes, indices: list[int], size: tuple[int, int] | None,
-                      label: str) -> np.ndarray:
-    """Decode ``indices`` by reading frames in order with PyAV: slower, but not width-limited."""
+                      label: str, transform=None) -> np.ndarray:
+    """Decode ``indices`` by reading frames in order with PyAV: slower, but not width-limited.
+    ``transform`` (an ``(h, w, 3) uint8`` frame -> frame) is applied to each frame as it is decoded."""
     height, width = size if size is not None else (None, None)
     wanted, found = set(indices), {}
     try:
@@ -170,6 +171,8 @@ def _decode_with_pyav(data: str | bytes, indices: list[int], size: tuple[int, in
             for i, frame in enumerate(container.decode(video=0)):
                 if i in wanted:
                     found[i] = frame.to_ndarray(format="rgb24", width=width, height=height)
+                    if transform is not None:
+                        found[i] = transform(found[i])
                 if len(found) == len(wanted):
                     break
     except (av.FFmpegError, OSError, ValueError) as e:
@@ -180,12 +183,13 @@ def _decode_with_pyav(data: str | bytes, indices: list[int], size: tuple[int, in
     return np.stack([found[i] for i in indices])
 
 
-def decode_frames(src: Source, indices: Sequence[int], *, name: str | None = None) -> np.ndarray:
-    """Decode frames ``indices`` (repeats allowed) with PyAV, at the video's own size: for a few inputs
-    per row (control and init videos), where decord's random access does not pay."""
+def decode_frames(src: Source, indices: Sequence[int], *, name: str | None = None, transform=None) -> np.ndarray:
+    """Decode frames ``indices`` (repeats allowed) with PyAV, at the video's own size (or through
+    ``transform``, frame by frame): for a few inputs per row (control and init videos), where decord's
+    random access does not pay."""
     label, data = _name(src, name), fetch(src)
     unique = sorted(set(int(i) for i in indices))
-    frames = _decode_with_pyav(data, unique, None, label)
+    frames = _decode_with_pyav(data, unique, None, label, transform)
     at = {i: k for k, i in enumerate(unique)}
     return frames[[at[int(i)] for i in indices]]
 

@@ -36,10 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         print(cluster.banner(), flush=True)
     for flag, uri in (("--out", cfg.out), *(("--prompts", p) for p in cfg.prompts)):
         require_shared(uri, flag, cluster.nodes)
-    storage.write_text_atomic(prep.layout.job_config, dump_config(cfg))
-    result = run_animate(prep)
+    result = run_animate(prep, config_text=dump_config(cfg))  # job.yaml once the run holds --out
     print(result.summary.text(result.seconds))
-    print(f"videos: {storage.join(cfg.out, 'videos')}\nmetadata: {prep.layout.metadata}\nindex: {result.index}")
+    print(f"videos: {storage.join(cfg.out, 'videos')}\nmetadata: {prep.layout.metadata}\nindex: {result.index or 'not written'}")
     code, why = exit_code(result.summary, cfg.max_error_fraction)
     if code:
         print(f"error: {why}", file=sys.stderr)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import logging
 import os
 import sys
@@ -163,11 +164,17 @@ def setup_logging(level: str = "INFO") -> None:
 
 
 def run(main: Callable[[list[str] | None], int]) -> None:
-    """Run a job's main: project errors become one line on stderr and exit code 1, not a traceback."""
+    """Run a job's main: project errors, and a full disk, become one line on stderr and exit code 1, not a traceback."""
     try:
         code = main(None)
     except AnimateDiffError as e:
         print(f"error: {e}", file=sys.stderr)
+        code = 1
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        print(f"error: {e.strerror} ({e.filename or 'an output'}); free space or fix the output and run again: "
+              "finished outputs are kept", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

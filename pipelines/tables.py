@@ -63,13 +63,18 @@ def header(uri: str, flag: str) -> tuple[list[str], bool]:
             head = f.read(1 << 16)
     except (OSError, EOFError, pa.ArrowInvalid) as e:
         raise ConfigError(f"{flag} {uri}: not a readable table ({type(e).__name__}: {str(e)[:200]})") from None
-    lines = [ln for ln in head.decode("utf-8", "replace").splitlines() if ln.strip()]
+    lines = [ln for ln in head.splitlines() if ln.strip()]
     if not lines:
         return [], False
     try:
-        names = pacsv.read_csv(io.BytesIO(lines[0].encode() + b"\n")).column_names
+        lines[0].decode("utf-8")
+        names = pacsv.read_csv(io.BytesIO(lines[0] + b"\n")).column_names
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{flag} {uri}: the header line is not valid UTF-8 (byte {e.start}); save the table as UTF-8") from None
     except pa.ArrowInvalid as e:
         raise ConfigError(f"{flag} {uri}: not a readable CSV header ({str(e)[:200]})") from None
+    dup = sorted({n for n in names if names.count(n) > 1})
+    need(not dup, f"{flag} {uri}: the header names column(s) {', '.join(map(repr, dup[:5]))} more than once")
     return names, len(lines) > 1
 
 
@@ -114,3 +119,44 @@ def read_ray(files: list[str], strings: tuple[str, ...] = (), num_cpus: float | 
         # Ray Data's CSV reader picks compression from the extension (.csv.gz); it needs no option here.
         parts.append(ray.data.read_csv(csv, filesystem=arrow_fs, file_extensions=["csv", "gz"], **csv_options(strings), **kw))
     return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+
+
+def read_ray_cells(files: list[str], columns, fn, num_cpus: float | None = None):
+    """A streaming Ray Dataset of untrusted tables, each block through `fn` (e.g. `cells.normalize` to
+    `columns`): CSV files through `csv_cells.CellsCSV` (no cell or malformed row can fail the read; rows
+    numbered by file), Parquet through Ray's reader; the parts are normalized apart, then unioned."""
+    import ray.data  # here: preflight and the checkpoint set read tables with pandas, without Ray
+
+    from pipelines import csv_cells
+
+    arrow_fs = storage.arrow_location(files[0])[1]
+    paths = [storage.arrow_location(f)[0] for f in files]
+    kw = {} if num_cpus is None else {"num_cpus": num_cpus}
+    parquet = [p for p in paths if is_parquet(p)]
+    csv = [p for p in paths if not is_parquet(p)]
+    parts = []
+    if parquet:
+        parts.append(ray.data.read_parquet(parquet, filesystem=arrow_fs, **kw).map_batches(fn, batch_format="pyarrow"))
+    if csv:
+        source = csv_cells.datasource(csv, list(columns), filesystem=arrow_fs, file_extensions=["csv", "gz"])
+        parts.append(ray.data.read_datasource(source, **kw).map_batches(fn, batch_format="pyarrow"))
+    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+
+
+def read_cells(uri: str, flag: str = "table") -> pd.DataFrame:
+    """A whole (small) table, or every table of a folder, as text cells by the batch job's rules
+    (`cells.normalize`: every column as text, `cells.PROBLEM` naming a row's unusable cell by file and row)."""
+    from pipelines import cells, csv_cells  # here: the cell rules import pandas helpers only this reader needs
+
+    parts = []
+    for f in list_tables(uri, flag):
+        columns, _ = header(f, flag)
+        fs, path = storage.fs_and_path(f)
+        try:
+            with fs.open(path, "rb", compression="infer") as fh:
+                table = pq.read_table(fh) if is_parquet(f) else \
+                    pa.concat_tables(list(csv_cells.stream(fh, f, columns)) or [csv_cells.schema(columns).empty_table()])
+        except (OSError, EOFError, pa.ArrowInvalid) as e:
+            raise ConfigError(f"{flag} {f}: not a readable table ({type(e).__name__}: {str(e)[:200]})") from None
+        parts.append(cells.normalize(table, columns))
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]

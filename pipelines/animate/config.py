@@ -2,7 +2,8 @@
 
 `GenerationFlags` is what every job that generates shares (the batch job, the evaluation job): the
 generation settings (`GenerationSettings`, each a job default that rows may override), the actor pool
-(`ActorOptions`), the speed options (`SpeedOptions`) and how rows reach the actors. Sections are
+(`ActorOptions`), the speed options (`SpeedOptions`), the per-row limits (`RowLimits`), the limits on
+what cells may read (`ReadLimits`) and how rows reach the actors. Sections are
 flattened into flags and YAML keys (`--num-frames`, `num_frames:`) by `jobs/config.py`; Python callers
 build with `animatediff_core.configs.build(AnimateConfig, num_frames=8, ...)`.
 Light (no torch, no Ray, no pandas): `--help` and config checks import only this.
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from animatediff_core.bounded import ReadLimits
 from animatediff_core.configs import check_fields, need, option, section
 from animatediff_core.settings import MOTION_NORMS, NAMES as SETTING_NAMES, GenerationSettings
 from animatediff_core.speed import SpeedOptions
+from pipelines.animate.limits import RowLimits
 from pipelines.ray_session import ActorOptions
 
 
@@ -25,7 +28,8 @@ class GenerationFlags:
     generation: GenerationSettings = section(GenerationSettings, help="(rows may override)")
     actors: ActorOptions = section(ActorOptions)
     batch_size: int = option(8, low=1, help="rows per actor call")
-    max_batch: int | None = option(None, low=1, help="rows per pipeline call (default 8 on GPU, 1 on CPU)")
+    max_batch: int | None = option(None, low=1, help="rows per pipeline call on GPUs (default 8); CPU actors run one "
+                                   "row per call (faster there, and a row's bytes never depend on its neighbours)")
     gif: bool = option(True, help="write GIF previews beside the mp4s")
     motion_norm: str | None = option(None, choices=MOTION_NORMS, help="motion-module numerics: official (AnimateDiff's own "
                                      "function for the module's version) or diffusers; default: what the module records, else official")
@@ -37,6 +41,9 @@ class GenerationFlags:
                                        "folder or Hub id); default: image_encoder/ beside the adapter file")
     # Speed options (off by default; bench/gpu_job.py measures each on a GPU), applied once per actor.
     speed: SpeedOptions = section(SpeedOptions)
+    # Untrusted cells: what a row may cost and run (limits.py), what and where its URIs may read (bounded.py).
+    limits: RowLimits = section(RowLimits)
+    reads: ReadLimits = section(ReadLimits)
 
     def __post_init__(self):
         check_fields(self)

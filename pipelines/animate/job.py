@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from animatediff_core import hub, image_prompt, storage
+from animatediff_core import bounded, hub, image_prompt, storage
 from animatediff_core.configs import need
 from animatediff_core.errors import CheckpointError
 from animatediff_core.motion_formats import inspect_motion_module
@@ -33,6 +33,7 @@ from pipelines.animate import official
 from pipelines.animate.identity import image_prompt_id
 from pipelines.animate.layout import OutputLayout, new_run_id
 from pipelines.animate.plan import Plan, is_done, is_pending, mark_conflicts, normalize, plan_block
+from pipelines.animate.lease import claim, refuse_if_live
 from pipelines.animate.report import SHARD, Summary, drop_older_shards, write_index, write_shard
 from pipelines.animate.resume import list_finished
 from pipelines.animate.sets import MotionSpec, read_checkpoint_set, read_motion_set
@@ -57,8 +58,10 @@ class Prepared:
 
 
 def preflight(cfg: AnimateConfig) -> Prepared:
-    """Fail fast, with one line, when nothing can run: missing or unfit inputs, an unwritable output.
-    With an official config, its translation first."""
+    """Fail fast, with one line, when nothing can run: missing or unfit inputs, an unwritable output,
+    another run live on the same output. Sets this process's read limits (`--max-*-mb`, `--allow-uri`, ...);
+    with an official config, its translation first."""
+    bounded.configure(cfg.reads)
     translated = None
     if cfg.official_config:
         cfg, translated = official.prepare(cfg, frozenset(cfg.official_overrides))
@@ -80,11 +83,13 @@ def preflight(cfg: AnimateConfig) -> Prepared:
         official.check_modules(translated, {n: m.numerics.split("/")[1] for n, m in motions.items()})
     for flag in (n for n in URI_SETTINGS if n != "keyframes"):  # job-wide inputs (keyframes: JSON, read per row)
         value = getattr(cfg.generation, flag)
-        for uri in (parse_image_prompt(value) if flag == "ip_adapter_image" and value else [value]):
-            need(not uri or storage.exists(hub.resolve(uri)), f"--{flag.replace('_', '-')} {uri}: not found")
+        for uri in (parse_image_prompt(value) if flag == "ip_adapter_image" and value else [value] if value else []):
+            bounded.check_uri(uri, f"--{flag.replace('_', '-')}")  # where it may point, before anything reads it
+            need(storage.exists(hub.resolve(uri)), f"--{flag.replace('_', '-')} {uri}: not found")
     image_prompt = _image_prompt(cfg, bases)
     layout = OutputLayout(cfg.out, by_motion=len(motions) > 1)
     storage.check_writable(cfg.out, "--out")
+    refuse_if_live(layout)  # one line now, before Ray starts; run_animate claims --out for the run
     log.info("planned: %d prompt table file(s), %d checkpoint(s) (%s), %d motion module(s) (%s)", len(files),
              len(checkpoints), ", ".join(checkpoints), len(motions), ", ".join(motions))
     return Prepared(cfg, files, checkpoints, motions, layout, {n: bases[s.base or cfg.base][0] for n, s in checkpoints.items()},
@@ -143,8 +148,9 @@ PLAN_BLOCK_ROWS = 20_000  # rows per planning task: a big single-file table stil
 
 
 def read_prompts(files: list[str]):
-    ds = tables.read_ray(files, strings=tuple(schema.READ))
-    return ds.repartition(target_num_rows_per_block=PLAN_BLOCK_ROWS).map_batches(normalize, batch_format="pyarrow")
+    """The prompt tables as text cells (`plan.normalize`): no cell, byte or malformed CSV row fails the read."""
+    ds = tables.read_ray_cells(files, schema.READ, normalize)
+    return ds.repartition(target_num_rows_per_block=PLAN_BLOCK_ROWS)
 
 
 def find_conflicts(planned) -> tuple[dict[int, dict[int, str]], int, int]:
@@ -183,13 +189,37 @@ class Result:
     run_id: str
 
 
-def run_animate(prep: Prepared) -> Result:
-    """Run the planned job; metadata is written as it is produced. Ray must be initialized."""
+def run_animate(prep: Prepared, config_text: str | None = None) -> Result:
+    """Run the planned job; metadata is written as it is produced. Ray must be initialized. The run claims
+    `--out` first (lease.py: a second run on a live folder refuses), then writes `config_text` to job.yaml."""
     prep = stage_models(prep, count_nodes())
-    cfg, layout = prep.cfg, prep.layout
+    layout = prep.layout
     start, run_id = time.time(), new_run_id()
+    with claim(layout, run_id):
+        if config_text is not None:
+            storage.write_text_atomic(layout.job_config, config_text)
+        summary, received = _run(prep, run_id)
+        seconds = time.time() - start
+        try:
+            index = write_index(summary, layout)
+        except OSError as e:  # a full disk: the run's line says so (exit_code); the metadata is what counts
+            log.error("index.html not written: %s: %s", type(e).__name__, e)
+            index = ""
+        # Earlier runs' shards go only when every row of this run has its own (a shard that failed to be
+        # written leaves the older ones as the rows' only metadata).
+        dropped = drop_older_shards(layout, run_id, received) if not summary.unwritten else 0
+    log.info("run %s: %d rows, %d ok, %d error, %d skipped in %.1fs%s", run_id, summary.rows, summary.total("ok"),
+             summary.total("error"), summary.total("skipped"), seconds,
+             f"; {dropped} metadata shard(s) of earlier runs (or of batches retried after an actor died) removed" if dropped else "")
+    return Result(summary, seconds, index, run_id)
+
+
+def _run(prep: Prepared, run_id: str) -> tuple[Summary, set[str]]:
+    """Plan, write the rows that need no generation, generate the rest; the summary and the shards received."""
+    cfg, layout = prep.cfg, prep.layout
     families = {**{n: m.family for n, m in prep.motions.items()}, **prep.families}
-    plan = Plan(tuple(prep.checkpoints), {n: m.max_frames for n, m in prep.motions.items()}, cfg.generation, families)
+    plan = Plan(tuple(prep.checkpoints), {n: m.max_frames for n, m in prep.motions.items()}, cfg.generation, families,
+                limits=cfg.limits, reads=cfg.reads)
     finished = list_finished(layout, list(prep.motions), list(prep.checkpoints))
     planned = read_prompts(prep.files).map_batches(
         plan_block, batch_format="pandas",
@@ -211,13 +241,7 @@ def run_animate(prep: Prepared) -> Result:
     for batch in done.iter_batches(batch_format="pandas", batch_size=None):
         summary.add(batch)
         received.update(batch[SHARD].unique())
-    seconds = time.time() - start
-    index = write_index(summary, layout)
-    dropped = drop_older_shards(layout, run_id, received)
-    log.info("run %s: %d rows, %d ok, %d error, %d skipped in %.1fs%s", run_id, summary.rows, summary.total("ok"),
-             summary.total("error"), summary.total("skipped"), seconds,
-             f"; {dropped} metadata shard(s) of earlier runs (or of batches retried after an actor died) removed" if dropped else "")
-    return Result(summary, seconds, index, run_id)
+    return summary, received
 
 
 def _generation(planned, prep: Prepared, layout: OutputLayout, run_id: str):
@@ -232,7 +256,8 @@ def _generation(planned, prep: Prepared, layout: OutputLayout, run_id: str):
         family = prep.families[next(iter(checkpoints))]
         kwargs = dict(base=base, motions={n: m for n, m in prep.motions.items() if m.family == family},
                       checkpoints=checkpoints, layout=layout, run_id=run_id, gif=cfg.gif, actors=cfg.actors,
-                      max_batch=cfg.max_batch, speed=cfg.speed, image_prompt=prep.image_prompt if family == "sd1" else None)
+                      max_batch=cfg.max_batch, speed=cfg.speed, limits=cfg.limits, reads=cfg.reads,
+                      image_prompt=prep.image_prompt if family == "sd1" else None)
         rows = pending if len(prep.checkpoints) == len(checkpoints) else pending.map_batches(
             _on, batch_format="pandas", fn_kwargs={"checkpoints": list(checkpoints)})
         pools.append(rows.map_batches(**cfg.actors.pool(AnimateStage, kwargs, cfg.batch_size)))
@@ -259,8 +284,14 @@ def stage_models(prep: Prepared, nodes: int) -> Prepared:
 
 
 def exit_code(summary: Summary, max_error_fraction: float) -> tuple[int, str]:
-    """0 when the failures are within `max_error_fraction`; 1 with one line when every row failed or
-    more than that fraction did."""
+    """0 when the failures are within `max_error_fraction`; 1 with one line when a table could not be
+    read to its end, when metadata could not be written (a full disk), when every row failed or more
+    than that fraction did."""
+    if summary.unreadable:
+        return 1, summary.unreadable[0] + (f" (and {len(summary.unreadable) - 1} more)" if len(summary.unreadable) > 1 else "")
+    if summary.unwritten:
+        return 1, (f"the metadata of {summary.unwritten} row(s) could not be written ({summary.unwritten_why}); free space "
+                   "or fix access to --out and run again: finished rows are kept and skipped")
     errors, rows = summary.total("error"), summary.rows
     if rows and errors == rows:
         return 1, f"every row failed ({errors} rows); the commonest reason: {summary.reasons.most_common(1)[0][0]}"

@@ -4,6 +4,7 @@
     OUT/metadata/RUN-KEY.parquet            metadata shards, each written atomically as rows finish
     OUT/index.html                          the summary page
     OUT/job.yaml                            the resolved job config
+    OUT/.runs/RUN.json                      the claim of the run that is writing here now (lease.py)
 
 The MOTION level appears only when a job sweeps more than one motion module. Every name that
 becomes a path part (ids, checkpoint and motion-module names) passes one rule, and every path is
@@ -71,6 +72,13 @@ class OutputLayout:
     @property
     def job_config(self) -> str:
         return self._under("job.yaml")
+
+    @property
+    def runs(self) -> str:
+        return self._under(".runs")
+
+    def run_claim(self, run_id: str) -> str:
+        return storage.join(self.runs, f"{check_name(run_id, 'run id')}.json")
 
     def _under(self, *parts: str) -> str:
         rel = posixpath.normpath("/".join(parts))

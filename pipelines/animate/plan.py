@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from animatediff_core.bounded import ReadLimits
 from animatediff_core.configs import field_types, need, short
 from animatediff_core.errors import ConfigError
 from animatediff_core.settings import ANY_SEED, FAMILY_NAMES, SEED_RANGE, GenerationSettings, validate_settings
@@ -21,6 +22,7 @@ from pipelines import cells
 from pipelines.animate import schema
 from pipelines.animate.identity import content_hash, row_key, slot_hash
 from pipelines.animate.layout import NAME_RULE, is_safe_name
+from pipelines.animate.limits import RowLimits, row_problem
 from pipelines.animate.resume import mark_finished
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,8 @@ class Plan:
     motions: dict[str, int]  # name -> most frames it supports
     defaults: GenerationSettings
     families: dict[str, str] = field(default_factory=dict)  # checkpoint or motion-module name -> sd1 | sdxl (default sd1)
+    limits: RowLimits = RowLimits()  # cost per row (limits.py)
+    reads: ReadLimits = ReadLimits()  # where a row's URIs may point (bounded.py)
 
     def family(self, name: str) -> str:
         return self.families.get(name, "sd1")
@@ -75,6 +79,8 @@ class _Checked:
                 self.parsed[key] = _settings(row, self.plan.defaults)
             except ConfigError as e:
                 self.parsed[key] = e
+            except (ValueError, TypeError, OverflowError, RecursionError) as e:  # a cell no rule foresaw
+                self.parsed[key] = ConfigError(f"the row's settings cannot be read ({type(e).__name__}: {str(e)[:200]})")
         return self.parsed[key]
 
     def error(self, s: GenerationSettings, motion: str, family: str = "sd1") -> str:
@@ -82,9 +88,11 @@ class _Checked:
         if key not in self.valid:
             try:
                 validate_settings(s, max_frames=self.plan.motions[motion], vae_scale=8, family=family)
-                self.valid[key] = ""
+                self.valid[key] = row_problem(s, self.plan.limits, self.plan.reads)
             except ConfigError as e:
                 self.valid[key] = str(e)
+            except (ValueError, TypeError, OverflowError, RecursionError) as e:  # a cell no rule foresaw: its row, not the job
+                self.valid[key] = f"the row's settings cannot be checked ({type(e).__name__}: {str(e)[:200]})"
         return self.valid[key]
 
 
@@ -99,7 +107,7 @@ def expand_rows(batch: pd.DataFrame, plan: Plan) -> pd.DataFrame:
     runs of one checkpoint without a global sort.
     """
     out, checked, left_out = [], _Checked(plan), 0
-    columns = [c for c in schema.READ if c in batch.columns]
+    columns = [c for c in (*schema.READ, cells.PROBLEM) if c in batch.columns]
     for values in zip(*(batch[c].tolist() for c in columns)):
         row = dict(zip(columns, values))
         key = row_key(row)
@@ -122,6 +130,7 @@ def _resolve(row: dict, key: str, checkpoint: str, motion: str, plan: Plan, chec
            "motion_module": motion, "seed": int(key[:15], 16) % 2**31, "status": "pending", "error": "",
            **{k: getattr(d, k) for k in schema.SETTINGS}}
     try:
+        need(not row.get(cells.PROBLEM), str(row.get(cells.PROBLEM)))  # a cell no rule can read (cells.normalize)
         need(is_safe_name(out["id"]), f"id {short(out['id'])} is not a safe file name: use {NAME_RULE}")
         seed = cells.as_int("seed", row.get("seed"))
         if seed is not None and seed != ANY_SEED:  # -1: any seed, the one derived from the row (a rerun resumes)
@@ -132,8 +141,8 @@ def _resolve(row: dict, key: str, checkpoint: str, motion: str, plan: Plan, chec
             raise s
         out.update({k: getattr(s, k) for k in schema.SETTINGS})
         need(out["prompt"].strip(), "prompt is empty; give a text prompt")
-        need(checkpoint in plan.checkpoints, f"unknown checkpoint {short(checkpoint)}; the set has {', '.join(plan.checkpoints)}")
-        need(motion in plan.motions, f"unknown motion module {short(motion)}; the set has {', '.join(plan.motions)}")
+        need(checkpoint in plan.checkpoints, f"unknown checkpoint {short(checkpoint)}; the set has {_some(plan.checkpoints)}")
+        need(motion in plan.motions, f"unknown motion module {short(motion)}; the set has {_some(plan.motions)}")
         family = plan.family(checkpoint)
         need(plan.family(motion) == family, f"motion module {motion!r} is for {FAMILY_NAMES[plan.family(motion)]} bases and "
              f"checkpoint {checkpoint!r} runs on an {FAMILY_NAMES[family]} base; pair each with its own family")
@@ -142,6 +151,12 @@ def _resolve(row: dict, key: str, checkpoint: str, motion: str, plan: Plan, chec
     except ConfigError as e:
         out.update(status="error", error=str(e))
     return out
+
+
+def _some(names, shown: int = 10) -> str:
+    """Up to `shown` names and how many more: a message stays short whatever the size of the set."""
+    names = list(names)
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def plan_block(batch: pd.DataFrame, plan: Plan, finished, layout, motions, specs, image_prompt: str = "") -> pd.DataFrame:

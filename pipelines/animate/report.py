@@ -2,8 +2,10 @@
 
 The summary is built incrementally from the metadata rows as they stream past the driver (counts,
 error reasons, the first previews of each checkpoint), so its memory does not grow with the number
-of rows, and `index.html` stays small at any size: per checkpoint a count line and the first
-`PREVIEWS` previews, then the error reasons with counts, and links to the metadata shards.
+of rows, and `index.html` stays small at any size and is written in time linear in the groups: the
+`MAX_GROUPS` largest (motion module, checkpoint) groups, each with a count line and its first `PREVIEWS`
+previews, a count of the rest, then the error reasons with counts, and links to the metadata shards.
+Text shown (prompts and every other value) is cut to `SHOWN` characters; the metadata keeps it whole.
 """
 
 from __future__ import annotations
@@ -11,18 +13,26 @@ from __future__ import annotations
 import hashlib
 import html
 import io
+import logging
 import re
 from collections import Counter, defaultdict
 
 import pandas as pd
+from pyarrow import ArrowException
 
-from animatediff_core import storage
+from animatediff_core import bounded, storage
+from animatediff_core.errors import ConfigError
 from animatediff_core.redact import redact_uri
+from pipelines.cells import UNREADABLE
 from pipelines.animate import schema
 from pipelines.animate.layout import OutputLayout, shard_run_id
 
+log = logging.getLogger(__name__)
 PREVIEWS = 12  # preview cards per checkpoint on index.html
 MAX_REASONS = 200  # distinct error reasons kept; the rest are counted as "other"
+MAX_GROUPS = 200  # (motion module, checkpoint) sections on index.html, largest first; the rest are counted
+MAX_LINES = 20  # checkpoint lines in the printed summary, largest first
+SHOWN = 300  # characters of any value shown on index.html (a prompt is whole in the metadata)
 _VALUES = re.compile(r"'[^']*'|\"[^\"]*\"|-?\d+(\.\d+)?(e[+-]?\d+)?|/[^\s,;)]+")
 
 
@@ -54,26 +64,38 @@ URI_COLUMNS = ("checkpoint_uri", "motion_module_uri", "video_uri", "gif_uri")
 
 
 SHARD = "_shard"  # the column that tells the driver which shard holds a returned row (not stored)
+SHARD_ERROR = "_shard_error"  # why the shard of a returned row could not be written ("" when it was; not stored)
 
 
 def write_shard(batch: pd.DataFrame, layout: OutputLayout, run_id: str, source: str = "plan") -> pd.DataFrame:
     """Write `batch` (schema rows) as one metadata shard, atomically; `source` (plan: rows that needed
     no generation; actor: generated rows) starts its key. A retried batch rewrites its own shard. The
-    rows come back with the shard's key in `SHARD`, so the driver knows which shards it received."""
+    rows come back with the shard's key in `SHARD`, so the driver knows which shards it received, and,
+    when the shard could not be written (a full disk, lost access), why in `SHARD_ERROR`: the job then
+    ends with one line and a non-zero exit instead of a traceback, and a rerun regenerates those rows."""
     batch = schema.typed(batch)
     for column in URI_COLUMNS:  # metadata is shared widely: no credentials from a URI in it
         batch[column] = batch[column].map(redact_uri)
-    key = ""
+    key, problem = "", ""
     if len(batch):
         key = _shard_key(batch, source)
         buf = io.BytesIO()
         batch.to_parquet(buf, index=False, schema=schema.ARROW_SCHEMA)
-        storage.write_bytes_atomic(layout.shard(run_id, key), buf.getvalue())
-    return batch.assign(**{SHARD: key})
+        try:
+            storage.write_bytes_atomic(layout.shard(run_id, key), buf.getvalue())
+        except OSError as e:
+            problem = f"{type(e).__name__}: {str(e)[:200]}"
+            log.error("metadata shard of %d row(s) not written to %s: %s", len(batch), layout.metadata, problem)
+    return batch.assign(**{SHARD: key, SHARD_ERROR: problem})
+
+
+def shard_failed(batch: pd.DataFrame) -> bool:
+    return SHARD_ERROR in batch.columns and bool((batch[SHARD_ERROR] != "").any())
 
 
 class Summary:
-    """Counts by (motion module, checkpoint) and status, error reasons, the first previews."""
+    """Counts by (motion module, checkpoint) and status, error reasons, the first previews, and what
+    could not be read (tables) or written (metadata shards)."""
 
     def __init__(self):
         self.counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
@@ -82,12 +104,22 @@ class Summary:
         self.rows = 0
         self.truncated = 0
         self.left_out = 0  # sweep pairs of different families (SD-1.x, SDXL): not rows, counted here
+        self.unreadable: list[str] = []  # the first few tables that could not be read to the end
+        self.unwritten, self.unwritten_why = 0, ""  # rows whose metadata shard could not be written
 
     def add(self, batch: pd.DataFrame) -> None:
         if batch.empty:
             return
         self.rows += len(batch)
         self.truncated += int(batch["prompt_truncated"].astype(bool).sum())
+        if SHARD_ERROR in batch.columns:
+            failed = batch[SHARD_ERROR] != ""
+            if failed.any():
+                self.unwritten += int(failed.sum())
+                self.unwritten_why = self.unwritten_why or str(batch.loc[failed, SHARD_ERROR].iloc[0])
+        broken = batch["error"].str.startswith(UNREADABLE)
+        if broken.any() and len(self.unreadable) < 5:
+            self.unreadable += batch.loc[broken, "error"].str[len(UNREADABLE):].str[:400].tolist()[: 5 - len(self.unreadable)]
         skipped = batch["skipped"].astype(bool)
         kind = batch["status"].where(~skipped, "skipped")
         for (m, c, k), n in batch.assign(kind=kind).groupby(["motion_module", "checkpoint", "kind"]).size().items():
@@ -95,14 +127,21 @@ class Summary:
         for msg, n in batch.loc[batch["status"] == "error", "error"].map(reason).value_counts().items():
             key = msg if msg in self.reasons or len(self.reasons) < MAX_REASONS else "other"
             self.reasons[key] += int(n)
-        ok = batch[batch["status"] == "ok"]
-        for (m, c), group in ok.groupby(["motion_module", "checkpoint"]):
-            room = PREVIEWS - len(self.previews[(m, c)])
-            if room > 0:
-                self.previews[(m, c)] += group.head(room)[[*schema.CARD, "id", "video_uri", "gif_uri"]].to_dict("records")
+        # The first PREVIEWS ok rows of each group: one vectorized pass, then at most PREVIEWS records per group.
+        ok = batch.loc[batch["status"] == "ok", list(dict.fromkeys([*schema.CARD, "id", "video_uri", "gif_uri"]))]
+        for r in ok.groupby(["motion_module", "checkpoint"], sort=False).head(PREVIEWS).to_dict("records"):
+            cards = self.previews[(r["motion_module"], r["checkpoint"])]
+            if len(cards) < PREVIEWS:
+                cards.append({k: v if k.endswith("uri") else _cut(v) for k, v in r.items()})
 
     def total(self, kind: str) -> int:
         return sum(c[kind] for c in self.counts.values())
+
+    def largest(self, limit: int) -> tuple[list[tuple[tuple[str, str], Counter]], int, int]:
+        """The `limit` groups with the most rows (ties by name), and how many groups and rows are left."""
+        groups = sorted(self.counts.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
+        rest = groups[limit:]
+        return groups[:limit], len(rest), sum(sum(n.values()) for _, n in rest)
 
     def text(self, seconds: float) -> str:
         if not self.rows:
@@ -110,8 +149,11 @@ class Summary:
         several = len({m for m, _ in self.counts}) > 1
         label = lambda m, c: f"{m}/{c}" if several else c  # noqa: E731
         lines = [f"{'checkpoint':<32}{'ok':>8}{'error':>8}{'skipped':>9}"]
-        for (m, c), n in sorted(self.counts.items()):
-            lines.append(f"{label(m, c)[:31]:<32}{n['ok']:>8}{n['error']:>8}{n['skipped']:>9}")
+        shown, more, more_rows = self.largest(MAX_LINES)
+        for (m, c), n in shown:
+            lines.append(f"{_cut(label(m, c), 31):<32}{n['ok']:>8}{n['error']:>8}{n['skipped']:>9}")
+        if more:
+            lines.append(f"... and {more} more checkpoint(s) with {more_rows} rows (see index.html and the metadata)")
         ok = self.total("ok")
         lines.append(f"{'total':<32}{ok:>8}{self.total('error'):>8}{self.total('skipped'):>9}")
         lines.append(f"{self.rows} rows in {seconds:.1f}s, {ok / max(seconds, 1e-9):.2f} videos/s")
@@ -124,39 +166,52 @@ class Summary:
         return "\n".join(lines)
 
 
+def _cut(v, limit: int = SHOWN):
+    """A value as shown: text cut to `limit` characters (numbers and flags as they are)."""
+    return v if not isinstance(v, str) or len(v) <= limit else v[: limit - 1] + "…"
+
+
 def _rel(uri: str, out: str) -> str:
     return uri[len(out.rstrip("/")) + 1 :] if uri.startswith(out.rstrip("/")) else uri
 
 
 def write_index(summary: Summary, layout: OutputLayout) -> str:
-    """`OUT/index.html`: per checkpoint its counts and first previews; error reasons with counts; links
-    to the metadata shards. Relative links, so it opens offline; its size does not grow with rows."""
-    out, e = layout.out, html.escape
+    """`OUT/index.html`: the largest groups with their counts and first previews, a count of the rest;
+    error reasons with counts; links to the metadata shards. Relative links, so it opens offline; its
+    size does not grow with rows or groups, and it is written in time linear in the groups."""
+    out = layout.out
+    e = lambda v: html.escape(str(_cut(v)), quote=True)  # noqa: E731  shown text: cut
+    a = lambda v: html.escape(str(v), quote=True)  # noqa: E731  links: whole
+    several = len({k[0] for k in summary.counts}) > 1
+    shown, more, more_rows = summary.largest(MAX_GROUPS)
     sections = []
-    for (m, c), n in sorted(summary.counts.items()):
+    for (m, c), n in shown:
         cards = []
         for r in summary.previews.get((m, c), []):
-            media = (f'<img src="{e(_rel(r["gif_uri"], out))}" alt="preview">' if r.get("gif_uri") else
-                     f'<video src="{e(_rel(r["video_uri"], out))}" autoplay loop muted></video>')
-            rows = "".join(f"<tr><th>{k}</th><td>{e(str(r.get(k, '')))}</td></tr>" for k in schema.CARD
+            media = (f'<img src="{a(_rel(r["gif_uri"], out))}" alt="preview">' if r.get("gif_uri") else
+                     f'<video src="{a(_rel(r["video_uri"], out))}" autoplay loop muted></video>')
+            rows = "".join(f"<tr><th>{k}</th><td>{e(r.get(k, ''))}</td></tr>" for k in schema.CARD
                            if r.get(k) not in ("", None) and k not in ("checkpoint", "motion_module", "status"))
-            cards.append(f'<div class="card"><a href="{e(_rel(r["video_uri"], out))}">{media}</a><table>{rows}</table>'
-                         f'<code>{e(str(r["id"]))}</code></div>')
-        shown = f"first {len(cards)} shown" if cards else "no videos"
-        title = f"{e(m)} / {e(c)}" if len({k[0] for k in summary.counts}) > 1 else e(c)
-        sections.append(f'<h2>{title}</h2><p>{n["ok"]} ok ({n["skipped"]} from earlier runs), {n["error"]} error; {shown}</p>'
+            cards.append(f'<div class="card"><a href="{a(_rel(r["video_uri"], out))}">{media}</a><table>{rows}</table>'
+                         f'<code>{e(r["id"])}</code></div>')
+        count = f"first {len(cards)} shown" if cards else "no videos"
+        title = f"{e(m)} / {e(c)}" if several else e(c)
+        sections.append(f'<h2>{title}</h2><p>{n["ok"]} ok ({n["skipped"]} from earlier runs), {n["error"]} error; {count}</p>'
                         f'<div class="grid">{"".join(cards)}</div>')
+    if more:
+        sections.append(f"<h2>{more} more</h2><p>{more} more checkpoint(s) with {more_rows} rows in all: "
+                        "see the metadata table.</p>")
     reasons = "".join(f"<tr><td>{n}</td><td>{e(msg)}</td></tr>" for msg, n in summary.reasons.most_common())
     left_out = (f"<p>{summary.left_out} sweep pair(s) left out: a motion module and a checkpoint of different families "
                 "(SD-1.x, SDXL).</p>") if summary.left_out else ""
     errors = f"<h2>Errors</h2><table class='reasons'><tr><th>rows</th><th>reason</th></tr>{reasons}</table>" if reasons else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>animatediff-ray results</title>
 <style>body{{font-family:sans-serif;margin:1em}}.grid{{display:flex;flex-wrap:wrap;gap:12px}}
-.card{{border:1px solid #ccc;padding:6px;width:280px;font-size:12px}}.reasons td{{padding:2px 8px;vertical-align:top}}
+.card{{border:1px solid #ccc;padding:6px;width:280px;font-size:12px;overflow-wrap:anywhere}}.reasons td{{padding:2px 8px;vertical-align:top}}
 .card img,.card video{{width:256px;image-rendering:pixelated}}th{{text-align:left;vertical-align:top}}</style>
 </head><body><h1>animatediff-ray: {summary.rows} rows ({summary.total("ok")} ok, {summary.total("error")} error)</h1>
 <p>Every row is in the metadata table: <a href="metadata/">metadata/*.parquet</a> (one row per prompt row x checkpoint;
-columns {e(", ".join(schema.NAMES))}).</p>{left_out}{"".join(sections)}{errors}</body></html>"""
+columns {a(", ".join(schema.NAMES))}).</p>{left_out}{"".join(sections)}{errors}</body></html>"""
     storage.write_text_atomic(layout.index, page)
     return layout.index
 
@@ -170,13 +225,23 @@ def list_shards(layout: OutputLayout) -> list[str]:
     return sorted(storage.join(layout.metadata, p.rstrip("/").rsplit("/", 1)[-1]) for p in names if p.endswith(".parquet"))
 
 
+def _read_shard(uri: str) -> pd.DataFrame:
+    """One shard, through the bounded reader: a folder given to `jobs.evaluate --score-only` may hold anything
+    under *.parquet (a FIFO, a huge or corrupt file): ConfigError naming it, never a hang or a traceback."""
+    data = bounded.read_bytes(uri, "table", "metadata shard")
+    try:
+        return pd.read_parquet(io.BytesIO(data))
+    except (ValueError, OSError, ArrowException) as e:
+        raise ConfigError(f"metadata shard {uri}: not a readable Parquet file ({type(e).__name__}: {str(e)[:200]})") from None
+
+
 def read_metadata(out: str) -> pd.DataFrame:
     """The job's metadata table: one row per (prompt row, motion module, checkpoint). Where a rerun
     wrote a row again (its shards stay until it completes), the latest run's rows win."""
     shards = list_shards(OutputLayout(out))
     if not shards:
         return schema.empty()
-    parts = [pd.read_parquet(io.BytesIO(storage.read_bytes(s))).assign(_run=shard_run_id(s)) for s in shards]
+    parts = [_read_shard(s).assign(_run=shard_run_id(s)) for s in shards]
     table = pd.concat(parts, ignore_index=True)
     table = schema.typed(table).assign(_run=table["_run"])  # shards of earlier releases: int64 seeds, fewer columns
     latest = table.groupby(["motion_module", "checkpoint", "id"])["_run"].transform("max")
@@ -186,9 +251,18 @@ def read_metadata(out: str) -> pd.DataFrame:
 def drop_older_shards(layout: OutputLayout, run_id: str, received: set[str] | None = None) -> int:
     """After a run completed: remove the shards of earlier runs (every row of this run has its own) and,
     given the keys of the shards whose rows reached the driver (`received`), this run's orphans: shards
-    that an actor wrote before it died, whose batch Ray then ran again elsewhere under another key."""
-    old = [s for s in list_shards(layout) if shard_run_id(s) != run_id
-           or (received is not None and s.rsplit("/", 1)[-1].removesuffix(".parquet")[len(run_id) + 1:] not in received)]
+    that an actor wrote before it died, whose batch Ray then ran again elsewhere under another key.
+    Shards of later runs, and of any run that is live now (lease.py), are never removed."""
+    from pipelines.animate.lease import live_claims  # here: lease imports layout only; keeps report light
+
+    live = {str(c.get("run")) for c in live_claims(layout)} - {run_id}
+    old = []
+    for s in list_shards(layout):
+        run = shard_run_id(s)
+        if run in live or run > run_id:
+            continue
+        if run != run_id or (received is not None and s.rsplit("/", 1)[-1].removesuffix(".parquet")[len(run_id) + 1:] not in received):
+            old.append(s)
     for s in old:
         fs, path = storage.fs_and_path(s)
         fs.rm(path)

@@ -20,11 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 
-from animatediff_core import storage
+from animatediff_core import bounded, storage
+from animatediff_core.bounded import ReadLimits
 from animatediff_core.errors import AnimateDiffError, CheckpointError, ConfigError
 from animatediff_core.conditioning import read_inputs
 from animatediff_core.control_models import ControlModels
-from animatediff_core.generate import Conditioning, GenerationSettings, Request, generate, uses_windows, validate_request
+from animatediff_core.generate import (Conditioning, GenerationSettings, Request, TimeUp, generate, uses_windows,
+                                      validate_request)
 from animatediff_core.image_prompt import ImagePrompt
 from animatediff_core.long_video import ring_starts, window_starts
 from animatediff_core.motion_formats import load_motion_adapter
@@ -37,7 +39,8 @@ from animatediff_core.video_io import write_gif, write_video
 from pipelines.animate import schema
 from pipelines.animate.layout import OutputLayout
 from pipelines.animate.identity import fingerprint, image_prompt_id
-from pipelines.animate.report import write_shard
+from pipelines.animate.limits import RowLimits
+from pipelines.animate.report import shard_failed, write_shard
 from pipelines.animate.sets import MotionSpec
 from pipelines.ray_session import ActorOptions
 
@@ -49,11 +52,24 @@ def _shape(config) -> tuple[bool, int]:
     return bool(config.get("use_motion_mid_block")), int(config.get("motion_max_seq_length") or 0)
 
 
+def batch_size(max_batch: int | None, cuda: bool) -> int:
+    """Rows per pipeline call: `--max-batch` (default 8) on GPUs; 1 on CPU, where batching is slower and
+    a row's frames must not depend on what else is in its call (byte-identical videos on CPU)."""
+    if not cuda:
+        if max_batch and max_batch > 1:
+            log.info("--max-batch %d applies on GPUs; CPU actors run one row per call", max_batch)
+        return 1
+    return max_batch or 8
+
+
 class AnimateStage:
     def __init__(self, base: str, motions: dict[str, MotionSpec], checkpoints: dict[str, CheckpointSpec],
                  layout: OutputLayout, run_id: str, gif: bool = True, actors: ActorOptions = ActorOptions(),
                  max_batch: int | None = None, writers: int = 2, speed: SpeedOptions = OFF,
+                 limits: RowLimits = RowLimits(), reads: ReadLimits = ReadLimits(),
                  image_prompt: tuple[str, str] | None = None):
+        bounded.configure(reads)  # every read a row's cells cause, in this actor, within the job's limits
+        self.row_timeout = limits.row_timeout
         placement = setup_actor(actors.precision, actors.threads)
         self.device, dtype = placement.device, placement.dtype
         cuda = self.device == "cuda"
@@ -65,9 +81,9 @@ class AnimateStage:
         self.image_prompt = ImagePrompt(*image_prompt, device=self.device, dtype=dtype) if image_prompt else None
         self.image_prompt_id = image_prompt_id(image_prompt)
         self._build(next(iter(motions.values())))
-        # Rows per pipeline call. On CPU a batch of 8 measured 19% slower per video than one at a time
-        # (bench/README.md), so CPU actors default to 1; GPUs batch up to 8.
-        self.max_batch = max_batch or (8 if cuda else 1)
+        # Rows per pipeline call: GPUs batch up to 8. CPU actors run one row per call: a batch of 8 measured 19%
+        # slower per video (bench/README.md), and alone a row's bytes never depend on its neighbours.
+        self.max_batch = batch_size(max_batch, cuda)
         self.failed: dict[tuple[str, str], str] = {}  # (kind, name) -> why it could not load
         self.writers = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="animate-writer")
         self.text_limit = int(self.pipe.tokenizer.model_max_length)
@@ -98,6 +114,8 @@ class AnimateStage:
                 self._fail(batch, [i], f"writing the video failed: {type(e).__name__}: {str(e)[:300]}")
         batch.loc[batch["status"] == "pending", ["status", "error"]] = ["error", "internal error: row was not generated"]
         out = write_shard(batch, self.layout, self.run_id, source="actor")
+        if shard_failed(out):  # no metadata on disk (a full disk): no sidecar either, so a rerun generates these rows
+            return out
         # Sidecars go last, after the metadata: a sidecar means "finished" to reruns, so a process killed in
         # between leaves metadata without a sidecar (regenerated next run), never a finished row without metadata.
         for (i, _), done in zip(sidecars, self.writers.map(lambda item: self._write_sidecar(*item[1]), sidecars)):
@@ -143,8 +161,13 @@ class AnimateStage:
         for start in range(0, len(ready), self.max_batch):
             chunk = ready[start : start + self.max_batch]
             t0 = time.time()
-            try:
-                videos = generate(self.pipe, [r for _, r in chunk])
+            try:  # each row of the call gets --row-timeout seconds of sampling; past that the call stops
+                videos = generate(self.pipe, [r for _, r in chunk], deadline=time.monotonic() + self.row_timeout * len(chunk))
+            except TimeUp as e:
+                log.warning("%d row(s) ran past --row-timeout %gs: %s", len(chunk), self.row_timeout, e)
+                self._fail(batch, [i for i, _ in chunk], f"the row ran past --row-timeout {self.row_timeout:g}s ({e}); "
+                           "raise --row-timeout, or lower its frames, size or steps")
+                continue
             except Exception as e:  # one failed call (e.g. out of memory) fails its rows, not the batch
                 log.warning("generation failed for %d row(s): %s: %s", len(chunk), type(e).__name__, e)
                 self._fail(batch, [i for i, _ in chunk], f"generation failed: {type(e).__name__}: {str(e)[:300]}")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 MODULE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
-_CHECKPOINT = re.compile(r"(?:^|/)(?P<run>[^/]+)/checkpoint-(?P<step>\d{6,})(?:/(?:motion_module\.safetensors|motion_adapter))?/?$")
+_CHECKPOINT = re.compile(r"(?:^|/)(?P<run>[^/]+)/checkpoint-(?P<step>\d{6,15})(?:/(?:motion_module\.safetensors|motion_adapter))?/?$")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,10 @@
 The suite (`jobs/data/eval_prompts.csv`): id, category (people, animals, nature, vehicles, camera,
 styles), prompt, negative_prompt, seed. A table without seeds gets one derived from the prompt text, so
 reruns and other checkpoints see the same noise; the k-th extra seed of a prompt is its seed + k.
+Tables are read by the batch job's cell rules (`pipelines/cells.py`): a seed that is not an integer
+("abc", 1.5) is passed on as written, and the batch job makes its rows error rows saying why; a cell that
+is not valid UTF-8 or is too long fails the job with one line naming its file and row (a suite is the
+benchmark: fix it rather than score part of it).
 """
 
 from __future__ import annotations
@@ -13,15 +17,20 @@ import pandas as pd
 
 from animatediff_core import storage
 from animatediff_core.configs import need
-from pipelines import tables as table_files
+from animatediff_core.errors import ConfigError
+from pipelines import cells, tables as table_files
 
 
 def read_prompt_tables(uris: list[str]) -> list[pd.DataFrame]:
+    """Each table's cells as text (None: empty), by the batch job's rules."""
     tables = []
     for uri in uris:
-        t = table_files.read_pandas(uri, strings=("id", "prompt", "negative_prompt", "category"), flag="--prompts")
-        need("prompt" in t.columns and not t.empty, f"--prompts {uri}: needs a 'prompt' column and at least one row (found {list(t.columns)}, {len(t)} rows)")
-        tables.append(t)
+        t = table_files.read_cells(uri, flag="--prompts")
+        need("prompt" in t.columns and not t.empty, f"--prompts {uri}: needs a 'prompt' column and at least one row "
+             f"(found {[c for c in t.columns if c != cells.PROBLEM]}, {len(t)} rows)")
+        bad = t[t[cells.PROBLEM] != ""]
+        need(bad.empty, f"--prompts {uri}: {bad[cells.PROBLEM].iloc[0] if len(bad) else ''}")
+        tables.append(t.drop(columns=cells.PROBLEM))
     return tables
 
 
@@ -33,6 +42,16 @@ def _seed_of(prompt: str) -> int:
     return int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) % 2**31
 
 
+def _seed(cell, prompt: str) -> int | str:
+    """The row's seed by the batch job's rule (`cells.as_int`); a cell that breaks it is passed on as written,
+    for the batch job to make an error row of (never truncated, never a crash here)."""
+    try:
+        seed = cells.as_int("seed", cell)
+    except ConfigError:
+        return str(cell)
+    return _seed_of(prompt) if seed is None else seed
+
+
 def expand_seeds(tables: list[pd.DataFrame], seeds_per_prompt: int) -> pd.DataFrame:
     """One row per (prompt row, seed): columns id (when the tables have ids), category, prompt,
     negative_prompt, seed. Ids get a `-s<k>` suffix when there are several seeds."""
@@ -40,14 +59,13 @@ def expand_seeds(tables: list[pd.DataFrame], seeds_per_prompt: int) -> pd.DataFr
     rows = []
     for table in tables:
         for r in table.to_dict("records"):
-            prompt = str(r["prompt"])
-            seed = r.get("seed")
-            seed = _seed_of(prompt) if seed is None or pd.isna(seed) else int(seed)
+            prompt = _text(r.get("prompt"))
+            seed = _seed(r.get("seed"), prompt)
             for k in range(seeds_per_prompt):
                 rid = r.get("id")
                 rid = None if rid is None or pd.isna(rid) else (f"{rid}-s{k}" if seeds_per_prompt > 1 else str(rid))
                 rows.append({"id": rid, "category": _text(r.get("category")), "prompt": prompt,
-                             "negative_prompt": _text(r.get("negative_prompt")), "seed": seed + k})
+                             "negative_prompt": _text(r.get("negative_prompt")), "seed": seed + k if isinstance(seed, int) else seed})
     out = pd.DataFrame(rows)
     if out["id"].isna().all():
         out = out.drop(columns="id")

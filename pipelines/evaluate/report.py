@@ -9,7 +9,11 @@
     report.html                     the leaderboard (click a header to sort), the plots, and a grid of
                                     previews: prompts as rows, checkpoints (x motion modules) as columns
 
-Links are relative, so the folder can be copied and opened anywhere without a network.
+Links are relative, so the folder can be copied and opened anywhere without a network. Scored folders
+may come from others: every value placed in the page is escaped (attributes included), only relative
+links and http(s)/object-store URIs become links, shown text is cut to `SHOWN` characters, the grid shows
+at most `GRID_PROMPTS` prompts x `GRID_ENTRIES` entries, and leaderboard.csv neutralizes cells a
+spreadsheet would run as formulas (a leading `=`, `+`, `-`, `@`, tab or CR gets a `'`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,12 @@ import pandas as pd
 
 from animatediff_core import storage
 from animatediff_core.metrics import METRICS
+
+SHOWN = 300  # characters of a value shown in the page
+GRID_PROMPTS, GRID_ENTRIES = 200, 60  # the preview grid's most rows and columns
+PLOT_ENTRIES = 60  # entries drawn in a plot (best first)
+SUMMARY_ROWS = 30  # leaderboard rows printed at the end of the job
+FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
 TITLES = {"text_alignment": "text alignment (CLIPScore, 0-100)", "frame_consistency": "frame consistency (consecutive)",
           "frame_consistency_all_pairs": "frame consistency (all pairs)", "temporal_flicker": "temporal flicker (1 = still)",
@@ -40,7 +50,23 @@ def write_tables(scored: pd.DataFrame, board: pd.DataFrame, out: str) -> None:
         buf = io.BytesIO()
         table.to_parquet(buf, index=False)
         storage.write_bytes_atomic(storage.join(out, name), buf.getvalue())
-    storage.write_text_atomic(storage.join(out, "leaderboard.csv"), board.to_csv(index=False))
+    storage.write_text_atomic(storage.join(out, "leaderboard.csv"), spreadsheet_safe(board).to_csv(index=False))
+
+
+def spreadsheet_safe(table: pd.DataFrame) -> pd.DataFrame:
+    """Text cells that a spreadsheet would run as a formula get a leading `'` (OWASP's CSV-injection advice);
+    numbers stay numbers."""
+    table = table.copy()
+    for c in table.columns:
+        if table[c].dtype == object or pd.api.types.is_string_dtype(table[c]):
+            table[c] = table[c].map(lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA) else v)
+    return table
+
+
+def _e(value) -> str:
+    """A value as page text or an attribute: cut to SHOWN characters, escaped (quotes too)."""
+    text = str(value)
+    return html.escape(text if len(text) <= SHOWN else text[: SHOWN - 1] + "…", quote=True)
 
 
 def entry_name(checkpoint: str, module: str, several_modules: bool) -> str:
@@ -54,8 +80,9 @@ def write_plots(board: pd.DataFrame, out: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    board = board.head(PLOT_ENTRIES)  # best first: a plot of thousands of entries is unreadable and huge
     several = board["motion_module_label"].nunique() > 1
-    names = [entry_name(c, m, several) for c, m in zip(board["checkpoint"], board["motion_module_label"])]
+    names = [entry_name(str(c)[:40], str(m)[:40], several) for c, m in zip(board["checkpoint"], board["motion_module_label"])]
     curve = board["step"].notna().any() and board["step"].nunique() > 1
     paths = []
     for m in METRICS:
@@ -135,11 +162,13 @@ def _save(fig, out: str, rel: str) -> str:
 
 
 def _href(uri: str, out: str) -> str:
-    """A link from out/report.html: relative for local files, the URI itself otherwise."""
-    if uri and storage.is_local(uri) and storage.is_local(out):
+    """A link from out/report.html, escaped for an attribute: relative for local files, the URI itself for
+    http(s) and object stores, nothing for anything else (`javascript:`, `data:`, ...)."""
+    if uri and storage.is_local(uri) and storage.is_local(out) and "://" not in uri.replace("file://", "", 1):
         rel = os.path.relpath(storage.fs_and_path(uri)[1], storage.fs_and_path(out)[1])
-        return urllib.parse.quote(rel.replace(os.sep, "/"))
-    return uri
+        return html.escape(urllib.parse.quote(rel.replace(os.sep, "/")), quote=True)
+    scheme = str(uri).partition("://")[0].lower()
+    return html.escape(uri, quote=True) if scheme in ("http", "https", "s3", "gs", "gcs", "az", "abfs") else ""
 
 
 def _leaderboard_html(board: pd.DataFrame) -> str:
@@ -149,8 +178,8 @@ def _leaderboard_html(board: pd.DataFrame) -> str:
             *(["FVD (lower is closer)"] if fvd else [])]
     body = []
     for r in board.to_dict("records"):
-        cells = [f'<td data-v="{r["rank"]}">{r["rank"]}</td>', f"<td>{html.escape(str(r['checkpoint']))}</td>",
-                 f"<td>{html.escape(str(r['motion_module_label']))}</td>",
+        cells = [f'<td data-v="{r["rank"]}">{r["rank"]}</td>', f"<td>{_e(r['checkpoint'])}</td>",
+                 f"<td>{_e(r['motion_module_label'])}</td>",
                  f'<td data-v="{"" if pd.isna(r["step"]) else int(r["step"])}">{"" if pd.isna(r["step"]) else int(r["step"])}</td>',
                  *[f'<td data-v="{r[k]}">{r[k]}</td>' for k in ("videos", "n", "errors")]]
         for m in shown:
@@ -169,27 +198,31 @@ def _leaderboard_html(board: pd.DataFrame) -> str:
 def _grid_html(scored: pd.DataFrame, board: pd.DataFrame, out: str) -> str:
     """Prompts (each at its first seed) as rows, entries in leaderboard order as columns."""
     several = board["motion_module_label"].nunique() > 1
-    entries = list(zip(board["checkpoint"], board["motion_module_label"]))
+    entries = list(zip(board["checkpoint"], board["motion_module_label"]))[:GRID_ENTRIES]
     first = scored.sort_values("seed").drop_duplicates(["prompt", "checkpoint", "motion_module_label"])
     cells = {(r["prompt"], r["checkpoint"], r["motion_module_label"]): r for r in first.to_dict("records")}
     prompts = first.sort_values(["category", "prompt"])[["prompt", "category", "seed"]].drop_duplicates("prompt")
-    head = "".join(f"<th>{html.escape(entry_name(c, m, several))}</th>" for c, m in entries)
+    note = ""
+    if len(prompts) > GRID_PROMPTS or len(board) > GRID_ENTRIES:
+        note = (f"<p>The grid shows {min(len(prompts), GRID_PROMPTS)} of {len(prompts)} prompts and "
+                f"{len(entries)} of {len(board)} entries (the best); metrics.parquet has every video.</p>")
+    head = "".join(f"<th>{_e(entry_name(c, m, several))}</th>" for c, m in entries)
     rows = []
-    for p in prompts.to_dict("records"):
-        tds = [f'<th class="prompt">{html.escape(p["prompt"])}<br><small>{html.escape(p["category"])} seed {p["seed"]}</small></th>']
+    for p in prompts.head(GRID_PROMPTS).to_dict("records"):
+        tds = [f'<th class="prompt">{_e(p["prompt"])}<br><small>{_e(p["category"])} seed {_e(p["seed"])}</small></th>']
         for c, m in entries:
             r = cells.get((p["prompt"], c, m))
             tds.append(f'<td class="cell">{_cell(r, out)}</td>')
         rows.append(f"<tr>{''.join(tds)}</tr>")
-    return f'<table class="grid"><thead><tr><th>prompt</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    return f'{note}<table class="grid"><thead><tr><th>prompt</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
 def _cell(r: dict | None, out: str) -> str:
     if r is None:
         return '<span class="err">not in this run</span>'
     if r["status"] != "ok":
-        return f'<span class="err" title="{html.escape(str(r["error"]))}">generation failed</span>'
-    tip = html.escape(" ".join(f"{m}={r[m]:.3f}" for m in METRICS if not pd.isna(r.get(m))) or str(r.get("metrics_error", "")))
+        return f'<span class="err" title="{_e(r["error"])}">generation failed</span>'
+    tip = _e(" ".join(f"{m}={r[m]:.3f}" for m in METRICS if not pd.isna(r.get(m))) or str(r.get("metrics_error", "")))
     video = _href(r["video_uri"], out)
     media = (f'<img loading="lazy" src="{_href(r["gif_uri"], out)}" alt="preview">' if r.get("gif_uri")
              else f'<video src="{video}" autoplay loop muted></video>')
@@ -220,7 +253,7 @@ td,th{{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}
 0/1 VBench columns). Failed generations and unreadable videos count as errors.
 Click a column header to sort.</p>
 <h2>Leaderboard</h2>{_leaderboard_html(board)}
-<h2>Metrics</h2><div class="plots">{"".join(f'<img src="{p}" alt="{html.escape(p)}">' for p in plots)}</div>
+<h2>Metrics</h2><div class="plots">{"".join(f'<img src="{_e(p)}" alt="{_e(p)}">' for p in plots)}</div>
 <h2>Previews</h2><p>Prompts (first seed) as rows; columns in leaderboard order. Hover a preview for its metrics.</p>
 {_grid_html(scored, board, out)}
 <script>{SORT_JS}</script></body></html>"""
@@ -236,7 +269,8 @@ def summary(scored: pd.DataFrame, board: pd.DataFrame, seconds: float, report_ur
     cols = ["rank", "checkpoint", "motion_module_label", "n", "errors", "text_alignment_mean",
             "frame_consistency_mean", "motion_pixel_mean", *optional, "domain_similarity_mean"]
     out = report_uri[: -len("report.html")].rstrip("/")
-    return "\n".join([board[cols].to_string(index=False, float_format="%.3f"),
+    more = [f"... and {len(board) - SUMMARY_ROWS} more entries (leaderboard.csv)"] if len(board) > SUMMARY_ROWS else []
+    return "\n".join([board[cols].head(SUMMARY_ROWS).to_string(index=False, float_format="%.3f"), *more,
                       f"{len(scored)} videos ({int(board['errors'].sum())} errors) evaluated in {seconds:.1f}s; "
                       f"{int(board['truncated_prompts'].sum())} videos had prompts past CLIP's 77 tokens (truncated)",
                       f"leaderboard: {storage.join(out, 'leaderboard.csv')}", f"report: {report_uri}"])

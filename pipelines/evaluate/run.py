@@ -40,8 +40,8 @@ def render_stills(rows: pd.DataFrame, cfg: EvaluateConfig, specs: dict[str, Chec
     parts = []
     for base in dict.fromkeys(base_of[c] for c in wanted["checkpoint"]):  # one pool per base (SD-1.x, SDXL)
         mine = wanted[wanted["checkpoint"].map(base_of) == base]
-        module = rows.loc[rows["checkpoint"].isin(mine["checkpoint"]), "motion_module_uri"].iloc[0]  # one of its family
-        kwargs = dict(base=base, motion_module=module, specs=specs, out=cfg.out, actors=cfg.actors)
+        # No motion module file: stills bypass it, and a scored folder's module URIs are untrusted (stills.py).
+        kwargs = dict(base=base, motion_module=None, specs=specs, out=cfg.out, actors=cfg.actors, reads=cfg.reads)
         parts.append(ray.data.from_pandas(mine.sort_values("checkpoint")).map_batches(
             **cfg.actors.pool(StillStage, kwargs, cfg.videos_per_call)))
     done = (parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]).to_pandas()
@@ -58,7 +58,7 @@ def score(rows: pd.DataFrame, cfg: EvaluateConfig) -> pd.DataFrame:
     log.info("VBench: %s", f"{', '.join(cfg.vbench_dimensions)} from {cfg.vbench_models}" if cfg.vbench_models else "no --vbench-models, left empty")
     kwargs = dict(clip=cfg.clip, actors=cfg.actors, frame_batch=cfg.frame_batch, raft=cfg.raft, raft_iters=cfg.raft_iters,
                   flow_batch=cfg.flow_batch, vbench_models=cfg.vbench_models, vbench_dimensions=tuple(cfg.vbench_dimensions),
-                  i3d=cfg.i3d, fvd_frames=cfg.fvd_frames)
+                  i3d=cfg.i3d, fvd_frames=cfg.fvd_frames, reads=cfg.reads)
     ds = ray.data.from_pandas(rows).map_batches(**cfg.actors.pool(MetricsStage, kwargs, cfg.videos_per_call))
     scored = ds.to_pandas()
     return scored.sort_values(["motion_module_label", "checkpoint", "prompt", "seed"], kind="stable").reset_index(drop=True)

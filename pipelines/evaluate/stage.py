@@ -13,11 +13,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from animatediff_core import flow, fvd, metrics, vbench
+from animatediff_core import bounded, flow, fvd, metrics, vbench
 from animatediff_core import i3d as i3d_net
+from animatediff_core.bounded import ReadLimits
 from animatediff_core.device import setup_actor
 from animatediff_core.errors import AnimateDiffError
 from animatediff_core.video_io import read_video
+from pipelines.evaluate.runs import verified_video
 from pipelines.evaluate.stills import read_still
 from pipelines.ray_session import ActorOptions
 
@@ -29,7 +31,8 @@ class MetricsStage:
     def __init__(self, clip: str, actors: ActorOptions = ActorOptions(), frame_batch: int = 64,
                  raft: str | None = None, raft_iters: int | None = None, flow_batch: int | None = None,
                  vbench_models: str | None = None, vbench_dimensions: tuple[str, ...] = metrics.VBENCH_DIMENSIONS,
-                 i3d: str | None = None, fvd_frames: int = fvd.FRAMES):
+                 i3d: str | None = None, fvd_frames: int = fvd.FRAMES, reads: ReadLimits = ReadLimits()):
+        bounded.configure(reads)
         placement = setup_actor(actors.precision, actors.threads)
         self.clip = metrics.load_clip(clip, device=placement.device, dtype=placement.dtype)
         self.frame_batch = frame_batch
@@ -51,8 +54,8 @@ class MetricsStage:
         for i, row in batch.iterrows():
             if row["status"] != "ok":
                 continue
-            try:
-                videos.append(read_video(row["video_uri"], num_threads=1))
+            try:  # the bytes its metadata vouches for (sha256), within --max-video-mb: a scored folder is untrusted
+                videos.append(read_video(verified_video(row), num_threads=1, name=row["video_uri"]))
             except AnimateDiffError as e:
                 batch.at[i, "metrics_error"] = f"cannot score: {e}"
                 continue

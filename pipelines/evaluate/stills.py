@@ -1,6 +1,7 @@
 """Domain-similarity stills: one image per (checkpoint, prompt, seed, shape), without the motion module.
 
-`StillStage` is an actor: it loads the base once (with any motion module: they are bypassed), switches
+`StillStage` is an actor: it loads the base once (with a fresh motion module, read from no file: stills
+bypass it, and a scored folder's module URI is untrusted), switches
 personalized checkpoints in place like the batch job's actor, and writes
 `OUT/stills/<checkpoint>/<key>.png`. A still that exists is not rendered again (the key hashes everything
 that defines it: `identity.still_key`, from the settings tagged `still`), so reruns
@@ -13,22 +14,26 @@ import io
 
 import numpy as np
 import pandas as pd
+from diffusers import AnimateDiffPipeline
 from PIL import Image
 
-from animatediff_core import storage
+from animatediff_core import bounded, storage
+from animatediff_core.bounded import ReadLimits
 from animatediff_core.device import setup_actor
 from animatediff_core.errors import AnimateDiffError
 from animatediff_core.generate import Request, validate_request
 from animatediff_core.personalize import CheckpointSpec, Personalizer
-from animatediff_core.pipeline import family, load_pipeline
+from animatediff_core.inflate import MotionModuleConfig, new_motion_adapter
+from animatediff_core.pipeline import build_pipeline, family, load_base, load_pipeline
 from animatediff_core.settings import STILL_SETTINGS
 from animatediff_core.stills import generate_stills
 from pipelines.animate.identity import still_settings
+from pipelines.animate.layout import check_name
 from pipelines.ray_session import ActorOptions
 
 
 def still_uri(out: str, checkpoint: str, key: str) -> str:
-    return storage.join(out, "stills", checkpoint, f"{key}.png")
+    return storage.join(out, "stills", check_name(checkpoint, "checkpoint name"), f"{check_name(key, 'still key')}.png")
 
 
 def read_still(uri: str) -> np.ndarray:
@@ -36,13 +41,23 @@ def read_still(uri: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(storage.read_bytes(uri))).convert("RGB"))
 
 
+def still_pipeline(base: str, device, dtype) -> AnimateDiffPipeline:
+    """The base with a fresh (zero-initialized, one-head) motion module: stills bypass motion modules, so
+    which one is loaded never changes a still, and none is read from a file."""
+    parts = load_base(base, dtype)
+    shape = MotionModuleConfig(num_attention_heads=1, norm_num_groups=int(parts.unet.config.norm_num_groups), use_mid_block=False)
+    return build_pipeline(parts, new_motion_adapter(dict(parts.unet.config), shape)).to(device)
+
+
 class StillStage:
     """Batch columns: STILL_KEYS + still_key. Adds still_uri and still_error ("" when rendered)."""
 
-    def __init__(self, base: str, motion_module: str, specs: dict[str, CheckpointSpec], out: str,
-                 actors: ActorOptions = ActorOptions(), max_batch: int | None = None):
+    def __init__(self, base: str, motion_module: str | None, specs: dict[str, CheckpointSpec], out: str,
+                 actors: ActorOptions = ActorOptions(), max_batch: int | None = None, reads: ReadLimits = ReadLimits()):
+        bounded.configure(reads)  # checkpoint URIs from a scored folder's metadata are untrusted
         placement = setup_actor(actors.precision, actors.threads)
-        self.pipe = load_pipeline(base, motion_module, device=placement.device, dtype=placement.dtype)
+        self.pipe = load_pipeline(base, motion_module, device=placement.device, dtype=placement.dtype) if motion_module \
+            else still_pipeline(base, placement.device, placement.dtype)
         self.personalizer = Personalizer(self.pipe)
         self.specs, self.out = specs, out
         self.max_batch = max_batch or (8 if placement.device == "cuda" else 1)

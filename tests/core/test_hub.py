@@ -73,10 +73,21 @@ def test_https_files_are_fetched_once(tiny_models, tmp_path, monkeypatch):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/toon_lora.safetensors"
+    from animatediff_core import bounded
+
     try:
+        with pytest.raises(CheckpointError, match="not public .*--allow-uri"):  # loopback: only when the operator allows it
+            load_state_dict(url)
+        assert not hits
+        bounded.configure(bounded.ReadLimits(allow_uri=[f"http://127.0.0.1:{server.server_address[1]}"]))
         first = load_state_dict(url)
         gets = len(hits)
         second = load_state_dict(url)
     finally:
+        bounded.configure(bounded.ReadLimits())
         server.shutdown()
-    assert set(first) == set(second) and gets >= 1 and len(hits) == gets  # the second load read the cache
+    assert set(first) == set(second) and gets == 1 and len(hits) == gets  # one GET; the second load read the cache
+    cache = tmp_path / "cache"
+    (entry,) = cache.iterdir()  # named by the URL's hash alone, private to the user
+    assert entry.name.endswith(".safetensors") and len(entry.name) == 64 + len(".safetensors")
+    assert cache.stat().st_mode & 0o777 == 0o700 and entry.stat().st_mode & 0o777 == 0o600

@@ -113,7 +113,7 @@ def test_stacks_switch_incrementally_and_the_adapter_loads_as_released(pipe, off
 
     reads = []
     real = personalize.load_state_dict
-    monkeypatch.setattr(personalize, "load_state_dict", lambda uri: reads.append(uri.rsplit("/", 1)[-1]) or real(uri))
+    monkeypatch.setattr(personalize, "load_state_dict", lambda uri, **kw: reads.append(uri.rsplit("/", 1)[-1]) or real(uri, **kw))
     p = Personalizer(pipe)
     db, lora, adapter = (str(official / n) for n in ("dreambooth.safetensors", "lora.safetensors", "v3_adapter.ckpt"))
     p.apply(CheckpointSpec("a", db, loras=(LoraSpec(lora, 0.6, "ignore"),)))

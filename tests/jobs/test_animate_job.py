@@ -273,3 +273,91 @@ def test_control_video_keyframes_init_video_and_loops_through_the_cli(tiny_model
     missing = _run([*args, "--out", str(tmp_path / "out2"), "--control-model", str(tmp_path / "no-such-net")])
     assert missing.returncode == 1 and f"--control-model {tmp_path / 'no-such-net'}: not found" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+@pytest.fixture()
+def loopback():
+    """An HTTP server on 127.0.0.1 that records every request (the job must never make one)."""
+    import http.server
+    import threading
+
+    hits = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        do_HEAD = do_GET
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", hits
+    server.shutdown()
+
+
+@pytest.mark.slow
+def test_untrusted_cells_fifo_digits_bytes_and_loopback_urls(tiny_models, tmp_path, loopback):
+    """Good rows beside a FIFO, a 5,000-digit cell, invalid UTF-8, a loopback URL, a row over the cost limit and a
+    row with too many fields: the job finishes within its time-outs, every row has metadata, nothing is fetched."""
+    url, hits = loopback
+    fifo = tmp_path / "clip.mp4"
+    os.mkfifo(fifo)
+    table = tmp_path / "hostile.csv"
+    lines = [b"id,prompt,seed,init_video,motion_lora,keyframes,num_frames,height",
+             b"good-1,a cat,,,,,,", f"fifo,x,,{fifo},,,,".encode(), b"digits,x," + b"9" * 5000 + b",,,,,",
+             b"utf,a \xed\xa0\x80 dog,,,,,,", f"loop,x,,,{url}/m.safetensors,,,".encode(),
+             f'keys,x,,,,"{{""0"": ""{url}/k.png""}}",,'.encode(), b"cost,x,,,,,1024,2048",
+             b"fields,x,,,,,,,,,", b"good-2,a dog,,,,,,"]
+    table.write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "out"
+    done = _run(["--prompts", str(table), *_models(tiny_models), "--out", str(out), *SMALL, "--max-row-cost", "1e6",
+                 "--read-timeout", "20", "--row-timeout", "120", "--keyframe-model", str(tiny_models / "control" / "sparsectrl_rgb")],
+                timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and hits == []
+    from pipelines.animate.report import read_metadata
+
+    meta = read_metadata(str(out))
+    assert len(meta) == 9  # one metadata row per table row
+    by = meta.set_index("id")
+    assert by.loc[["good-1", "good-2"], "status"].eq("ok").all() and (out / "videos" / "base" / "good-2.json").is_file()
+    assert "not a regular file (a FIFO)" in by.loc["fifo", "error"]
+    assert "seed must be an integer, got a number of 5000 digits" in by.loc["digits", "error"]
+    assert "hostile.csv row 5: column prompt is not valid UTF-8" in by.loc["utf", "error"]
+    assert "not public" in by.loc["loop", "error"] and "not public" in by.loc["keys", "error"]
+    assert "row cost 6.71e+07 pixel-steps (1024 frames x 2048x32 x 1 steps x 1 pass) is over --max-row-cost 1e+06" \
+        in by.loc["cost", "error"]
+    assert meta.error.str.contains("hostile.csv row 9 has 11 fields where the header has 8").any()
+
+
+@pytest.mark.slow
+def test_two_runs_on_one_out(tiny_models, tmp_path):
+    """The issue's case: rows r1-r4, then r3-r6 started while the first runs. The second refuses with one line
+    naming the first (so it never removes a live run's shards); the first finishes with every row's metadata
+    and releases --out (a rerun after it is an ordinary resume: test_killed_driver_loses_no_finished_metadata)."""
+    first_table, second_table = tmp_path / "a.csv", tmp_path / "b.csv"
+    pd.DataFrame({"id": [f"r{i}" for i in range(1, 5)], "prompt": [f"prompt {i}" for i in range(1, 5)]}).to_csv(first_table, index=False)
+    pd.DataFrame({"id": [f"r{i}" for i in range(3, 7)], "prompt": [f"prompt {i}" for i in range(3, 7)]}).to_csv(second_table, index=False)
+    out = tmp_path / "out"
+    args = [*_models(tiny_models), "--out", str(out), *SMALL, "--batch-size", "1"]
+    first = subprocess.Popen([sys.executable, "-m", "jobs.animate", "--prompts", str(first_table), *args],
+                             env={**os.environ, "PYTHONPATH": ROOT}, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob(".runs/*.json")) and first.poll() is None:
+        time.sleep(0.2)
+    (claim,) = list(out.glob(".runs/*.json"))
+    second = _run(["--prompts", str(second_table), *args], timeout=120)
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    assert f"is in use by run {claim.stem} (pid {first.pid}" in second.stderr.strip().splitlines()[-1]
+    stdout, stderr = first.communicate(timeout=240)
+    assert first.returncode == 0, stderr[-2000:]
+    from pipelines.animate.report import read_metadata
+
+    meta = read_metadata(str(out))  # the first run, undisturbed: each of its rows has its metadata and sidecar
+    assert sorted(meta.id) == ["r1", "r2", "r3", "r4"] and (meta.status == "ok").all()
+    assert len(list(out.glob("videos/base/*.json"))) == 4 and not list(out.glob(".runs/*.json"))  # claim released

@@ -147,3 +147,53 @@ def test_vbench_dimensions_and_fvd_through_the_cli(tiny_models, tmp_path):
     page = (tmp_path / "out" / "report.html").read_text()
     assert "plots/radar_0.png" in page and "plots/fvd.png" in page and "FVD (lower is closer)" in page
     assert "fvd" in done.stdout and "subject_consistency_mean" in done.stdout
+
+
+def _tree(root):
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def test_score_only_on_a_tampered_folder(generated, tiny_models, tmp_path):
+    """Someone else's folder: traversal names, markup in URIs, a swapped video, a formula for a name. Nothing is
+    written outside --out, no markup runs in report.html (checked in headless Chromium where installed), the
+    swapped video is an error, leaderboard.csv holds no formula."""
+    import shutil
+
+    from pipelines.animate.layout import OutputLayout
+    from pipelines.animate.report import read_metadata, write_shard
+
+    theirs = tmp_path / "theirs"
+    shutil.copytree(generated[0] / "generated", theirs)
+    meta = read_metadata(str(theirs))
+    for s in (theirs / "metadata").glob("*.parquet"):
+        s.unlink()
+    for col in ("video_uri", "gif_uri"):
+        meta[col] = meta[col].str.replace(str(generated[0] / "generated"), str(theirs))
+    markup = 'memory://x"><img src=x onerror="document.title=\'pwned\'">'
+    meta.loc[0, "checkpoint"] = f"../../../../{tmp_path}/escaped"
+    meta.loc[1, "gif_uri"] = markup
+    meta.loc[2, "video_uri"] = markup
+    swapped = meta.loc[3, "video_uri"]
+    shutil.copy(meta.loc[4, "video_uri"], swapped)
+    meta.loc[5, "checkpoint"] = '=HYPERLINK("http://x","y")'
+    write_shard(meta, OutputLayout(str(theirs)), "20260101T000001-abcdef")
+    before, outside = _tree(theirs), {p for p in tmp_path.rglob("*")}
+    out = tmp_path / "eval"
+    done = _run(["--score-only", str(theirs), "--base", str(tiny_models / "base"), "--clip", str(tiny_models / "clip"),
+                 "--out", str(out), "--cpus-per-worker", "0.5"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _tree(theirs) == before and {p for p in tmp_path.rglob("*") if out not in (p, *p.parents)} == outside
+    scored = pd.read_parquet(out / "metrics.parquet").set_index(["checkpoint", "id"])
+    row = [scored.loc[k] for k in zip(meta.checkpoint, meta.id)]
+    assert "not a safe file name" in row[0].error and "not a safe file name" in row[5].error
+    assert "gif_uri 'memory://x\"><img" in row[1].error and "lies outside the scored folder" in row[2].error
+    assert "does not match the metadata's" in row[3].metrics_error and pd.isna(row[3].text_alignment)
+    assert row[4].metrics_error == "" and not pd.isna(row[4].text_alignment)
+    assert "'=HYPERLINK" in (out / "leaderboard.csv").read_text() and ",=HYPERLINK" not in (out / "leaderboard.csv").read_text()
+    page = (out / "report.html").read_text()
+    assert "<img src=x" not in page and page.count("<script>") == 1
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium:  # the page as a browser runs it: the title must be ours
+        dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=3000",
+                              "--dump-dom", (out / "report.html").as_uri()], capture_output=True, text=True, timeout=120).stdout
+        assert "<title>animatediff-ray evaluation</title>" in dom and '<img src="x"' not in dom  # no injected element ran

@@ -34,6 +34,12 @@ def _video(seed, f=4, size=32):
     return np.stack([(1 - t) * a + t * b for t in np.linspace(0, 1, f)]).astype(np.uint8)
 
 
+def _sha256(path):
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 @pytest.fixture(scope="module")
 def batch_out(tmp_path_factory, tiny_models):
     """Batch-job layout: 4 prompts x (dreamy, toon_lora); toon_lora's last row failed, dreamy's last mp4 is corrupt."""
@@ -56,7 +62,7 @@ def batch_out(tmp_path_factory, tiny_models):
                              motion_module="motion_module", motion_module_uri=str(tiny_models / "motion_module.safetensors"),
                              checkpoint_uri=str(tiny_models / "checkpoints" / f"{ckpt}.safetensors"),
                              video_uri="" if failed else str(mp4), gif_uri="" if failed else str(gif),
-                             seconds=0.1, bytes=0, sha256="", skipped=False))
+                             seconds=0.1, bytes=0, sha256="" if failed else _sha256(mp4), skipped=False))
     write_shard(pd.DataFrame(rows), OutputLayout(str(out)), "20260101T000000-abcdef")
     return out
 
@@ -186,7 +192,7 @@ def test_prompt_suite_and_seeds(tmp_path):
     assert set(suite.category) == {"people", "animals", "nature", "vehicles", "camera", "styles"}
     rows = expand_seeds([suite], 2)
     assert len(rows) == 2 * len(suite) and rows.id.is_unique and (rows.negative_prompt != "").all()
-    assert rows.seed.tolist()[:2] == [suite.seed[0], suite.seed[0] + 1]
+    assert rows.seed.tolist()[:2] == [int(suite.seed[0]), int(suite.seed[0]) + 1]  # cells are text, parsed by cells.py
     own = pd.DataFrame({"prompt": ["a cat", "a dog"], "negative_prompt": [None, "blurry"]})
     mine = expand_seeds([own], 1)
     assert "id" not in mine and mine.negative_prompt.tolist() == ["", "blurry"] and mine.seed.nunique() == 2
@@ -225,3 +231,73 @@ def test_fvd_reference_kinds_and_cache(ray_session, tiny_models, batch_out, tmp_
         reference_statistics(dataclasses.replace(cfg, fvd_reference=str(one)))
     with pytest.raises(ConfigError, match=r"--fvd-reference .*nowhere: not found"):
         reference_uris(str(tmp_path / "nowhere"), 10)
+
+
+def test_a_scored_folder_is_untrusted(batch_out, tmp_path):
+    """Metadata from someone else: traversal names, markup in URIs, a video from elsewhere, a swapped video, a
+    formula for a name: error rows (never paths), an error instead of a score, escaped HTML, a neutralized CSV."""
+    import shutil
+
+    from animatediff_core.errors import AnimateDiffError
+    from pipelines.animate.report import read_metadata
+    from pipelines.evaluate.runs import read_runs, verified_video
+
+    folder = tmp_path / "theirs"
+    shutil.copytree(batch_out, folder, symlinks=True)
+    meta = read_metadata(str(folder))
+    for s in (folder / "metadata").glob("*.parquet"):
+        s.unlink()
+    meta["video_uri"] = meta.video_uri.str.replace(str(batch_out), str(folder))
+    meta["gif_uri"] = meta.gif_uri.str.replace(str(batch_out), str(folder))
+    ok = meta.index[meta.status == "ok"]
+    markup = 'memory://x"><img src=x onerror="document.title=1">'
+    meta.loc[ok[0], "checkpoint"] = "../../../../tmp/X"
+    meta.loc[ok[1], "gif_uri"] = markup
+    meta.loc[ok[2], "video_uri"] = str(batch_out / "videos" / "dreamy" / "p0.mp4")  # another folder's video
+    shutil.copy(folder / "videos" / "toon_lora" / "p1.mp4", folder / "videos" / "toon_lora" / "p0.mp4")  # swapped
+    meta.loc[meta.index[meta.checkpoint == "toon_lora"], "checkpoint"] = '=HYPERLINK("http://x","y")'
+    write_shard(meta, OutputLayout(str(folder)), "20260101T000001-abcdef")
+    rows = read_runs([str(folder)]).set_index("id", drop=False)
+    errors = rows[rows.status == "error"].error.tolist()
+    assert any("checkpoint name '../../../../tmp/X' in the metadata is not a safe file name" in e for e in errors)
+    assert any("gif_uri 'memory://x\"><img" in e and "lies outside the scored folder" in e for e in errors)
+    assert any("video_uri" in e and "lies outside the scored folder" in e for e in errors)
+    assert sum("HYPERLINK" in e for e in errors) == 4  # every toon_lora row: a name is checked whatever the status
+    assert (rows.loc[rows.status == "error", ["video_uri", "gif_uri"]] == "").all().all()
+    swapped = {"video_uri": str(folder / "videos" / "dreamy" / "p3.mp4"), "sha256": _sha256(batch_out / "videos" / "dreamy" / "p0.mp4")}
+    with pytest.raises(AnimateDiffError, match="does not match the metadata's"):
+        verified_video(swapped)
+    scored = rows.assign(**{m: np.nan for m in ("text_alignment", "frame_consistency", "frame_consistency_all_pairs",
+                                                "temporal_flicker", "motion_pixel", "motion_flow", "domain_similarity")},
+                         metrics_error="", prompt_truncated=False, category="<b>cat</b>")
+    scored.loc[scored.status == "ok", "gif_uri"] = 'javascript:alert(1)'
+    board = leaderboard(scored.reset_index(drop=True))
+    write_tables(scored.reset_index(drop=True), board, str(tmp_path / "eval"))
+    page = Path(write_report(scored.reset_index(drop=True), board, str(tmp_path / "eval"))).read_text()
+    assert "<img src=x" not in page and "javascript:" not in page and "<b>cat" not in page and page.count("<script>") == 1
+    csv = (tmp_path / "eval" / "leaderboard.csv").read_text()
+    assert "'=HYPERLINK" in csv and ',=HYPERLINK' not in csv
+    from animatediff_core.errors import ConfigError
+
+    os.mkfifo(folder / "metadata" / "zz.parquet")  # a shard that is not a file: one line, never a hang
+    with pytest.raises(ConfigError, match="zz.parquet: not a regular file \\(a FIFO\\)"):
+        read_runs([str(folder)])
+    os.remove(folder / "metadata" / "zz.parquet")
+    (folder / "metadata" / "zz.parquet").write_bytes(b"PAR1 garbage")
+    with pytest.raises(ConfigError, match="zz.parquet: not a readable Parquet file"):
+        read_runs([str(folder)])
+
+
+def test_prompt_tables_follow_the_batch_jobs_cell_rules(tmp_path):
+    from animatediff_core.errors import ConfigError
+    from pipelines.evaluate.prompts import expand_seeds, read_prompt_tables
+
+    table = tmp_path / "p.csv"
+    table.write_bytes(b"prompt,seed\na cat,abc\na dog,1.5\na bird,7\na fish," + b"9" * 5000 + b"\n")
+    rows = expand_seeds(read_prompt_tables([str(table)]), 2)
+    # Seeds the batch job refuses are passed on as written (its planner makes them error rows saying why).
+    assert rows.seed.tolist()[:6] == ["abc", "abc", "1.5", "1.5", 7, 8] and rows.seed.iloc[6] == "9" * 5000
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"prompt,seed\na cat,1\na \xed\xa0\x80 dog,2\n")
+    with pytest.raises(ConfigError, match="bad.csv row 3: column prompt is not valid UTF-8"):
+        read_prompt_tables([str(bad)])

@@ -47,7 +47,7 @@ def _batch(stage, rows):
 def test_groups_run_as_one_call_per_checkpoint_and_shape(stage, monkeypatch):
     calls, applied = [], []
     real_generate, real_apply = stage_mod.generate, stage.personalizer.apply
-    monkeypatch.setattr(stage_mod, "generate", lambda pipe, reqs: calls.append(len(reqs)) or real_generate(pipe, reqs))
+    monkeypatch.setattr(stage_mod, "generate", lambda pipe, reqs, **kw: calls.append(len(reqs)) or real_generate(pipe, reqs, **kw))
     monkeypatch.setattr(stage.personalizer, "apply", lambda spec: applied.append(spec.name) or real_apply(spec))
     monkeypatch.setattr(stage, "max_batch", 8)
     rows = [{"prompt": f"p{i}", "checkpoint": c} for i, c in enumerate(["dreamy", "dreamy", "toon_lora", "dreamy", "toon_lora"])]
@@ -94,10 +94,10 @@ def test_an_exception_in_generation_or_writing_fails_only_its_rows(stage, monkey
 
     real_generate = stage_mod.generate
 
-    def flaky_generate(pipe, reqs):
+    def flaky_generate(pipe, reqs, **kw):
         if any(r.prompt == "bug" for r in reqs):
             raise IndexError("a bug deep inside")
-        return real_generate(pipe, reqs)
+        return real_generate(pipe, reqs, **kw)
 
     monkeypatch.setattr(stage, "_write", flaky_write)
     monkeypatch.setattr(stage_mod, "generate", flaky_generate)
@@ -126,8 +126,11 @@ def test_finished_rows_are_marked_skipped(stage):
     assert changed.status.tolist() == ["pending"]  # other settings: a new id, not a reuse
 
 
-def test_same_row_gives_the_same_bytes_whatever_else_is_in_the_batch(stage, monkeypatch):
-    monkeypatch.setattr(stage, "max_batch", 8)
+def test_same_row_gives_the_same_bytes_whatever_else_is_in_the_batch(stage):
+    # CPU actors run one row per pipeline call whatever --max-batch says: a batched call's kernels would move a
+    # row's frames by a level (the README promises identical bytes on CPU); GPUs batch.
+    assert stage.max_batch == 1 and stage_mod.batch_size(4, cuda=False) == 1
+    assert stage_mod.batch_size(None, cuda=True) == 8 and stage_mod.batch_size(3, cuda=True) == 3
     alone = stage(_batch(stage, [{"prompt": "stable", "checkpoint": "toon_lora", "id": "s1"}]))
     crowd = stage(_batch(stage, [{"prompt": "other", "checkpoint": "dreamy"}, {"prompt": "x y z", "checkpoint": "toon_lora"},
                                  {"prompt": "stable", "checkpoint": "toon_lora", "id": "s1"}]))
@@ -317,3 +320,103 @@ def test_a_completed_run_removes_shards_whose_rows_never_reached_the_driver(tmp_
     assert old[SHARD].iloc[0] and len(list_shards(layout)) == 3
     assert drop_older_shards(layout, "20260102T000000-bbbbbb", set(kept[SHARD])) == 2
     assert len(read_metadata(str(tmp_path))) == 1
+
+
+def test_a_row_past_its_timeout_is_an_error_row_and_the_actor_goes_on(stage, monkeypatch):
+    monkeypatch.setattr(stage, "row_timeout", 0.0)  # every sampler step ends past a deadline of "now"
+    out = stage(_batch(stage, [{"prompt": "a slow row", "checkpoint": "dreamy", "steps": "3"}]))
+    assert out.status.tolist() == ["error"] and "ran past --row-timeout 0s (stopped after sampler step 1 of 3)" in out.error[0]
+    monkeypatch.undo()
+    again = stage(_batch(stage, [{"prompt": "a slow row", "checkpoint": "dreamy", "steps": "3"}]))
+    assert again.status.tolist() == ["ok"], again.error.tolist()
+
+
+# Hostile cells, generated: digits, bytes (invalid UTF-8 too), sizes and URIs of every kind (FIFOs, devices, /proc,
+# loopback and metadata addresses, other protocols, chained URLs, missing, oversized) through the planner and the
+# actor's per-row path: never an exception out of the stage, and the loopback server never called.
+
+@pytest.fixture(scope="module")
+def hostile_uris(tmp_path_factory, tiny_models):
+    import http.server
+    import os
+    import threading
+
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("hostile")
+    hits = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    os.mkfifo(root / "fifo.png")
+    (root / "zero.safetensors").symlink_to("/dev/zero")
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(root / "ok.png")
+    with open(root / "huge.png", "wb") as f:
+        f.truncate(65 << 20)  # sparse: over --max-image-mb's 64 MiB without using the disk
+    from animatediff_core.video_io import write_video
+
+    write_video(str(root / "ok.mp4"), np.full((6, 40, 40, 3), 120, np.uint8))
+    good = {"image": str(root / "ok.png"), "video": str(root / "ok.mp4"), "sparse": str(tiny_models / "control" / "sparsectrl_rgb"),
+            "controlnet": str(tiny_models / "control" / "controlnet")}
+    uris = [str(root / "fifo.png"), str(root / "zero.safetensors"), "/proc/self/environ", "/dev/zero", str(root),
+            f"http://127.0.0.1:{port}/a.png", f"http://localhost:{port}/m.safetensors", f"http://[::1]:{port}/v.mp4",
+            "http://169.254.169.254/latest/meta-data", "ftp://example.com/a.png", "simplecache::memory://x/a.png",
+            "memory://nowhere/a.png", str(root / "missing.png"), str(root / "huge.png"), str(root / "ok.png"),
+            "file://" + str(root / "ok.png"), "org/name", "../../etc/passwd", "a" * 5000, *good.values()]
+    yield uris, hits, good
+    server.shutdown()
+
+
+_uri_columns = ("keyframes", "control_video", "init_video", "motion_lora", "control_model", "keyframe_model")
+_digits = st.integers(1, 6000).map(lambda n: "7" * n)
+_sizes = st.integers(9_990, 10_010).map(lambda n: "p" * n)
+
+
+def _rows(uris, good):
+    """A row that plans (its URIs in the right place, each with a working partner) and fails only where it
+    reads, or a row of garbage cells (digits, bytes, sizes, URIs anywhere)."""
+    uri = st.sampled_from(uris)
+    as_map = uri.map(lambda u: '{"0": "%s", "%s": "x"}' % (u, "9" * 5000))
+    reads = st.one_of(
+        st.fixed_dictionaries({"init_video": uri}),
+        st.fixed_dictionaries({"motion_lora": uri.map(lambda u: u if u.endswith(".safetensors") else u + "/m.safetensors")}),
+        st.fixed_dictionaries({"keyframes": st.one_of(uri, as_map), "keyframe_model": st.just(good["sparse"])}),
+        st.fixed_dictionaries({"keyframes": st.just(good["image"]), "keyframe_model": uri}),
+        st.fixed_dictionaries({"control_video": uri, "control_model": st.just(good["controlnet"])}),
+        st.fixed_dictionaries({"control_video": st.just(good["video"]), "control_model": uri}))
+    cell = st.one_of(st.binary(max_size=12), _digits, _sizes, uri, as_map)
+    garbage = st.fixed_dictionaries({}, optional={c: cell for c in (*_uri_columns, "seed", "num_frames", "prompt_schedule")})
+    prompt = st.one_of(st.just("a cat"), st.binary(max_size=8), _sizes)
+    return st.tuples(prompt, st.one_of(reads, garbage)).map(lambda pr: {"prompt": pr[0], **pr[1]})
+
+
+@pytest.mark.slow  # ~20 s: control models load, inputs are read
+@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_hostile_cells_never_raise_out_of_the_stage(stage, hostile_uris, tiny_models, data):
+    import pyarrow as pa
+
+    from pipelines.animate.plan import is_pending
+
+    uris, hits, good = hostile_uris
+    rows = data.draw(st.lists(_rows(uris, good), min_size=1, max_size=3))
+    columns = sorted({k for r in rows for k in r})
+    table = pa.table({c: pa.array([None if r.get(c) is None else r[c] if isinstance(r[c], bytes) else r[c].encode()
+                                   for r in rows], pa.binary()) for c in columns})
+    plan = Plan(("dreamy",), {"mm": 32}, SMALL)
+    planned = expand_rows(normalize(table), plan)
+    assert len(planned) == len(rows) and set(planned.status) <= {"pending", "error"}
+    pending = is_pending(planned)
+    out = stage(pending.reset_index(drop=True)) if len(pending) else planned.iloc[:0]
+    assert set(out.status) <= {"ok", "error"} and hits == []
