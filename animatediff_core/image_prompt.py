@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from . import hub, storage
+from . import bounded, hub, storage
 from .checkpoints import check_keys, load_state_dict
 from .configs import need
 from .errors import CheckpointError, ConfigError
@@ -266,16 +266,15 @@ def _exists(uri: str) -> bool:
 
 
 def read_images(text: str) -> list[np.ndarray]:
-    """The `(h, w, 3) uint8` images of an `ip_adapter_image` cell (one URI or a JSON list). The one place image
-    prompts are read: ConfigError naming the image for a missing or undecodable one."""
+    """The `(h, w, 3) uint8` images of an `ip_adapter_image` cell (one URI or a JSON list), each read through the
+    bounded reader (`bounded.py`: allow-listed places, regular files, --max-image-mb, time-outs). The one place
+    image prompts are read: ConfigError naming the image for a missing, refused or undecodable one."""
     out = []
     for uri in parse_image_prompt(text):
         try:
-            data = storage.read_bytes(uri)
+            data = bounded.read_bytes(uri, "image", "ip_adapter_image")
             with Image.open(io.BytesIO(data)) as im:
                 out.append(np.asarray(im.convert("RGB")))
-        except FileNotFoundError:
-            raise ConfigError(f"ip_adapter_image {uri}: not found") from None
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise ConfigError(f"ip_adapter_image {uri}: not a readable image ({type(e).__name__}: {str(e)[:200]})") from None
     return out
