@@ -165,3 +165,19 @@ def test_unsupported_combinations_are_refused_by_name(extra, named):
         validate_request(Request("a cat", settings=s), 32)
     with pytest.raises(ConfigError, match="SDXL"):
         validate_request(Request("a cat", settings=GenerationSettings(**S, ip_adapter_image="a.png")), 32, family="sdxl")
+
+
+def test_image_alignment_is_the_mean_cosine_of_references_and_frames(tiny_models):
+    from animatediff_core import metrics
+
+    clip = metrics.load_clip(str(tiny_models / "clip"))
+    rng = np.random.default_rng(3)
+    video = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    refs = [rng.integers(0, 256, (40, 24, 3), dtype=np.uint8), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)]
+    with_refs, without = metrics.score_videos(clip, [video, video], ["a cat", "a cat"], references=[refs, None])
+    frames = metrics.embed_pixels(clip, metrics.pixel_values(clip, video))
+    ref_emb = torch.cat([metrics.embed_pixels(clip, metrics.pixel_values(clip, r[None])) for r in refs])
+    want = float(np.mean([[float(f @ r) for f in frames] for r in ref_emb]))
+    assert with_refs["image_alignment"] == pytest.approx(want, abs=1e-5) and -1 <= want <= 1
+    assert np.isnan(without["image_alignment"])  # no image prompt: no value, not 0
+    assert with_refs["text_alignment"] == pytest.approx(without["text_alignment"])
