@@ -88,7 +88,7 @@ def test_scale_zero_and_rows_without_an_image_are_the_text_only_video(tiny_model
     assert has_adapter(pipe)  # text_only put the adapter back
 
 
-def test_adapter_survives_dreambooth_switch_restore_and_motion_module_swap(tiny_models, ip, images):
+def test_adapter_survives_dreambooth_switch_restore_motion_lora_and_motion_module_swap(tiny_models, ip, images):
     """Frames after each switch equal a fresh pipeline with that checkpoint (or module) and the adapter."""
     dreamy = CheckpointSpec("dreamy", str(tiny_models / "checkpoints" / "dreamy.safetensors"))
     pipe = _pipe(tiny_models, "motion_module.safetensors", ip, norm=None)
@@ -104,6 +104,15 @@ def test_adapter_survives_dreambooth_switch_restore_and_motion_module_swap(tiny_
     assert np.array_equal(on_dreamy, _row(fresh, ip, images[0])) and not np.array_equal(on_dreamy, on_base)
     personalizer.apply(CheckpointSpec("base"))  # back to the base: exactly, the adapter still in place
     assert torch.equal(pipe.unet.state_dict()[key], kept) and np.array_equal(_row(pipe, ip, images[0]), on_base)
+    zoom = str(tiny_models / "motion_loras" / "zoom.safetensors")  # a motion LoRA on and off again
+    personalizer.apply_motion_lora(zoom, 0.8)
+    with_lora = _row(pipe, ip, images[0])
+    fresh = _pipe(tiny_models, "motion_module.safetensors", norm=None)
+    Personalizer(fresh).apply_motion_lora(zoom, 0.8)
+    ip.attach(fresh)
+    assert np.array_equal(with_lora, _row(fresh, ip, images[0])) and not np.array_equal(with_lora, on_base)
+    personalizer.apply_motion_lora(None)
+    assert np.array_equal(_row(pipe, ip, images[0]), on_base)
     # A motion module of the same shape swapped in place, as the actor does (stage.AnimateStage._motion), equals the
     # same swap on a pipeline that gets the adapter after it. (Not a fresh load of that module: an in-place swap
     # differs from one by a few levels on these tiny models with or without an adapter, with equal state dicts.)
