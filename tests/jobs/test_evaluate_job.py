@@ -1,5 +1,6 @@
 """`python -m jobs.evaluate` end to end through the CLI on the tiny models (CLIP included)."""
 
+import hashlib
 import os
 import re
 import subprocess
@@ -114,7 +115,8 @@ def _batch_folder(root, tiny_models, frames=9, size=48):
             rows.append(dict(id=f"p{k}", prompt=prompt, negative_prompt="", seed=k, checkpoint=ckpt, num_frames=frames,
                              height=size, width=size, steps=1, guidance_scale=2.0, fps=8, status="ok", error="",
                              motion_module="motion_module", motion_module_uri=str(tiny_models / "motion_module.safetensors"),
-                             checkpoint_uri="", video_uri=str(uri), gif_uri="", seconds=0.1, bytes=0, sha256="", skipped=False))
+                             checkpoint_uri="", video_uri=str(uri), gif_uri="", seconds=0.1, bytes=0, skipped=False,
+                             sha256=hashlib.sha256(uri.read_bytes()).hexdigest()))  # a scored video must match its metadata
     write_shard(pd.DataFrame(rows), OutputLayout(str(root)), "20260101T000000-abcdef")
     return root
 
