@@ -69,3 +69,19 @@ def test_bad_job_wide_flags_are_one_line_at_start(tiny_models, tmp_path):
         preflight(_job(tiny_models, tmp_path, rows, ip_adapter=str(tiny_models / "ip_adapter" / "ip-adapter_sd15.safetensors"),
                        ip_adapter_image=str(tmp_path / "gone.png")))
     assert Path(tmp_path / "prompts.csv").exists()
+
+
+def test_resume_fingerprint_names_the_adapter_for_image_rows_only():
+    """A rerun with another --ip-adapter regenerates the rows with an image prompt and skips the others."""
+    import dataclasses
+
+    from animatediff_core.settings import CheckpointSpec, GenerationSettings
+    from pipelines.animate.identity import fingerprint, image_prompt_id
+    from pipelines.animate.sets import MotionSpec
+
+    text = {"prompt": "a cat", "negative_prompt": "", "seed": 1, "checkpoint": "c", **dataclasses.asdict(GenerationSettings())}
+    image = {**text, "ip_adapter_image": "ref.png"}
+    motion, spec = MotionSpec("mm", "mm.safetensors", 32), CheckpointSpec("c")
+    a, b = image_prompt_id(("a.safetensors", "enc")), image_prompt_id(("b.safetensors", "enc"))
+    assert fingerprint(image, motion, spec, a) != fingerprint(image, motion, spec, b)
+    assert fingerprint(text, motion, spec, a) == fingerprint(text, motion, spec, b) == fingerprint(text, motion, spec)
