@@ -28,13 +28,22 @@ def dtype_of(precision: str, cuda: bool):
 
 
 def quiet_model_libraries() -> None:
-    """No per-actor progress bars or optional-dependency notices in the job log."""
+    """No per-actor progress bars, optional-dependency notices or library warnings in the job log, unless
+    the job runs at --log-level DEBUG (ANIMATEDIFF_LOG_LEVEL, set by the driver): warnings (peft's, ...)
+    go to the `py.warnings` logger, which shows only errors."""
+    import logging
+    import os
+
     from diffusers.utils import logging as dl
     from transformers.utils import logging as tl
 
+    if os.environ.get("ANIMATEDIFF_LOG_LEVEL") == "DEBUG":
+        return
     for lib in (dl, tl):
         lib.set_verbosity_error()
         lib.disable_progress_bar()
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.ERROR)
 
 
 def setup_actor(precision: str = "auto", threads: int = 1) -> Placement:

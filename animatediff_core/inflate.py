@@ -9,27 +9,11 @@ a freshly inflated UNet returns, frame by frame, exactly what the image UNet ret
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
 from .errors import CheckpointError
-
-
-@dataclass(frozen=True)
-class MotionModuleConfig:
-    """Shape of the motion modules. Defaults are AnimateDiff v2/v3 for SD-1.5."""
-
-    max_seq_length: int = 32  # v1 modules use 24
-    num_attention_heads: int = 8
-    norm_num_groups: int = 32
-    transformer_layers_per_block: int = 1
-    use_mid_block: bool = True  # v1 has none
-
-    @classmethod
-    def tiny(cls) -> "MotionModuleConfig":
-        return cls(num_attention_heads=4, norm_num_groups=2)
+from .train_config import MotionModuleConfig  # the shape of a fresh module, declared torch-free
 
 
 def new_motion_adapter(unet_config: dict, cfg: MotionModuleConfig = MotionModuleConfig(), zero_init: bool = True) -> MotionAdapter:

@@ -6,7 +6,7 @@ steps_offset=1 and clip_sample off, run by the official script on diffusers 0.11
 timesteps "leading" and ends at alpha 1.0: `ddim` here).
 
 `SAMPLERS` is the one list of samplers: a name, the diffusers scheduler class and its options over the
-linear betas, and a help line. Settings take their choices from it, and the resume fingerprint records
+linear betas, and a help line (a new sampler is one entry of `_SAMPLERS`). Settings take their choices from it, and the resume fingerprint records
 a sampler's definition (`Sampler.definition`), so changing what a name means regenerates its videos.
 Plain Python at import: diffusers is imported when a scheduler is built, so planning stays torch-free.
 """
@@ -74,6 +74,18 @@ _SAMPLERS = (
     Sampler("sdxl_beta", "EulerDiscreteScheduler",
             (("timestep_spacing", "leading"), ("steps_offset", 1), ("beta_end", 0.020), ("beta_schedule", "scaled_linear")),
             "the official AnimateDiff-SDXL beta's sampler (Euler, leading spacing, scaled-linear betas to 0.020)"),
+    # The two samplers ComfyUI and A1111 users pick first, as diffusers maps them (its schedulers overview:
+    # "DPM++ 2M Karras" and "Euler a").
+    Sampler("dpmpp_2m_karras", "DPMSolverMultistepScheduler",
+            (("algorithm_type", "dpmsolver++"), ("solver_order", 2), ("use_karras_sigmas", True),
+             ("timestep_spacing", "linspace")),
+            "DPM++ 2M Karras (ComfyUI dpmpp_2m + karras): diffusers' DPMSolverMultistepScheduler, "
+            "second order, Karras sigmas; 20-30 steps"),
+    # Ancestral: fresh noise at every step, drawn from the row's own generator (the pipeline hands the
+    # per-row generators to the scheduler's step), so a row's frames still do not depend on its batch.
+    Sampler("euler_ancestral", "EulerAncestralDiscreteScheduler", (("timestep_spacing", "linspace"),),
+            "Euler ancestral (ComfyUI euler_ancestral, A1111 \"Euler a\"): diffusers' EulerAncestralDiscreteScheduler; "
+            "noise at every step from the row's seed"),
 )
 SAMPLERS = {s.name: s for s in _SAMPLERS}
 DEFAULT_SAMPLER = "ddim"

@@ -40,7 +40,7 @@ class SpeedOptions:
     compile: bool = option(False, help="torch.compile the UNet once per actor (warm-up: the first calls of "
                                        "each new shape or adapter set compile)")
     compile_cache: str = option("", help="local folder for torch.compile's caches (TORCHINDUCTOR_CACHE_DIR), "
-                                         "reused by later actors and runs on the machine")
+                                         "reused by later actors and runs on the machine", path="out")
     vae_chunk: int = option(0, low=0, help="decode latents this many frames at a time (0: diffusers' 16); more is "
                                     "faster on a GPU with memory to spare, fewer saves memory")
     compile_backend: str = option("inductor", choices=COMPILE_BACKENDS, help="torch.compile backend")

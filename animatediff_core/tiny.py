@@ -35,6 +35,9 @@
                                    (plus: a perceiver over the encoder's hidden states) and ip-adapter_sd15.bin
                                    (the base weights as the released .bin: nested dicts of tensors); the toy SDXL
                                    set has its own under sdxl/ip_adapter/ (ip-adapter_sdxl.safetensors, image_encoder/)
+  out/videos/                      4 short synthetic clips (moving color patterns, 32 frames 64x64) and
+                                   captions.csv (file, caption): training data for CPU smoke runs of
+                                   jobs.train and jobs.ingest (tiny preset only)
 The shapes follow SD-1.x (cross-attention UNet, 4-channel latents, CLIP text encoder) at toy width.
 """
 
@@ -194,6 +197,7 @@ def write_tiny_models(out: str | Path, seed: int = 0, preset: str = "tiny") -> P
         torch.manual_seed(seed + 5)
         write_sdxl_models(out / "sdxl", torch.Generator().manual_seed(seed + 5))
         write_ip_adapters(out / "ip_adapter", unet, seed + 6)
+        write_tiny_videos(out / "videos")
     return out
 
 
@@ -262,6 +266,30 @@ def write_vbench_models(out: Path, seed: int = 0) -> Path:
     original = {f"module.{k}": v for k, v in to_original(raft_state(LARGE, seed=seed + 1)).items()}  # a DataParallel save
     save_state_dict(original, str(out / "raft_model" / "models" / "raft-things.pth"))
     return out
+
+
+TINY_CAPTIONS = ("a red square drifting right", "a green stripe moving down", "a blue ball bouncing", "a gray fade")
+
+
+def write_tiny_videos(out: Path, frames: int = 32, size: int = 64) -> None:
+    """`out/clip_N.mp4` (`frames` frames, `size` x `size`, moving color patterns, no randomness) and
+    `out/captions.csv` naming them: a training folder for smoke runs."""
+    import numpy as np
+
+    from .video_io import write_video
+
+    out.mkdir(parents=True, exist_ok=True)
+    y, x = np.mgrid[0:size, 0:size]
+    rows = ["file,caption"]
+    for i, caption in enumerate(TINY_CAPTIONS):
+        video = np.zeros((frames, size, size, 3), np.uint8)
+        for t in range(frames):
+            phase = (x + y * (i % 2) + 3 * t * (i + 1)) % size
+            video[t, ..., i % 3] = (255 * phase / size).astype(np.uint8)
+            video[t, ..., (i + 1) % 3] = (4 * t + 40 * i) % 256
+        write_video(str(out / f"clip_{i}.mp4"), video, fps=8)
+        rows.append(f"clip_{i}.mp4,{caption}")
+    (out / "captions.csv").write_text("\n".join(rows) + "\n")
 
 
 def write_control_models(out: Path, unet: UNet2DConditionModel, adapter: MotionAdapter, vae_scale: int = 8) -> None:

@@ -104,6 +104,18 @@ def write_gif(uri: str, frames: np.ndarray, fps: float = 8, max_size: int = 256)
     return _write(uri, encode_gif(frames, fps=fps, max_size=max_size))
 
 
+def write_png_frames(folder: str, frames: np.ndarray) -> int:
+    """Each frame of ``(f, h, w, 3) uint8`` as ``folder/NNNN.png`` (lossless, each write atomic);
+    returns the bytes written."""
+    frames = _check_frames(frames)
+    total = 0
+    for i, frame in enumerate(frames):
+        buf = io.BytesIO()
+        Image.fromarray(frame).save(buf, format="PNG")
+        total += _write(storage.join(folder, f"{i:04d}.png"), buf.getvalue())[0]
+    return total
+
+
 def fetch(src: Source) -> Source:
     """Make ``src`` readable by the decoders without reading it twice.
 

@@ -1,8 +1,13 @@
 """Batch-animation throughput: this Ray job end to end vs a plain loop over diffusers' AnimateDiffPipeline.
 
-    python bench/animate.py [--n 32] [--frames 16] [--size 64] [--steps 2] [--batch-size 8]
+    python bench/animate.py [--n 32] [--frames 16] [--size 64] [--steps 2] [--batch-size 8] [--busy 0]
 
-Same N prompts, same tiny models, same settings, one process run; both write mp4 files.
+Same N prompts, same tiny models, same settings, one process run; both write mp4 files. The loop runs
+half its prompts before the job and half after (A-B-A), so a change of load on a shared machine during
+the run does not land on one side only. Besides end-to-end throughput it prints seconds per video inside
+the job's actor (the metadata's `seconds`: generation + writing) against the loop's, which separates the
+per-video path from the job's fixed start-up. `--busy K` runs K busy-looping processes at normal priority
+throughout (a machine shared with other work).
 Also times switching personalized checkpoints against loading a full pipeline from disk, at SD-1.5's
 shapes by default (random weights written by `write_tiny_models(preset="sd15")`): at tiny shapes both are
 a few hundred ms of fixed overhead and the ratio says nothing.
@@ -14,6 +19,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -54,10 +61,12 @@ def _mark(marks: list | None, what: str) -> None:
         marks.append((what, time.time()))
 
 
-def ray_job(models: str, table: str, args, out: str) -> tuple[float, int]:
+def ray_job(models: str, table: str, args, out: str) -> tuple[float, int, float]:
+    """(seconds end to end, rows ok, mean seconds per video inside the actor)."""
     from animatediff_core.configs import build
     from pipelines.animate.config import AnimateConfig
     from pipelines.animate.job import preflight, run_animate
+    from pipelines.animate.report import read_metadata
 
     cfg = build(AnimateConfig, prompts=[table], base=os.path.join(models, "base"), motion_module=[os.path.join(models, "motion_adapter")],
                         out=out, num_frames=args.frames, height=args.size, width=args.size, steps=args.steps,
@@ -65,7 +74,8 @@ def ray_job(models: str, table: str, args, out: str) -> tuple[float, int]:
                         max_batch=args.max_batch)
     start = time.time()
     result = run_animate(preflight(cfg))
-    return time.time() - start, result.summary.total("ok")
+    seconds = time.time() - start
+    return seconds, result.summary.total("ok"), float(read_metadata(out)["seconds"].mean())
 
 
 def switch_vs_load(models: str, repeats: int = 2) -> dict[str, float]:
@@ -100,6 +110,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-batch", type=int, default=None, help="rows per pipeline call in the job (default: 1 on CPU)")
+    ap.add_argument("--busy", type=int, default=0, help="busy-looping processes at normal priority during the run")
     ap.add_argument("--switch-preset", default="sd15", choices=["sd15", "tiny"],
                     help="model shapes for the switch-vs-load timing (sd15: random weights at SD-1.5 size, ~12 GB on disk)")
     args = ap.parse_args()
@@ -115,23 +126,37 @@ def main() -> None:
 
 
 def run(args, tmp: str) -> None:
-    import ray
-
     from animatediff_core.tiny import write_tiny_models
 
     models = str(write_tiny_models(os.path.join(tmp, "models")))
     prompts = [f"a photo of subject {i}, cinematic lighting" for i in range(args.n)]
     table = os.path.join(tmp, "prompts.parquet")
     pd.DataFrame({"prompt": prompts, "seed": list(range(args.n))}).to_parquet(table)
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    job_s, ok = ray_job(models, table, args, os.path.join(tmp, "job"))
-    loop_s = plain_loop(models, prompts, args, os.path.join(tmp, "loop"))
+    from pipelines.ray_session import init_ray
+
+    init_ray(num_cpus=os.cpu_count(), log_to_driver=False)  # as the job starts it (its workers' priority included)
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        half = args.n // 2
+        marks: list = []
+        loop_s = plain_loop(models, prompts[:half], args, os.path.join(tmp, "loop"), marks=marks)
+        job_s, ok, actor_video_s = ray_job(models, table, args, os.path.join(tmp, "job"))
+        loop_s += plain_loop(models, prompts[half:], args, os.path.join(tmp, "loop2"), marks=marks)
+    finally:
+        for p in busy:
+            p.kill()
+    starts = [i for i, (what, _) in enumerate(marks) if what == "loaded"]
+    per_video = [t - marks[i - 1][1] for i, (what, t) in enumerate(marks) if what == "video" and i not in (s + 1 for s in starts)]
+    loop_video_s = sum(per_video) / max(1, len(per_video))
     switch_models = models if args.switch_preset == "tiny" else str(write_tiny_models(os.path.join(tmp, "sd15"), preset="sd15"))
     sw = switch_vs_load(switch_models)
-    print(f"N={args.n} prompts, {args.frames} frames {args.size}x{args.size}, {args.steps} steps, CFG 7.5, cpus={os.cpu_count()}")
+    print(f"N={args.n} prompts, {args.frames} frames {args.size}x{args.size}, {args.steps} steps, CFG 7.5, "
+          f"cpus={os.cpu_count()}, busy processes={args.busy}")
     print(f"ray job (end to end, {ok} ok): {job_s:.1f}s  {args.n / job_s:.3f} videos/s")
-    print(f"plain diffusers loop:          {loop_s:.1f}s  {args.n / loop_s:.3f} videos/s")
+    print(f"plain diffusers loop (A-B-A):  {loop_s:.1f}s  {args.n / loop_s:.3f} videos/s")
     print(f"throughput ratio job/loop: {loop_s / job_s:.2f}  (goal >= 0.9)")
+    print(f"seconds per video: actor {actor_video_s:.2f} (generate + write), loop {loop_video_s:.2f} (call + write, "
+          f"first call of each half left out): {loop_video_s / actor_video_s:.2f}x")
     print(f"[{args.switch_preset} shapes] full pipeline load from disk: {sw['full_load'] * 1000:.0f} ms")
     for k, v in sw.items():
         if k.startswith("switch"):

@@ -8,6 +8,13 @@ setting's flag is its own name; booleans get `--x/--no-x`; lists take several va
 name), rejects unknown keys by name, and builds the dataclass: defaults < YAML < flags. Types, choices
 and ranges are checked by the dataclasses themselves (`check_fields`); any ConfigError while parsing
 exits 2 with one line naming the key.
+
+Paths mean what they mean in the user's shell: a field tagged `path="in"` (a file or folder to read) or
+`path="out"` (a folder to write), and every generation setting tagged `uri`, is made absolute here, once,
+when it is local (no `scheme://`) and relative: an output always, an input when it exists (a relative name
+that does not exist may be a Hub id, `org/name`). Ray Data tasks and Ray Train workers run in other working
+directories, so nothing after parsing ever sees a relative local path. The usage line names the module the
+user ran (`python -m jobs.animate`).
 """
 
 from __future__ import annotations
@@ -17,7 +24,9 @@ import dataclasses
 import errno
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import Callable
 
 import yaml
@@ -28,7 +37,8 @@ from animatediff_core.redact import redact_text, redact_value
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Libraries whose INFO/WARNING chatter (progress bars, optional-dependency notices) is not for operators.
-NOISY_LOGGERS = ("diffusers", "transformers", "huggingface_hub", "urllib3", "botocore", "s3fs", "fsspec", "py.warnings")
+NOISY_LOGGERS = ("diffusers", "transformers", "huggingface_hub", "urllib3", "botocore", "aiobotocore", "s3fs", "fsspec", "py.warnings",
+                 "ray.data._internal.progress", "ray._private.authentication")
 
 
 def _leaves(classes) -> list:
@@ -60,9 +70,37 @@ def _required(f: dataclasses.Field) -> bool:
     return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
+def prog() -> str | None:
+    """`python -m jobs.X` for the module the user ran (argparse would say `X.py`); None outside `-m`."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return f"python -m {spec.name}" if spec is not None and spec.name else None
+
+
+def absolute(value: str, kind: str) -> str:
+    """A local relative path made absolute against the current directory (see the module docstring):
+    `kind` "out" always, "in" only when it exists; URIs, absolute paths and other values as given."""
+    if not isinstance(value, str) or not value or "://" in value:
+        return value
+    path = os.path.expanduser(value)
+    if os.path.isabs(path) or (kind == "in" and not os.path.exists(path)):
+        return path if os.path.isabs(path) else value
+    return os.path.abspath(path)
+
+
+def absolute_paths(classes, values: dict) -> dict:
+    """`values` (flat keys) with every path-tagged key's local relative paths made absolute."""
+    kinds = {leaf.name: (leaf.field.metadata or {}).get("path") or ("in" if (leaf.field.metadata or {}).get("uri") else None)
+             for leaf in _leaves(classes)}
+    out = dict(values)
+    for key, value in values.items():
+        if kinds.get(key):
+            out[key] = [absolute(v, kinds[key]) for v in value] if isinstance(value, (list, tuple)) else absolute(value, kinds[key])
+    return out
+
+
 def build_parser(classes, description: str) -> argparse.ArgumentParser:
     classes = classes if isinstance(classes, tuple) else (classes,)
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=prog(), description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML file with the same keys as the flags (flags win)")
     p.add_argument("--log-level", default="INFO", choices=LOG_LEVELS, help="job log level (default %(default)s)")
     for leaf in _leaves(classes):
@@ -74,7 +112,7 @@ def build_parser(classes, description: str) -> argparse.ArgumentParser:
         if tp is bool:
             p.add_argument(_flag(leaf), action=argparse.BooleanOptionalAction, **kw)
         elif tp in (list, tuple):
-            p.add_argument(_flag(leaf), nargs="+", type=elem, **kw)
+            p.add_argument(_flag(leaf), nargs="+", action="extend", type=elem, **kw)  # repeatable: values add up
         else:
             # a union (`int | str`: a count or a range) arrives as text; the dataclass parses it
             p.add_argument(_flag(leaf), type=tp if isinstance(tp, type) else str, choices=f.metadata.get("choices"), **kw)
@@ -93,7 +131,7 @@ def parse_config(classes, argv: list[str] | None, description: str = ""):
     try:
         values = {aliases[k]: v for k, v in load_yaml(args.config, list(aliases)).items()} if args.config else {}
         values.update({k: v for k, v in vars(args).items() if k in aliases.values()})
-        values = _flat(values)
+        values = absolute_paths(classes, _flat(values))
         missing = [_flag(leaf) for leaf in _leaves(classes) if leaf.name not in values and _required(leaf.field)]
         need(not missing, f"missing {', '.join(missing)} (give it as a flag or a key in --config)")
         built = tuple(build(cls, {k: v for k, v in values.items() if k in {leaf.name for leaf in leaves(cls)}})
@@ -149,34 +187,93 @@ class RedactingFilter(logging.Filter):
 
 def setup_logging(level: str = "INFO") -> None:
     """The job's own loggers at `level`, on stderr; library chatter turned down by logger, not by
-    process-wide warning filters (warnings go to the `py.warnings` logger)."""
+    process-wide warning filters (warnings go to the `py.warnings` logger). Below DEBUG the terminal
+    carries only the project's lines: no model-loading bars, no optional-dependency notices, no Ray Data
+    progress blocks (pipelines/ray_session.py), no Ray start-up lines. The environment variables set here
+    reach the workers of a local Ray (they inherit the driver's environment); workers read
+    ANIMATEDIFF_LOG_LEVEL in `animatediff_core.device.quiet_model_libraries`."""
+    debug = level == "DEBUG"
+    os.environ["ANIMATEDIFF_LOG_LEVEL"] = level
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for lib in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):  # their own handlers, set from these at import
-        os.environ.setdefault(lib, "debug" if level == "DEBUG" else "error")
+        os.environ.setdefault(lib, "debug" if debug else "error")
+    if not debug:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # also transformers' and diffusers' loading bars
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")  # Ray Data's per-dataset INFO lines (its log file too)
+        os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")  # Ray's own, printed by its actors
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True)
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())
     logging.captureWarnings(True)
-    quiet = logging.DEBUG if level == "DEBUG" else logging.ERROR
+    quiet = logging.DEBUG if debug else logging.ERROR
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(quiet)
 
 
+# Object-store failures the user fixes outside the job (credentials, a bucket, a network), by exception class
+# name anywhere in the chain (botocore, s3fs, gcsfs and google-auth are not imported to name them): one line.
+STORE_ERRORS = {
+    "NoCredentialsError": "no credentials for the object store: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                          "(or AWS_PROFILE; AWS_ENDPOINT_URL for S3-compatible stores)",
+    "PartialCredentialsError": "incomplete object-store credentials (AWS_ACCESS_KEY_ID with AWS_SECRET_ACCESS_KEY)",
+    "DefaultCredentialsError": "no Google Cloud credentials: set GOOGLE_APPLICATION_CREDENTIALS or run "
+                               "`gcloud auth application-default login`",
+    "EndpointConnectionError": "cannot reach the object store (check AWS_ENDPOINT_URL and the network)",
+    "NoSuchBucket": "bucket not found",
+}
+GRACE = 5.0  # seconds from Ctrl-C to a forced exit
+
+
+def store_error(e: BaseException) -> str | None:
+    """One line for an object-store failure anywhere in `e`'s chain (see STORE_ERRORS), else None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = str(e).splitlines()[0][:300] if str(e) else ""
+        for name, what in STORE_ERRORS.items():
+            if type(e).__name__ == name or name in text:
+                return f"{what} ({type(e).__name__}: {text})" if text else what
+        if isinstance(e, (FileNotFoundError, PermissionError)) and ("://" in text or "bucket" in text.lower()):
+            return f"{type(e).__name__}: {text}"
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _on_interrupt(signum, frame) -> None:
+    """Ctrl-C: stop now, keeping what is finished (every file is written atomically, metadata before
+    sidecars). The first one raises KeyboardInterrupt in the main thread and gives the job GRACE seconds
+    to shut Ray down; after that, or on a second Ctrl-C, the process exits at once (an embedded Ray's
+    processes share its fate)."""
+    if getattr(_on_interrupt, "armed", False):
+        os._exit(130)
+    _on_interrupt.armed = True
+    print("\ninterrupted: stopping (finished videos and metadata are kept; rerun the same command to resume)",
+          file=sys.stderr, flush=True)
+    timer = threading.Timer(GRACE, os._exit, args=(130,))
+    timer.daemon = True
+    timer.start()
+    raise KeyboardInterrupt
+
+
 def run(main: Callable[[list[str] | None], int]) -> None:
-    """Run a job's main: project errors, and a full disk, become one line on stderr and exit code 1, not a traceback."""
+    """Run a job's main: project errors, a full disk and object-store failures become one line on stderr
+    and exit code 1, not a traceback; Ctrl-C stops the job within GRACE seconds (exit code 130)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_interrupt)
     try:
         code = main(None)
     except AnimateDiffError as e:
         print(f"error: {e}", file=sys.stderr)
         code = 1
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-            raise
-        print(f"error: {e.strerror} ({e.filename or 'an output'}); free space or fix the output and run again: "
-              "finished outputs are kept", file=sys.stderr)
-        code = 1
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
         code = 130
+    except Exception as e:
+        disk = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+        line = (f"{e.strerror} ({e.filename or 'an output'}); free space or fix the output and run again: "
+                "finished outputs are kept") if disk else store_error(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        code = 1
     raise SystemExit(code)

@@ -12,15 +12,16 @@ import argparse
 from pathlib import Path
 
 from jobs import animate
-from jobs.config import run
+from jobs.config import prog, run, setup_logging
 
 DEMO_PROMPTS = Path(__file__).parent / "data" / "demo_prompts.csv"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="outputs/demo")
+    p = argparse.ArgumentParser(prog=prog(), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="outputs/demo", help="output folder (default: %(default)s)")
     args = p.parse_args(argv)
+    setup_logging("INFO")  # before the model libraries load: their notices stay out of the terminal
     models = Path(args.out) / "models"
     if not (models / "motion_module.safetensors").exists():
         from animatediff_core.tiny import write_tiny_models

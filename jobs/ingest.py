@@ -13,18 +13,16 @@ import time
 from dataclasses import replace
 
 from jobs.config import dump_config, parse_config, run, setup_logging
+from pipelines.train.config import IngestRun
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Imported here, not at the top: `python -m jobs.ingest --help` answers without loading torch or Ray.
-    import ray.data
-
-    from animatediff_core import storage
-    from pipelines.ray_session import init_ray, require_shared, stage
-    from pipelines.train.ingest import IngestRun, check_ingest, run_ingest
-
     job, args = parse_config(IngestRun, argv, __doc__)
     setup_logging(args.log_level)
+    # Imported after parsing: --help and a bad flag answer without loading torch or Ray.
+    from animatediff_core import storage
+    from pipelines.ray_session import init_ray, require_shared, stage
+    from pipelines.train.ingest import check_ingest, run_ingest
     source = check_ingest(job)
     cluster = init_ray()
     if cluster.job_id:
@@ -33,7 +31,6 @@ def main(argv: list[str] | None = None) -> int:
         require_shared(uri, flag, cluster.nodes)
     storage.write_text_atomic(storage.join(job.out, "job.yaml"), dump_config(job))
     job = replace(job, base=stage(job.base, "--base", job.out, cluster.nodes))
-    ray.data.DataContext.get_current().enable_progress_bars = False
     start = time.time()
     meta = run_ingest(job, source)
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(meta["skipped_videos"].items())) or "none"

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import argparse
 
-from animatediff_core.tiny import write_tiny_models
+from jobs.config import prog, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=prog(), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder to write into")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    setup_logging("WARNING")
+    from animatediff_core.tiny import write_tiny_models  # here: --help answers without loading torch
+
     out = write_tiny_models(args.out, seed=args.seed)
     print(f"tiny models written to {out}: base/, motion_adapter/, motion_module.safetensors, checkpoints/, clip/, motion_loras/, "
-          "raft_small.pth, vbench/, i3d_pretrained_400.pt, control/, official/, sdxl/, ip_adapter/")
+          "raft_small.pth, vbench/, i3d_pretrained_400.pt, control/, official/, sdxl/, videos/, ip_adapter/")
     return 0
 
 

@@ -5,28 +5,25 @@
     python -m jobs.train ... --resume                                              # continue the run
 
 Flags: where and how the run executes (pipelines/train/job.py TrainRun) and the recipe
-(animatediff_core/trainer.py TrainConfig: AnimateDiff's defaults).
+(animatediff_core/train_config.py TrainConfig: AnimateDiff's defaults).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+from animatediff_core.train_config import TrainConfig
 from jobs.config import dump_config, parse_config, run, setup_logging
+from pipelines.train.config import TrainRun
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Imported here, not at the top: `python -m jobs.train --help` answers without loading Ray.
-    import ray.data
-
-    from animatediff_core import storage
-    from animatediff_core.trainer import TrainConfig
-    from pipelines.ray_session import init_ray, require_shared, stage
-    from pipelines.train.config import TrainRun
-    from pipelines.train.job import check_run, train
-
     (job, cfg), args = parse_config((TrainRun, TrainConfig), argv, __doc__)
     setup_logging(args.log_level)
+    # Imported after parsing: --help and a bad flag answer without loading torch or Ray.
+    from animatediff_core import storage
+    from pipelines.ray_session import init_ray, require_shared, stage
+    from pipelines.train.job import check_run, train
     plan = check_run(job, cfg)
     if plan.source.kind == "latents":
         print(f"training on precomputed latents: {plan.cfg.num_frames} frames at {plan.cfg.size}x{plan.cfg.size} (set by jobs.ingest)")
@@ -38,7 +35,6 @@ def main(argv: list[str] | None = None) -> int:
     storage.write_text_atomic(storage.join(job.run_dir, "job.yaml"), dump_config(job, cfg))
     job = replace(job, base=stage(job.base, "--base", job.run_dir, cluster.nodes),  # driver-only model files
                   motion_module=stage(job.motion_module, "--motion-module", job.run_dir, cluster.nodes))
-    ray.data.DataContext.get_current().enable_progress_bars = False
     if plan.resumed_from is not None:
         print(f"resuming {job.run_dir} from step {plan.resumed_from}")
     s = train(job, plan)

@@ -44,18 +44,35 @@ class ClusterInfo:
         return f"ray job {self.job_id}{submitted} on {self.nodes} node(s); dashboard: {self.dashboard or 'n/a'}"
 
 
-def init_ray(**kwargs) -> ClusterInfo:
-    """Join the cluster named by RAY_ADDRESS (`ray job submit` sets it), else start an embedded one."""
-    import ray
+def debug() -> bool:
+    """Whether the job runs at --log-level DEBUG (jobs/config.py setup_logging sets the variable)."""
+    return os.environ.get("ANIMATEDIFF_LOG_LEVEL") == "DEBUG"
 
+
+def init_ray(**kwargs) -> ClusterInfo:
+    """Join the cluster named by RAY_ADDRESS (`ray job submit` sets it), else start an embedded one.
+    Ray's own progress blocks and start-up lines are off below --log-level DEBUG (the job prints its own
+    progress: pipelines/progress.py)."""
+    import ray
+    import ray.data
+
+    # Ray Data's bars off below DEBUG (the job prints its own progress): left on, the actors that run a
+    # dataset outside the driver (Ray Train's split coordinator) print ~40 bar lines into a log that is
+    # not a terminal; off, they print one line saying so.
+    ray.data.DataContext.get_current().enable_progress_bars = debug()
     if ray.is_initialized():
         return ClusterInfo(count_nodes())
+    kwargs.setdefault("logging_level", logging.DEBUG if debug() else logging.WARNING)
     if os.environ.get("RAY_ADDRESS"):
         kwargs.pop("include_dashboard", None)
         ctx = ray.init(**kwargs)
         info = ClusterInfo(count_nodes(), ray.get_runtime_context().get_job_id(), _dashboard_url(ctx), _submission_id())
         log.info("joined Ray cluster at %s: %s", os.environ["RAY_ADDRESS"], info.banner())
         return info
+    # Ray starts its workers at niceness 15, so on a machine shared with other work the job's actors lose
+    # the CPU to every normal process (bench/README.md: 30% slower per video under one busy process). An
+    # embedded Ray's workers are the job itself: they run at the driver's priority.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     # "local": a new embedded instance, never a `ray start` cluster left on this machine
     ray.init(address="local", include_dashboard=kwargs.pop("include_dashboard", False), **kwargs)
     log.info("started an embedded Ray (%s CPUs, %s GPUs)", *(ray.cluster_resources().get(k, 0) for k in ("CPU", "GPU")))

@@ -31,6 +31,7 @@ class GenerationFlags:
     max_batch: int | None = option(None, low=1, help="rows per pipeline call on GPUs (default 8); CPU actors run one "
                                    "row per call (faster there, and a row's bytes never depend on its neighbours)")
     gif: bool = option(True, help="write GIF previews beside the mp4s")
+    frames_png: bool = option(False, help="also write each video's frames as PNGs (videos/.../ID_frames/0000.png)")
     motion_norm: str | None = option(None, choices=MOTION_NORMS, help="motion-module numerics: official (AnimateDiff's own "
                                      "function for the module's version) or diffusers; default: what the module records, else official")
     # Image prompts (animatediff_core/image_prompt.py): loaded once per actor, for rows with ip_adapter_image.
@@ -60,18 +61,21 @@ class GenerationFlags:
 class AnimateConfig(GenerationFlags):
     """The batch job's settings."""
 
-    prompts: list[str] = option([], help="prompt tables (.csv, .csv.gz, .parquet, or folders of them), any fsspec URI")
-    base: str = option(help="diffusers SD-1.x folder or Hub id")
+    prompt: list[str] = option([], help="a prompt, without a table (repeatable: --prompt \"a cat\" --prompt \"a dog\"); "
+                                      "with --prompts too, both run")
+    prompts: list[str] = option([], help="prompt tables (.csv, .csv.gz, .parquet, or folders of them), any fsspec URI", path="in")
+    base: str = option(help="diffusers SD-1.x folder or Hub id", path="in")
     motion_module: list[str] = option([], help="motion module(s): MotionAdapter folders or original .safetensors/.ckpt "
-                                               "files, folders of them, or a jobs.train run folder; several = a sweep")
+                                               "files, folders of them, or a jobs.train run folder; several = a sweep", path="in")
     checkpoints: str | None = option(None, help="folder of .safetensors or a table (name, uri, [kind], [scale], [loras], "
-                                                "[adapter], [adapter_scale], [vae]); default: the base alone")
+                                                "[adapter], [adapter_scale], [vae]); default: the base alone", path="in")
     official_config: str | None = option(None, help="an official AnimateDiff prompt config (configs/prompts/*.yaml), run "
-                                                     "unchanged: it gives the prompts, checkpoints and motion modules")
-    official_root: str = option(".", help="the official repository's root, against which the config's relative paths resolve")
+                                                     "unchanged: it gives the prompts, checkpoints and motion modules", path="in")
+    official_root: str = option(".", help="the official repository's root, against which the config's relative paths resolve",
+                                path="in")
     official_overrides: list[str] = option([], help="generation settings whose job values win over the official config's "
                                                     "(default: those given as flags)")
-    out: str = option("outputs/animate", help="output folder or URI")
+    out: str = option("outputs/animate", help="output folder or URI", path="out")
     max_error_fraction: float = option(1.0, low=0, high=1, help="exit non-zero when more than this fraction of rows "
                                                                 "failed (1.0: only when every row failed)")
 
@@ -80,9 +84,10 @@ class AnimateConfig(GenerationFlags):
         unknown = sorted(set(self.official_overrides) - set(SETTING_NAMES))
         need(not unknown, f"official_overrides: {', '.join(unknown)} are not generation settings")
         if self.official_config:
-            need(not (self.prompts or self.motion_module or self.checkpoints),
-                 "--official-config names the prompts, checkpoints and motion modules: leave out --prompts, "
+            need(not (self.prompts or self.prompt or self.motion_module or self.checkpoints),
+                 "--official-config names the prompts, checkpoints and motion modules: leave out --prompts, --prompt, "
                  "--motion-module and --checkpoints")
             return
-        need(bool(self.prompts), "prompts: give at least one prompt table (or --official-config)")
+        need(bool(self.prompts or self.prompt), "prompts: give --prompt TEXT or at least one prompt table (or --official-config)")
+        need(all(p.strip() for p in self.prompt), "prompt: an empty --prompt; give the text to animate")
         need(bool(self.motion_module), "motion_module: give at least one motion module")

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from animatediff_core import bounded, hub, image_prompt, storage
 from animatediff_core.configs import need
@@ -26,6 +27,7 @@ from animatediff_core.numerics import resolve
 from animatediff_core.pipeline import read_unet_config
 from animatediff_core.settings import FAMILY_NAMES, URI_SETTINGS, CheckpointSpec, family_of, parse_image_prompt
 from pipelines import tables
+from pipelines.progress import Progress, tally
 from pipelines.ray_session import count_nodes, stage
 from pipelines.animate import schema
 from pipelines.animate.config import AnimateConfig
@@ -65,13 +67,19 @@ def preflight(cfg: AnimateConfig) -> Prepared:
     translated = None
     if cfg.official_config:
         cfg, translated = official.prepare(cfg, frozenset(cfg.official_overrides))
+    layout = OutputLayout(cfg.out)
+    storage.check_writable(cfg.out, "--out")
+    refuse_if_live(layout)  # one line now, before Ray starts (and before --prompt's table is written); run_animate claims --out
     files = [f for uri in cfg.prompts for f in tables.list_tables(uri, "--prompts")]
+    if cfg.prompt:  # --prompt TEXT: a table of its own in the output folder (a rerun reads the same rows)
+        storage.write_text_atomic(layout.prompt_table, pd.DataFrame({"prompt": cfg.prompt}).to_csv(index=False))
+        files.append(layout.prompt_table)
     has_rows = False
     for f in files:
         columns, rows = tables.header(f, "--prompts")
         need("prompt" in columns, f"--prompts {f}: no 'prompt' column (found {', '.join(columns) or 'none'})")
         has_rows = has_rows or rows
-    need(has_rows, f"--prompts {' '.join(cfg.prompts)}: the table has no rows")
+    need(has_rows, f"--prompts {' '.join(cfg.prompts)}: the table has no rows")  # --prompt gives one at least
     checkpoints = read_checkpoint_set(cfg.checkpoints)
     bases = _families(cfg, checkpoints)
     motions = _inspect_motions(cfg, read_motion_set(cfg.motion_module), bases)
@@ -88,8 +96,6 @@ def preflight(cfg: AnimateConfig) -> Prepared:
             need(storage.exists(hub.resolve(uri)), f"--{flag.replace('_', '-')} {uri}: not found")
     image_prompt = _image_prompt(cfg, bases)
     layout = OutputLayout(cfg.out, by_motion=len(motions) > 1)
-    storage.check_writable(cfg.out, "--out")
-    refuse_if_live(layout)  # one line now, before Ray starts; run_animate claims --out for the run
     log.info("planned: %d prompt table file(s), %d checkpoint(s) (%s), %d motion module(s) (%s)", len(files),
              len(checkpoints), ", ".join(checkpoints), len(motions), ", ".join(motions))
     return Prepared(cfg, files, checkpoints, motions, layout, {n: bases[s.base or cfg.base][0] for n, s in checkpoints.items()},
@@ -226,6 +232,7 @@ def _run(prep: Prepared, run_id: str) -> tuple[Summary, set[str]]:
         fn_kwargs=dict(plan=plan, finished=finished, layout=layout, motions=prep.motions, specs=prep.checkpoints,
                        image_prompt=image_prompt_id(prep.image_prompt)),
     ).materialize()
+    total = planned.count()  # materialized: counted from its block metadata
     conflicts, pending, left_out = find_conflicts(planned)
     if conflicts:
         log.warning("%d output slot(s) claimed by rows with different content: those rows become error rows", len(conflicts))
@@ -233,18 +240,28 @@ def _run(prep: Prepared, run_id: str) -> tuple[Summary, set[str]]:
     planned = planned.drop_columns(["_slot", "_content", "_pending", "_left_out"])
     done = planned.map_batches(is_done, batch_format="pandas").map_batches(
         write_shard, batch_format="pandas", fn_kwargs={"layout": layout, "run_id": run_id})
-    log.info("%d row(s) to generate", pending)
+    log.info("%d row(s), %d to generate", total, pending)
+    counter = tally() if pending else None
     if pending:  # no actor (and no model load) for a plan with nothing to generate
-        done = done.union(_generation(planned, prep, layout, run_id))
+        done = done.union(_generation(planned, prep, layout, run_id, counter))
     summary, received = Summary(), set()
     summary.left_out = left_out
-    for batch in done.iter_batches(batch_format="pandas", batch_size=None):
-        summary.add(batch)
-        received.update(batch[SHARD].unique())
+    with Progress("generation", total, tally=counter) as progress:
+        for batch in done.iter_batches(batch_format="pandas", batch_size=None):
+            summary.add(batch)
+            received.update(batch[SHARD].unique())
+            if len(batch) and str(batch[SHARD].iloc[0]).startswith("plan_"):  # the actors' rows come through the tally
+                progress.add(**outcomes(batch))
     return summary, received
 
 
-def _generation(planned, prep: Prepared, layout: OutputLayout, run_id: str):
+def outcomes(batch) -> dict[str, int]:
+    """Rows of a metadata batch by outcome: ok, error, skipped."""
+    kind = batch["status"].where(~batch["skipped"].astype(bool), "skipped")
+    return {k: int(n) for k, n in kind.value_counts().items()}
+
+
+def _generation(planned, prep: Prepared, layout: OutputLayout, run_id: str, counter=None):
     """The pending rows through the actor pool (one loaded pipeline per actor, GPU-pinned where GPUs exist)."""
     from pipelines.animate.stage import AnimateStage  # here: the model stack is the actors' import, not the planners'
 
@@ -257,6 +274,7 @@ def _generation(planned, prep: Prepared, layout: OutputLayout, run_id: str):
         kwargs = dict(base=base, motions={n: m for n, m in prep.motions.items() if m.family == family},
                       checkpoints=checkpoints, layout=layout, run_id=run_id, gif=cfg.gif, actors=cfg.actors,
                       max_batch=cfg.max_batch, speed=cfg.speed, limits=cfg.limits, reads=cfg.reads,
+                      frames_png=cfg.frames_png, progress=counter,
                       image_prompt=prep.image_prompt if family == "sd1" else None)
         rows = pending if len(prep.checkpoints) == len(checkpoints) else pending.map_batches(
             _on, batch_format="pandas", fn_kwargs={"checkpoints": list(checkpoints)})

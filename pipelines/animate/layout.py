@@ -1,6 +1,8 @@
 """The batch job's output folder, one function per path: nothing else spells these names.
 
     OUT/videos/[MOTION/]CHECKPOINT/ID.mp4   the video (.gif preview, .json sidecar beside it)
+    OUT/videos/[MOTION/]CHECKPOINT/ID_frames/0000.png   its frames as PNGs (--frames-png)
+    OUT/prompts.csv                         the --prompt texts, as a prompt table
     OUT/metadata/RUN-KEY.parquet            metadata shards, each written atomically as rows finish
     OUT/index.html                          the summary page
     OUT/job.yaml                            the resolved job config
@@ -57,6 +59,15 @@ class OutputLayout:
 
     def sidecar(self, motion: str, checkpoint: str, rid: str) -> str:
         return self.video(motion, checkpoint, rid, "json")
+
+    def frames(self, motion: str, checkpoint: str, rid: str) -> str:
+        """The folder of a video's PNG frames (`0000.png`, ...)."""
+        return storage.join(self.folder(motion, checkpoint), f"{check_name(rid, 'id')}_frames")
+
+    @property
+    def prompt_table(self) -> str:
+        """The prompts given as `--prompt TEXT`, written as a table the job reads like any other."""
+        return self._under("prompts.csv")
 
     @property
     def metadata(self) -> str:

@@ -23,6 +23,7 @@ from pyarrow import ArrowException
 from animatediff_core import bounded, storage
 from animatediff_core.errors import ConfigError
 from animatediff_core.redact import redact_uri
+from animatediff_core.settings import GenerationSettings
 from pipelines.cells import UNREADABLE
 from pipelines.animate import schema
 from pipelines.animate.layout import OutputLayout, shard_run_id
@@ -33,6 +34,10 @@ MAX_REASONS = 200  # distinct error reasons kept; the rest are counted as "other
 MAX_GROUPS = 200  # (motion module, checkpoint) sections on index.html, largest first; the rest are counted
 MAX_LINES = 20  # checkpoint lines in the printed summary, largest first
 SHOWN = 300  # characters of any value shown on index.html (a prompt is whole in the metadata)
+GRID_PROMPTS, GRID_COLUMNS = 12, 8  # the prompt x checkpoint grid on index.html: most prompts and groups
+# What a preview card shows: the card columns always, every other setting where the row left its default.
+_DEFAULTS = {k: getattr(GenerationSettings(), k) for k in schema.SETTINGS}
+_KEPT = list(dict.fromkeys([*schema.CARD, *schema.SETTINGS, "windows", "checkpoint_stack", "id", "video_uri", "gif_uri"]))
 _VALUES = re.compile(r"'[^']*'|\"[^\"]*\"|-?\d+(\.\d+)?(e[+-]?\d+)?|/[^\s,;)]+")
 
 
@@ -100,6 +105,7 @@ class Summary:
     def __init__(self):
         self.counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
         self.reasons: Counter = Counter()
+        self.examples: dict[str, str] = {}  # reason -> its first message with the values (cut to SHOWN)
         self.previews: dict[tuple[str, str], list[dict]] = defaultdict(list)
         self.rows = 0
         self.truncated = 0
@@ -124,11 +130,15 @@ class Summary:
         kind = batch["status"].where(~skipped, "skipped")
         for (m, c, k), n in batch.assign(kind=kind).groupby(["motion_module", "checkpoint", "kind"]).size().items():
             self.counts[(m, c)][k] += int(n)
-        for msg, n in batch.loc[batch["status"] == "error", "error"].map(reason).value_counts().items():
+        errors = batch.loc[batch["status"] == "error", "error"]
+        firsts = errors.groupby(errors.map(reason), sort=False).first()  # one message with its values per reason
+        for msg, n in errors.map(reason).value_counts().items():
             key = msg if msg in self.reasons or len(self.reasons) < MAX_REASONS else "other"
             self.reasons[key] += int(n)
+            if key != "other":
+                self.examples.setdefault(key, _cut(str(firsts[msg])))
         # The first PREVIEWS ok rows of each group: one vectorized pass, then at most PREVIEWS records per group.
-        ok = batch.loc[batch["status"] == "ok", list(dict.fromkeys([*schema.CARD, "id", "video_uri", "gif_uri"]))]
+        ok = batch.loc[batch["status"] == "ok", [c for c in _KEPT if c in batch.columns]]
         for r in ok.groupby(["motion_module", "checkpoint"], sort=False).head(PREVIEWS).to_dict("records"):
             cards = self.previews[(r["motion_module"], r["checkpoint"])]
             if len(cards) < PREVIEWS:
@@ -162,8 +172,13 @@ class Summary:
                          "see the prompt_truncated column")
         if self.left_out:
             lines.append(f"{self.left_out} sweep pair(s) left out: motion module and checkpoint of different families (SD-1.x, SDXL)")
-        lines += [f"  error x{n}: {msg}" for msg, n in self.reasons.most_common(5)]
+        lines += [f"  error x{n}: {self.example(msg)}" for msg, n in self.reasons.most_common(5)]
         return "\n".join(lines)
+
+    def example(self, why: str) -> str:
+        """A reason as shown: its first message with the values, and that others differ only in them."""
+        first = self.examples.get(why)
+        return why if first is None else first + (" (and rows like it)" if self.reasons[why] > 1 and first != why else "")
 
 
 def _cut(v, limit: int = SHOWN):
@@ -173,6 +188,48 @@ def _cut(v, limit: int = SHOWN):
 
 def _rel(uri: str, out: str) -> str:
     return uri[len(out.rstrip("/")) + 1 :] if uri.startswith(out.rstrip("/")) else uri
+
+
+def card_items(r: dict) -> list[tuple[str, object]]:
+    """What a preview card lists: the card columns, then every other setting the row moved off its default
+    (prompt travel, FreeInit, looping, control, ...), the context windows it ran in and its checkpoint stack."""
+    keys = [k for k in schema.CARD if k not in ("checkpoint", "motion_module", "status", "error")]
+    keys += [k for k in schema.SETTINGS if k not in keys and k in r and r[k] != _DEFAULTS[k]]
+    items = [(k, r.get(k)) for k in keys if r.get(k) not in ("", None)]
+    if int(r.get("windows") or 0) > 1:
+        items.append(("windows", r["windows"]))
+    if r.get("checkpoint_stack"):
+        items.append(("checkpoint_stack", r["checkpoint_stack"]))
+    return items
+
+
+def _grid(summary: Summary, shown, out: str, several: bool) -> str:
+    """The prompt x checkpoint grid (as evaluation's report has): the first GRID_PROMPTS prompts (with their
+    seeds) of the previews, across the GRID_COLUMNS largest groups; a cell is empty where that group's first
+    previews do not hold the prompt. Nothing for one group: its cards are the comparison."""
+    groups = [g for g, _ in shown if summary.previews.get(g)][:GRID_COLUMNS]
+    if len(groups) < 2:
+        return ""
+    e = lambda v, n=SHOWN: html.escape(str(_cut(v, n)), quote=True)  # noqa: E731
+    a = lambda v: html.escape(str(v), quote=True)  # noqa: E731
+    cells: dict = {g: {} for g in groups}
+    for g in groups:
+        for r in summary.previews[g]:
+            cells[g].setdefault((r["prompt"], r["seed"]), r)  # the first: a rerun's skipped twin shows the same video
+    keys = list(dict.fromkeys(k for g in groups for k in cells[g]))
+    head = "".join(f"<th>{e(f'{m} / {c}' if several else c, 80)}</th>" for m, c in groups)
+    body = []
+    for prompt, seed in keys[:GRID_PROMPTS]:
+        row = []
+        for g in groups:
+            r = cells[g].get((prompt, seed))
+            media = "" if r is None else (f'<img src="{a(_rel(r["gif_uri"], out))}" alt="">' if r.get("gif_uri") else
+                                          f'<video src="{a(_rel(r["video_uri"], out))}" autoplay loop muted></video>')
+            row.append(f'<td><a href="{a(_rel(r["video_uri"], out))}">{media}</a></td>' if r is not None else "<td></td>")
+        body.append(f"<tr><th>{e(prompt, 160)}<br><small>seed {e(seed)}</small></th>{''.join(row)}</tr>")
+    more = f" (first {GRID_PROMPTS} of {len(keys)} prompts in the previews)" if len(keys) > GRID_PROMPTS else ""
+    return (f"<h2>Prompt x checkpoint</h2><p>The same prompt and seed across the {len(groups)} largest groups{more}.</p>"
+            f'<table class="pxc"><tr><th>prompt</th>{head}</tr>{"".join(body)}</table>')
 
 
 def write_index(summary: Summary, layout: OutputLayout) -> str:
@@ -190,8 +247,7 @@ def write_index(summary: Summary, layout: OutputLayout) -> str:
         for r in summary.previews.get((m, c), []):
             media = (f'<img src="{a(_rel(r["gif_uri"], out))}" alt="preview">' if r.get("gif_uri") else
                      f'<video src="{a(_rel(r["video_uri"], out))}" autoplay loop muted></video>')
-            rows = "".join(f"<tr><th>{k}</th><td>{e(r.get(k, ''))}</td></tr>" for k in schema.CARD
-                           if r.get(k) not in ("", None) and k not in ("checkpoint", "motion_module", "status"))
+            rows = "".join(f"<tr><th>{k}</th><td>{e(v)}</td></tr>" for k, v in card_items(r))
             cards.append(f'<div class="card"><a href="{a(_rel(r["video_uri"], out))}">{media}</a><table>{rows}</table>'
                          f'<code>{e(r["id"])}</code></div>')
         count = f"first {len(cards)} shown" if cards else "no videos"
@@ -201,17 +257,18 @@ def write_index(summary: Summary, layout: OutputLayout) -> str:
     if more:
         sections.append(f"<h2>{more} more</h2><p>{more} more checkpoint(s) with {more_rows} rows in all: "
                         "see the metadata table.</p>")
-    reasons = "".join(f"<tr><td>{n}</td><td>{e(msg)}</td></tr>" for msg, n in summary.reasons.most_common())
+    reasons = "".join(f"<tr><td>{n}</td><td>{e(summary.example(msg))}</td></tr>" for msg, n in summary.reasons.most_common())
     left_out = (f"<p>{summary.left_out} sweep pair(s) left out: a motion module and a checkpoint of different families "
                 "(SD-1.x, SDXL).</p>") if summary.left_out else ""
     errors = f"<h2>Errors</h2><table class='reasons'><tr><th>rows</th><th>reason</th></tr>{reasons}</table>" if reasons else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>animatediff-ray results</title>
 <style>body{{font-family:sans-serif;margin:1em}}.grid{{display:flex;flex-wrap:wrap;gap:12px}}
 .card{{border:1px solid #ccc;padding:6px;width:280px;font-size:12px;overflow-wrap:anywhere}}.reasons td{{padding:2px 8px;vertical-align:top}}
-.card img,.card video{{width:256px;image-rendering:pixelated}}th{{text-align:left;vertical-align:top}}</style>
-</head><body><h1>animatediff-ray: {summary.rows} rows ({summary.total("ok")} ok, {summary.total("error")} error)</h1>
+.card img,.card video{{width:256px;image-rendering:pixelated}}th{{text-align:left;vertical-align:top}}
+.pxc td,.pxc th{{vertical-align:top;font-size:12px;max-width:200px;overflow-wrap:anywhere}}.pxc img,.pxc video{{width:128px;image-rendering:pixelated}}</style>
+</head><body><h1>animatediff-ray: {summary.rows} rows ({summary.total("ok")} ok, {summary.total("error")} error, {summary.total("skipped")} skipped: finished by an earlier run)</h1>
 <p>Every row is in the metadata table: <a href="metadata/">metadata/*.parquet</a> (one row per prompt row x checkpoint;
-columns {a(", ".join(schema.NAMES))}).</p>{left_out}{"".join(sections)}{errors}</body></html>"""
+columns {a(", ".join(schema.NAMES))}).</p>{left_out}{_grid(summary, shown, out, several)}{"".join(sections)}{errors}</body></html>"""
     storage.write_text_atomic(layout.index, page)
     return layout.index
 

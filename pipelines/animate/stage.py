@@ -35,7 +35,7 @@ from animatediff_core.device import setup_actor
 from animatediff_core.personalize import CheckpointSpec, Personalizer
 from animatediff_core.pipeline import family, load_pipeline, read_unet_config
 from animatediff_core.speed import OFF, SpeedOptions, apply_speed, weights_change
-from animatediff_core.video_io import write_gif, write_video
+from animatediff_core.video_io import write_gif, write_png_frames, write_video
 from pipelines.animate import schema
 from pipelines.animate.layout import OutputLayout
 from pipelines.animate.identity import fingerprint, image_prompt_id
@@ -64,9 +64,9 @@ def batch_size(max_batch: int | None, cuda: bool) -> int:
 
 class AnimateStage:
     def __init__(self, base: str, motions: dict[str, MotionSpec], checkpoints: dict[str, CheckpointSpec],
-                 layout: OutputLayout, run_id: str, gif: bool = True, actors: ActorOptions = ActorOptions(),
-                 max_batch: int | None = None, writers: int = 2, speed: SpeedOptions = OFF,
-                 limits: RowLimits = RowLimits(), reads: ReadLimits = ReadLimits(),
+                 layout: OutputLayout, run_id: str, gif: bool = True, frames_png: bool = False,
+                 actors: ActorOptions = ActorOptions(), max_batch: int | None = None, writers: int = 2,
+                 speed: SpeedOptions = OFF, limits: RowLimits = RowLimits(), reads: ReadLimits = ReadLimits(), progress=None,
                  image_prompt: tuple[str, str] | None = None):
         bounded.configure(reads)  # every read a row's cells cause, in this actor, within the job's limits
         self.row_timeout = limits.row_timeout
@@ -74,7 +74,9 @@ class AnimateStage:
         self.device, dtype = placement.device, placement.dtype
         cuda = self.device == "cuda"
         self.motions, self.specs, self.layout, self.run_id, self.gif = motions, checkpoints, layout, run_id, gif
+        self.frames_png = frames_png
         self.base, self.dtype, self.speed = base, dtype, speed
+        self.progress = progress  # the driver's progress tally (pipelines/progress.py), or None
         if speed.any:
             log.info("speed options: %s", speed)
         # The IP-Adapter and its encoder: read once, put into every pipeline _build makes (preflight checked the fit).
@@ -125,6 +127,7 @@ class AnimateStage:
 
     def _fail(self, batch: pd.DataFrame, index, message: str) -> None:
         log.info("error row(s) %s: %s", ", ".join(map(str, batch.loc[index, "id"][:5])), message)
+        self._report({"error": len(index)})
         batch.loc[index, ["status", "error"]] = ["error", message]
         batch.loc[index, ["video_uri", "gif_uri", "sha256"]] = ""
 
@@ -263,12 +266,19 @@ class AnimateStage:
         if self.gif:
             gif_uri = self.layout.video(motion, ckpt, rid, "gif")
             write_gif(gif_uri, frames, fps=int(row["fps"]))
+        if self.frames_png:
+            write_png_frames(self.layout.frames(motion, ckpt, rid), frames)
         meta = {"video_uri": uri, "gif_uri": gif_uri, "seconds": round(gen_seconds + time.time() - t0, 4),
                 "bytes": num_bytes, "sha256": sha256}
         # The sidecar is written after the batch's metadata shard: its presence means the video is complete,
         # matches these settings and has its metadata row.
         sidecar = {**meta, "fingerprint": fingerprint(row, self.motions[motion], self.specs[ckpt], self.image_prompt_id)}
+        self._report({"ok": 1}, uri)
         return meta, (self.layout.sidecar(motion, ckpt, rid), json.dumps(sidecar).encode())
+
+    def _report(self, counts: dict, first: str = "") -> None:
+        if self.progress is not None:
+            self.progress.add.remote(counts, first)  # fire and forget: display only
 
     @staticmethod
     def _write_sidecar(uri: str, data: bytes) -> str | None:

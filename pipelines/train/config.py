@@ -1,5 +1,6 @@
-"""Where and how a training run executes: `TrainRun`, the only place its keys, defaults and help are written
-(the recipe itself is `animatediff_core.trainer.TrainConfig`). Light (no torch, no Ray).
+"""Where and how a training run executes (`TrainRun`) and the ingest job's settings (`IngestRun`): the
+only place their keys, defaults and help are written (the recipe itself is
+`animatediff_core.train_config.TrainConfig`). Light (no torch, no Ray): `--help` imports only this.
 """
 
 from __future__ import annotations
@@ -7,7 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from animatediff_core import storage
-from animatediff_core.configs import check_fields, option
+from animatediff_core.configs import check_fields, need, option
+from animatediff_core.train_config import TrainConfig
+
+_RECIPE = TrainConfig()  # the clip defaults ingest shares with training
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -15,11 +19,11 @@ class TrainRun:
     """Where and how a training run executes (the recipe itself is a TrainConfig)."""
 
     data: str = option(help="WebVid-format table (CSV/Parquet), a folder of them, a folder of videos with "
-                            "captions.csv, or a jobs.ingest folder; any fsspec URI")
-    base: str = option(help="diffusers SD-1.x folder or Hub id (frozen)")
-    storage: str = option(help="where runs go (local folder or fsspec URI); the run is STORAGE/NAME")
+                            "captions.csv, or a jobs.ingest folder; any fsspec URI", path="in")
+    base: str = option(help="diffusers SD-1.x folder or Hub id (frozen)", path="in")
+    storage: str = option(help="where runs go (local folder or fsspec URI); the run is STORAGE/NAME", path="out")
     name: str = option("motion-module", help="run name")
-    motion_module: str | None = option(None, help="start from this motion module (required for --motion-lora)")
+    motion_module: str | None = option(None, help="start from this motion module (required for --motion-lora)", path="in")
     workers: int = option(1, low=1, help="training workers (one GPU each when the cluster has GPUs)")
     cpus_per_worker: float | None = option(None, help="default: 1 with GPUs, 0.5 on CPU (leaves cores to decoding)")
     decoders: int = option(4, low=1, help="most video-decoding actors")
@@ -37,3 +41,31 @@ class TrainRun:
     @property
     def torch_threads(self) -> int:
         return max(1, int(self.cpus_per_worker or 1))
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestRun:
+    """The ingest job's settings: the only place their names, types, defaults and help are written."""
+
+    data: str = option(help="WebVid-format table (CSV/Parquet), a folder of them, or a folder of videos with captions.csv", path="in")
+    base: str = option(help="diffusers SD-1.x folder or Hub id whose VAE and text encoder encode the clips", path="in")
+    out: str = option(help="output folder (local or fsspec URI) for the Parquet shards and _ingest.json", path="out")
+    num_frames: int = option(_RECIPE.num_frames, help="frames per clip")
+    stride: int = option(_RECIPE.stride, help="frame stride of a clip")
+    size: int = option(_RECIPE.size, help="clip side after resize and center crop")
+    decoders: int = option(4, help="most video-decoding actors")
+    decode_cpus: float = option(0.5, help="CPUs per decoding actor")
+    encoders: int = option(1, help="VAE/text-encoder actors (one GPU each when there are GPUs)")
+    encode_batch: int = option(8, help="clips per encoder call")
+
+    def __post_init__(self):
+        check_fields(self)
+        for name in ("num_frames", "stride", "size", "decoders", "encoders", "encode_batch"):
+            need(getattr(self, name) >= 1, f"{name} must be an integer >= 1, found {getattr(self, name)!r}")
+
+    @property
+    def clip(self):
+        """The clip settings (`animatediff_core.clips.ClipConfig`)."""
+        from animatediff_core.clips import ClipConfig  # here: the config stays light
+
+        return ClipConfig(num_frames=self.num_frames, stride=self.stride, size=self.size, num_threads=1)

@@ -12,7 +12,6 @@ Caption dropout still happens at training time (the empty prompt's embedding rep
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -21,49 +20,22 @@ import torch
 
 from animatediff_core import storage
 from animatediff_core.clips import ClipConfig
-from animatediff_core.configs import check_fields, need, option
+from animatediff_core.configs import need
+from animatediff_core.device import setup_actor
 from animatediff_core.errors import ConfigError
 from animatediff_core.objective import encode_frames, encode_text
 from animatediff_core.pipeline import check_base_folder, load_base
 from pipelines.train.decode import ClipDecoder, start_tally, clip_array
 from pipelines.ray_session import has_gpus
+from pipelines.train.config import IngestRun
 from pipelines.train.webvid import INGEST_META, DataSource, check_tables, find_source, read_rows
-
-
-_CLIP = ClipConfig()
-
-
-@dataclass(frozen=True, kw_only=True)
-class IngestRun:
-    """The ingest job's settings: the only place their names, types, defaults and help are written."""
-
-    data: str = option(help="WebVid-format table (CSV/Parquet), a folder of them, or a folder of videos with captions.csv")
-    base: str = option(help="diffusers SD-1.x folder or Hub id whose VAE and text encoder encode the clips")
-    out: str = option(help="output folder (local or fsspec URI) for the Parquet shards and _ingest.json")
-    num_frames: int = option(_CLIP.num_frames, help="frames per clip")
-    stride: int = option(_CLIP.stride, help="frame stride of a clip")
-    size: int = option(_CLIP.size, help="clip side after resize and center crop")
-    decoders: int = option(4, help="most video-decoding actors")
-    decode_cpus: float = option(0.5, help="CPUs per decoding actor")
-    encoders: int = option(1, help="VAE/text-encoder actors (one GPU each when there are GPUs)")
-    encode_batch: int = option(8, help="clips per encoder call")
-
-    def __post_init__(self):
-        check_fields(self)
-        for name in ("num_frames", "stride", "size", "decoders", "encoders", "encode_batch"):
-            need(getattr(self, name) >= 1, f"{name} must be an integer >= 1, found {getattr(self, name)!r}")
-
-    @property
-    def clip(self) -> ClipConfig:
-        return ClipConfig(num_frames=self.num_frames, stride=self.stride, size=self.size, num_threads=1)
 
 
 class LatentEncoder:
     """Ray Data stage: `videoid, caption, clip` rows -> `videoid, caption, latents, text_embedding` rows."""
 
     def __init__(self, base: str, clip: ClipConfig, threads: int = 1):
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        torch.set_num_threads(threads)
+        self.device = setup_actor("fp32", threads).device
         parts = load_base(base)
         self.vae = parts.vae.to(self.device).eval()
         self.text_encoder = parts.text_encoder.to(self.device).eval()

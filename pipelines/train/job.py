@@ -30,10 +30,10 @@ from animatediff_core.pipeline import check_base_folder, read_unet_config
 from animatediff_core.trainer import TrainConfig
 from pipelines.train.decode import ClipDecoder, start_tally
 from pipelines.ray_session import has_gpus
-from pipelines import run_folder
+from pipelines import progress, run_folder
 from pipelines.run_folder import list_checkpoints
 from pipelines.train.config import TrainRun
-from pipelines.train.loop import WorkerPlan, train_worker
+from pipelines.train.loop import CONFIG_ERROR, WorkerPlan, train_worker
 from pipelines.train.webvid import DataSource, check_tables, find_source, read_rows
 
 
@@ -108,14 +108,15 @@ def build_dataset(source: DataSource, cfg: TrainConfig, run: TrainRun, tally=Non
                             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=run.decoders))
 
 
-def build_trainer(run: TrainRun, cfg: TrainConfig, source: DataSource, tally=None) -> TorchTrainer:
+def build_trainer(run: TrainRun, cfg: TrainConfig, source: DataSource, tally=None, progress=None) -> TorchTrainer:
     use_gpu = has_gpus()
     cpus = run.cpus_per_worker or (1.0 if use_gpu else 0.5)
     run = replace(run, cpus_per_worker=cpus)
     path, arrow_fs = storage.arrow_location(run.storage)
     return TorchTrainer(
         train_worker,
-        train_loop_config={"plan": WorkerPlan(run, cfg, "latents" if source.kind == "latents" else "clips", source.meta, tally)},
+        train_loop_config={"plan": WorkerPlan(run, cfg, "latents" if source.kind == "latents" else "clips", source.meta, tally,
+                                              progress)},
         scaling_config=ScalingConfig(num_workers=run.workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus, **({"GPU": 1} if use_gpu else {})}),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -139,11 +140,15 @@ def train(run: TrainRun, plan: TrainPlan) -> TrainSummary:
     gave no usable clip in a whole pass (with the skip counts by reason).
     """
     start = time.time()
-    tally = start_tally(_skips_at(run.run_dir, plan.resumed_from))
+    tally, counter = start_tally(_skips_at(run.run_dir, plan.resumed_from)), progress.tally()
     try:
-        build_trainer(run, plan.cfg, plan.source, tally).fit()
+        with progress.Progress("training", plan.cfg.max_steps, unit="steps", noun="steps", tally=counter,
+                               done=plan.resumed_from or 0):
+            result = build_trainer(run, plan.cfg, plan.source, tally, counter).fit()
     except ray.train.TrainingFailedError as e:
         raise AnimateDiffError(f"training failed after {run.max_failures} restart(s): {_worker_error(e)}") from None
+    if (result.metrics or {}).get(CONFIG_ERROR):  # never retried: a restart would fail the same way
+        raise AnimateDiffError(result.metrics[CONFIG_ERROR])
     done = list_checkpoints(run.run_dir)
     last = _last_metrics(run_folder.metrics(run.run_dir))
     if int(last.get("step", 0)) < plan.cfg.max_steps:  # the workers stop short only when the data gave no clip

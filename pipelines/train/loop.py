@@ -14,6 +14,8 @@ otherwise wait for it in the gradient all-reduce).
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 import tempfile
 import time
@@ -27,6 +29,8 @@ import torch.distributed as dist
 from ray.train import Checkpoint, CheckpointUploadMode
 
 from animatediff_core import storage
+from animatediff_core.device import quiet_model_libraries
+from animatediff_core.errors import CheckpointError, ConfigError
 from animatediff_core.motion_formats import load_motion_adapter
 from animatediff_core.pipeline import load_base
 from animatediff_core.trainer import Batch, MotionTrainer, TrainConfig, step_generator
@@ -90,6 +94,7 @@ class WorkerPlan:
     kind: str  # "clips" (decoded by the ClipDecoder stage) or "latents" (a jobs.ingest folder)
     meta: dict | None = None  # jobs.ingest metadata (shapes) for kind "latents"
     tally: object = None  # the SkipTally actor, or None
+    progress: object = None  # the driver's progress tally (pipelines/progress.py), or None
 
 
 class NoUsableClips(Exception):
@@ -196,13 +201,31 @@ def _skip_counts(tally) -> dict:
         return {}
 
 
+CONFIG_ERROR = "config_error"  # the metric a worker reports instead of raising a configuration error
+
+
 def train_worker(config: dict) -> None:
-    """`train_loop_per_worker` of the TorchTrainer; `config` is `{"plan": WorkerPlan}`."""
-    plan: WorkerPlan = config["plan"]
+    """`train_loop_per_worker` of the TorchTrainer; `config` is `{"plan": WorkerPlan}`.
+
+    A configuration error (a setting the model cannot take, a checkpoint that does not load) fails the
+    same way on every attempt, so it is reported (`CONFIG_ERROR`, read by the driver after `fit`) and the
+    worker ends normally: Ray Train restarts the worker group (`--max-failures`) only for what a restart
+    can fix (a lost node, a killed worker)."""
+    try:
+        _train(config["plan"])
+    except (ConfigError, CheckpointError) as e:
+        ray.train.report({CONFIG_ERROR: str(e)[:500]})
+
+
+def _train(plan: WorkerPlan) -> None:
     run, cfg = plan.run, plan.cfg
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    quiet_model_libraries()
+    if os.environ.get("ANIMATEDIFF_LOG_LEVEL") != "DEBUG":  # Ray Train logs each report at INFO on the console
+        for name in ("ray.train", ""):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if device.type == "cpu":
         torch.set_num_threads(run.torch_threads)
     trainer = build(plan, device)
@@ -234,7 +257,8 @@ def train_worker(config: dict) -> None:
                   "skipped_videos": dict(sorted(skipped.items())), "epoch": stream.epoch, "time": time.time()}
         if rank == 0:
             log.append(record)
-            _say(progress_line(record, cfg.max_steps))
+            if plan.progress is not None:  # the driver prints the progress line (fire and forget)
+                plan.progress.add.remote({"ok": 1}, "", progress_note(record))
             if cfg.validate_every and trainer.step % cfg.validate_every == 0:
                 validate(trainer, run.run_dir)
         if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.max_steps:
@@ -250,7 +274,8 @@ def _say(line: str) -> None:
     sys.stdout.flush()
 
 
-def progress_line(r: dict, max_steps: int) -> str:
+def progress_note(r: dict) -> str:
+    """What the driver's progress line adds after steps done / total and time left."""
     skipped = sum(r["skipped_videos"].values())
-    return (f"step {r['step']}/{max_steps}  loss {r['loss']:.4f}  lr {r['lr']:.1e}  {r['clips_per_s']:.2f} clips/s  "
-            f"data wait {100 * r['data_wait_fraction']:.0f}%  skipped {skipped}")
+    return (f"loss {r['loss']:.4f}, lr {r['lr']:.1e}, {r['clips_per_s']:.2f} clips/s, "
+            f"data wait {100 * r['data_wait_fraction']:.0f}%, skipped videos {skipped}")

@@ -104,3 +104,37 @@ def test_few_step_samplers_run_and_differ_from_ddim(pipe, sampler):
     assert np.array_equal(ddim, again)  # back on DDIM exactly
     with pytest.raises(ConfigError, match="sampler must be one of ddim, ddim_linspace, euler_trailing, lcm, sdxl_beta"):
         s.updated(sampler="dpm")
+
+
+# The ComfyUI/A1111 samplers as diffusers' schedulers overview maps them, written out here independently of
+# animatediff_core/schedule.py: the same betas (AnimateDiff's linear 0.00085-0.012), the documented options.
+COMFY = {
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", dict(algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=True)),
+    "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}),
+}
+
+
+@pytest.mark.parametrize("sampler", sorted(COMFY))
+def test_comfyui_samplers_give_diffusers_own_frames(pipe, sampler):
+    """Our rows with `sampler` give exactly the frames of diffusers' own AnimateDiffPipeline with that
+    scheduler, the same modules, prompt and seed; an ancestral sampler's per-step noise comes from the
+    row's generator, so a row gives the same frames alone and in a batch (up to batched rounding)."""
+    import diffusers
+    import torch
+
+    cls, options = COMFY[sampler]
+    s = GenerationSettings(num_frames=8, height=32, width=32, steps=4, guidance_scale=7.5, sampler=sampler)
+    ours = generate(pipe, [Request("a cat", seed=3, settings=s)])[0]
+    assert type(pipe.scheduler).__name__ == cls
+    scheduler = getattr(diffusers, cls)(beta_start=0.00085, beta_end=0.012, beta_schedule="linear", **options)
+    theirs = diffusers.AnimateDiffPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                                           unet=pipe.unet, motion_adapter=pipe.motion_adapter, scheduler=scheduler)
+    theirs.set_progress_bar_config(disable=True)
+    frames = theirs("a cat", num_frames=8, height=32, width=32, num_inference_steps=4, guidance_scale=7.5,
+                    generator=torch.Generator().manual_seed(3), output_type="np").frames[0]
+    assert np.array_equal(ours, np.clip(frames * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    batched = generate(pipe, [Request("a dog", seed=9, settings=s), Request("a cat", seed=3, settings=s)])
+    assert np.abs(batched[1].astype(int) - ours).max() <= 1  # batched convolutions round differently in a few pixels
+    assert np.abs(batched[0].astype(int) - ours).mean() > 5  # another row's noise would move every pixel
+    ddim = generate(pipe, [Request("a cat", seed=3, settings=s.updated(sampler="ddim"))])[0]
+    assert not np.array_equal(ddim, ours)

@@ -59,7 +59,7 @@ def test_yaml_config_and_s3_output(tiny_models, s3_env, tmp_path):
     meta = pd.concat(pd.read_parquet(io.BytesIO(fs.cat_file(p))) for p in fs.glob("animate-bucket/run/metadata/*.parquet"))
     assert len(meta) == 7 and (meta.status == "ok").all()
     assert set(meta.video_uri) == {f"s3://{v}" for v in videos}
-    assert fs.cat_file("animate-bucket/run/index.html").count(b"<img") == 7
+    assert fs.cat_file("animate-bucket/run/index.html").count(b'alt="preview"') == 7  # the cards (the grid shows them again)
     saved = yaml.safe_load(fs.cat_file("animate-bucket/run/job.yaml"))
     assert saved["steps"] == 1 and saved["motion_module"] == [config["motion_module"]] and saved["precision"] == "auto"
 

@@ -24,11 +24,11 @@ def _job_classes(job):
         from pipelines.animate.config import AnimateConfig
         return AnimateConfig
     if job == "train":
-        from animatediff_core.trainer import TrainConfig
+        from animatediff_core.train_config import TrainConfig
         from pipelines.train.config import TrainRun
         return (TrainRun, TrainConfig)
     if job == "ingest":
-        from pipelines.train.ingest import IngestRun
+        from pipelines.train.config import IngestRun
         return IngestRun
     if job == "evaluate":
         from pipelines.evaluate.config import EvaluateConfig
@@ -87,6 +87,12 @@ def test_rayjob_manifests():
             assert g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
             assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
     assert spec["rayClusterSpec"]["enableInTreeAutoscaling"] is True
+
+
+def test_local_runtime_env_is_the_cluster_one_without_autoscaling():
+    cluster, local = _load("cluster", "runtime_env.yaml"), _load("cluster", "runtime_env_local.yaml")
+    assert cluster["env_vars"].pop("ANIMATEDIFF_AUTOSCALING") == "1" and "ANIMATEDIFF_AUTOSCALING" not in local["env_vars"]
+    assert local == cluster
 
 
 def test_launcher_has_a_cpu_head_and_autoscaling_gpu_workers():

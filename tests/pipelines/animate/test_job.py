@@ -56,7 +56,7 @@ def test_sweep_resume_and_determinism(ray_session, tiny_models, prompts, tmp_pat
     assert len(_videos(out)) == 5
     assert {"video_uri", "sha256", "bytes", "seconds", "status", "error", "motion_module", "prompt_truncated"} <= set(results.columns)
     page = (out / "index.html").read_text()
-    assert page.count("<img") == 5 and "unknown checkpoint" in page
+    assert page.count('alt="preview"') == 5 and "unknown checkpoint" in page
     assert exit_code(first.summary, 1.0) == (0, "") and exit_code(first.summary, 0.1)[0] == 1
 
     # Resume: lose two videos (one only half-written: no sidecar), rerun, only those are regenerated.

@@ -81,7 +81,7 @@ def test_per_row_overrides_and_defaults():
     ({"prompt": "x", "id": "/abs/path"}, "is not a safe file name"),
     ({"prompt": "x", "id": "a" * 300}, "is not a safe file name"),
     ({"prompt": "x", "id": ".."}, "is not a safe file name"),
-    ({"prompt": "x", "sampler": "dpm"}, "sampler must be one of ddim, ddim_linspace, euler_trailing, lcm, sdxl_beta, got 'dpm'"),
+    ({"prompt": "x", "sampler": "dpm"}, "sampler must be one of ddim, ddim_linspace, euler_trailing, lcm, sdxl_beta, dpmpp_2m_karras, euler_ancestral, got 'dpm'"),
 ])
 def test_bad_rows_become_error_rows(row, message):
     out = _expand([row, {"prompt": "fine", "checkpoint": "dreamy"}])

@@ -104,7 +104,7 @@ def test_index_is_small_and_lists_the_largest_groups(tmp_path):
     summary = Summary()
     summary.add(schema.typed(rows))
     page = open(write_index(summary, OutputLayout(str(tmp_path)))).read()
-    assert page.count("<h2>") == MAX_GROUPS + 1 and f"{n + 1 - MAX_GROUPS} more checkpoint(s)" in page
+    assert page.count("<h2>") == MAX_GROUPS + 2 and f"{n + 1 - MAX_GROUPS} more checkpoint(s)" in page  # + the grid
     assert page.index("<h2>big</h2>") < page.index("<h2>c0</h2>")  # largest first
     assert "<b>long" not in page and "&lt;b&gt;long" in page and ("long " * (SHOWN // 5)) not in page
     assert len(page) < 400_000 and "more checkpoint(s)" in summary.text(1.0)
