@@ -53,7 +53,7 @@ class InputError(ConfigError):
 class ReadLimits:
     """What a cell may name and how much of it is read (`animatediff_core/bounded.py`)."""
 
-    max_image_mb: int = option(64, low=1, help="largest image a cell may name (keyframes, control image folders), MiB")
+    max_image_mb: int = option(64, low=1, help="largest image a cell may name (keyframes, ip_adapter_image, control image folders), MiB")
     max_video_mb: int = option(1024, low=1, help="largest video a cell may name (control_video, init_video), MiB")
     max_lora_mb: int = option(2048, low=1, help="largest motion LoRA file a cell may name, MiB")
     max_model_mb: int = option(16384, low=1, help="largest model file or folder a cell or checkpoint table may name "

@@ -60,12 +60,14 @@ def _read(uri: str, kind: str = "model") -> bytes:
     return data
 
 
-def load_state_dict(uri: str, kind: str = "model") -> dict[str, torch.Tensor]:
+def load_state_dict(uri: str, kind: str = "model", nested: bool = False) -> dict[str, torch.Tensor]:
     """Read a flat `{name: tensor}` state dict from any fsspec URI, safely, through the bounded reader
     (`bounded.py`: where it may point, a regular file, at most the size limit of `kind`: lora or model).
 
     Unwraps the containers training scripts write (`{"state_dict": ...}`) and strips a DDP `module.`
-    prefix. Raises CheckpointError for a missing, empty, truncated, unsafe or unrecognized file.
+    prefix. `nested`: one level of dicts of tensors is kept as `outer.inner` keys (IP-Adapter's `.bin`
+    files: `{"image_proj": {...}, "ip_adapter": {...}}`), not dropped. Raises CheckpointError for a
+    missing, empty, truncated, unsafe or unrecognized file.
     """
     try:
         uri = hub.resolve(uri, kind=kind)  # Hub ids and https:// files: a local cached copy
@@ -76,7 +78,7 @@ def load_state_dict(uri: str, kind: str = "model") -> dict[str, torch.Tensor]:
             path = bounded.local_path(uri, kind)  # a regular file within the limit (a link to /dev/zero is not)
         except bounded.InputError as e:
             raise CheckpointError(str(e)) from None
-        return _unwrap(uri, _load_local_safetensors(path))
+        return _unwrap(uri, _load_local_safetensors(path), nested)
     data = _read(uri, kind)
     fmt = _sniff(data)
     if uri.endswith(SAFETENSORS_EXT) or fmt == "safetensors":
@@ -90,7 +92,7 @@ def load_state_dict(uri: str, kind: str = "model") -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"{uri}: unrecognized checkpoint format (expected .safetensors, or a torch .ckpt/.pt/.bin zip/pickle)"
         )
-    return _unwrap(uri, state)
+    return _unwrap(uri, state, nested)
 
 
 def _load_local_safetensors(uri: str) -> dict[str, torch.Tensor]:
@@ -123,11 +125,14 @@ def _load_pickle_safely(uri: str, data: bytes) -> object:
         raise CheckpointError(f"{uri}: truncated or corrupt checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
 
 
-def _unwrap(uri: str, state: object) -> dict[str, torch.Tensor]:
+def _unwrap(uri: str, state: object, nested: bool = False) -> dict[str, torch.Tensor]:
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not state:
         raise CheckpointError(f"{uri}: expected a non-empty mapping of tensor names to tensors, found {type(state).__name__}")
+    if nested:
+        state = {f"{k}.{inner}" if isinstance(v, dict) else k: w
+                 for k, v in state.items() for inner, w in (v.items() if isinstance(v, dict) else [(None, v)])}
     out = {}
     for k, v in state.items():
         if not isinstance(v, torch.Tensor):

@@ -6,7 +6,9 @@ a batch are encoded once. Requests longer than a context window, looping or with
 run one at a time through diffusers' FreeNoise path (long_video.py, prompt_travel.py); requests with
 control inputs (ControlNet, SparseCtrl keyframes, video-to-video) run one at a time through diffusers'
 matching AnimateDiff pipeline, built around the same loaded modules (no weight is copied). FreeInit
-wraps any of them.
+wraps any of them. Requests with an image prompt (IP-Adapter, image_prompt.py) run batched (they share
+the image and scale: both are in the shape); on a pipeline with an adapter, requests without one run
+with the adapter taken out (`image_prompt.text_only`): the text-only video.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from PIL import Image
 
 from . import long_video
 from .conditioning import Inputs
+from .image_prompt import ImageEmbeds, text_only
 from .pipeline import max_frames as module_frames
 from .configs import need
 from .errors import AnimateDiffError
@@ -42,12 +45,14 @@ from .speed import decode_kwargs
 class Conditioning:
     """Optional extra inputs. `latents`: initial noise `(c, f, h/8, w/8)` instead of the seeded draw.
     `inputs`: the row's control frames, keyframes and init video (conditioning.read_inputs), with the
-    loaded models they need (`controlnet` for control frames, `keyframe_model` for keyframes)."""
+    loaded models they need (`controlnet` for control frames, `keyframe_model` for keyframes).
+    `image`: the row's image prompt, encoded (`ImagePrompt.embeds`; the pipeline must hold that adapter)."""
 
     latents: torch.Tensor | None = None
     inputs: Inputs | None = None
     controlnet: torch.nn.Module | None = None
     keyframe_model: torch.nn.Module | None = None
+    image: ImageEmbeds | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,14 @@ def generate(pipe: AnimateDiffPipeline, requests: list[Request], deadline: float
     need(not any(r.settings.shape != s.shape for r in requests), "generate() needs requests of one shape; group by GenerationSettings.shape first")
     _use_sampler(pipe, s.sampler)
     stop = _stop_at(deadline)
+    if any(_image(r) is not None for r in requests):  # validate_settings keeps these to the plain SD-1.x path
+        return _generate_image_prompted(pipe, requests, stop)
+    with text_only(pipe):
+        return _generate_text(pipe, requests, stop)
+
+
+def _generate_text(pipe: AnimateDiffPipeline, requests: list[Request], stop: dict) -> list[np.ndarray]:
+    s = requests[0].settings
     if any(r.conditioning is not None and r.conditioning.inputs is not None for r in requests):
         return [_generate_conditioned(pipe, r, stop) for r in requests]
     with _free_init(pipe, s.free_init_iterations):
@@ -117,13 +130,29 @@ def generate(pipe: AnimateDiffPipeline, requests: list[Request], deadline: float
         return _generate_batch(pipe, requests, stop)
 
 
+def _image(r: Request) -> ImageEmbeds | None:
+    return r.conditioning.image if r.conditioning is not None else None
+
+
+def _generate_image_prompted(pipe: AnimateDiffPipeline, requests: list[Request], stop: dict) -> list[np.ndarray]:
+    """One batched call: requests of one shape share their image prompt cell and scale (both are in
+    `settings.shape`), and diffusers' pipeline repeats the one encoded prompt for every row."""
+    s, image = requests[0].settings, _image(requests[0])
+    need(bool(s.ip_adapter_image) and all(_image(r) is not None for r in requests),
+         "requests with an image prompt need ip_adapter_image and their encoding (Conditioning.image) on every request")
+    pipe.set_ip_adapter_scale(s.ip_adapter_scale)
+    return _generate_batch(pipe, requests, stop, image)
+
+
 def uses_windows(s: GenerationSettings, module_len: int) -> bool:
     """Whether `s` runs on the FreeNoise path: clips longer than a window, or a prompt schedule."""
     return s.window(module_len) < s.num_frames or bool(s.prompt_schedule) or s.context_loop
 
 
 @torch.no_grad()
-def _generate_batch(pipe: AnimateDiffPipeline, requests: list[Request], stop: dict) -> list[np.ndarray]:
+def _generate_batch(pipe: AnimateDiffPipeline, requests: list[Request], stop: dict,
+                    image: ImageEmbeds | None = None) -> list[np.ndarray]:
+    """One pipeline call for `requests` (one shape); `image`: the image prompt they all share."""
     s = requests[0].settings
     device = pipe._execution_device
     prompt_embeds = _encode_unique(pipe, [r.prompt for r in requests], device)
@@ -136,6 +165,7 @@ def _generate_batch(pipe: AnimateDiffPipeline, requests: list[Request], stop: di
         num_frames=s.num_frames, height=s.height, width=s.width,
         num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
         generator=generators, latents=latents, output_type="np", **decode_kwargs(pipe), **stop,
+        **({"ip_adapter_image_embeds": image.pipeline_input(s.guidance_scale > 1)} if image is not None else {}),
     )
     return _to_uint8(out.frames)
 

@@ -19,6 +19,9 @@ Definitions (one value per video):
   when the caller gives RAFT weights; NaN otherwise.
 - ``domain_similarity`` (AnimateDiff paper, sec. 5): mean cosine between each frame's CLIP image
   embedding and that of a still the same personalized checkpoint makes without the motion module.
+- ``image_alignment`` (image prompts, IP-Adapter): ``mean_r mean_t cos(E_ref_r, E_frame_t)``, the CLIP image
+  embeddings of the row's reference image(s) (``ip_adapter_image``) against every frame, as ``domain_similarity``
+  compares a still. NaN for a row without an image prompt (no value, not 0).
 Metrics of consecutive frames are NaN for a one-frame video; ``domain_similarity`` is NaN without a still.
 
 VBench's dimensions (``VBENCH_COLUMNS``) are computed by `vbench.py` with VBench's own models and
@@ -148,26 +151,37 @@ def domain_similarity(frame_emb: torch.Tensor, still_emb: torch.Tensor | None) -
     return float("nan") if still_emb is None else float((frame_emb @ still_emb).mean())
 
 
+def image_alignment(frame_emb: torch.Tensor, reference_emb: torch.Tensor | None) -> float:
+    """Mean cosine between ``(f, d)`` frames and the ``(r, d)`` reference images of the row's image prompt."""
+    return float("nan") if reference_emb is None else float((frame_emb @ reference_emb.T).mean())
+
+
 def score_videos(clip: Clip, videos: list[np.ndarray], prompts: list[str],
-                 stills: list[np.ndarray | None] | None = None, batch_size: int = 64, raft: Raft | None = None) -> list[dict]:
+                 stills: list[np.ndarray | None] | None = None, batch_size: int = 64, raft: Raft | None = None,
+                 references: list[list[np.ndarray] | None] | None = None) -> list[dict]:
     """The CLIP metrics of each video: one dict per video with the CLIP_METRICS keys plus ``prompt_tokens``
-    and ``prompt_truncated``. All frames (and stills) of all videos go through CLIP in batches of
-    ``batch_size``; each distinct prompt is encoded once. ``stills[i]`` is ``(h, w, 3) uint8`` or None.
+    and ``prompt_truncated``. All frames (and stills, and reference images) of all videos go through CLIP in
+    batches of ``batch_size``; each distinct prompt is encoded once. ``stills[i]`` is ``(h, w, 3) uint8`` or
+    None; ``references[i]`` the ``(h, w, 3) uint8`` images of the video's image prompt, or None.
     ``motion_flow`` is NaN without `raft`.
     """
     stills = stills if stills is not None else [None] * len(videos)
-    images = [v for v in videos] + [s[None] for s in stills if s is not None]
+    references = references if references is not None else [None] * len(videos)
+    images = [v for v in videos] + [s[None] for s in stills if s is not None] + [im[None] for refs in references for im in refs or []]
     emb = embed_pixels(clip, torch.cat([pixel_values(clip, x) for x in images]), batch_size) if images else None
     unique = {p: k for k, p in enumerate(dict.fromkeys(prompts))}
     text_emb, counts = embed_texts(clip, list(unique)) if unique else (None, [])
     results, offset = [], 0
     still_offset = sum(len(v) for v in videos)
-    for video, prompt, still in zip(videos, prompts, stills):
+    ref_offset = still_offset + sum(s is not None for s in stills)
+    for video, prompt, still, refs in zip(videos, prompts, stills, references):
         frame_emb = emb[offset : offset + len(video)]
         offset += len(video)
         still_emb = None
         if still is not None:
             still_emb, still_offset = emb[still_offset], still_offset + 1
+        ref_emb = emb[ref_offset : ref_offset + len(refs)] if refs else None
+        ref_offset += len(refs or [])
         k = unique[prompt]
         motion = motion_pixel(video)
         results.append({
@@ -178,6 +192,7 @@ def score_videos(clip: Clip, videos: list[np.ndarray], prompts: list[str],
             "motion_pixel": motion,
             "motion_flow": motion_flow(raft, video) if raft is not None else float("nan"),
             "domain_similarity": domain_similarity(frame_emb, still_emb),
+            "image_alignment": image_alignment(frame_emb, ref_emb),
             "prompt_tokens": counts[k],
             "prompt_truncated": counts[k] > clip.max_tokens,
         })

@@ -18,8 +18,9 @@ as one more adapter on the motion modules' attention, whatever the checkpoint.
 
 Switching is incremental: stacks that share a DreamBooth file load it once and only their LoRAs change;
 a LoRA shared by two stacks stays loaded; leaving a DreamBooth or its VAE restores the base's weights
-exactly from an in-memory copy. Every switch runs inside `speed.weights_change`, so fused projections
-(`--fuse-qkv`) follow the new weights. A stack that fails to load leaves the pipeline on its base.
+exactly from an in-memory copy. A loaded IP-Adapter (image_prompt.py) is no part of a checkpoint: its
+layers stay in place through every switch and restore. Every switch runs inside `speed.weights_change`,
+so fused projections (`--fuse-qkv`) follow the new weights. A stack that fails to load leaves the pipeline on its base.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from . import bounded, hub, storage
 from .checkpoints import check_keys, load_state_dict
 from .errors import CheckpointError
+from .image_prompt import is_adapter_param
 from .inflate import is_motion_param
 from .ldm_keys import SDXL_CLIP_PREFIX, SDXL_OPEN_CLIP_PREFIX, VAE_PREFIX, align_text_keys
 from .motion_lora import adapter_to_diffusers_keys, to_diffusers_keys
@@ -216,7 +218,7 @@ class Personalizer:
         if part not in self._base_copy:
             module = getattr(self.pipe, part)
             self._base_copy[part] = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()
-                                     if not is_motion_param(k)}
+                                     if not is_motion_param(k) and not is_adapter_param(k)}
 
     def _restore_base(self, parts: tuple[str, ...]) -> None:
         for part in parts:
@@ -249,7 +251,7 @@ class Personalizer:
                 texts["text_encoder_2"] = convert_open_clip_checkpoint(self.pipe.text_encoder_2, state, prefix=SDXL_OPEN_CLIP_PREFIX)
         except (KeyError, IndexError, ValueError) as e:
             raise CheckpointError(f"{uri}: DreamBooth checkpoint does not match this base's UNet ({type(e).__name__}: {e})") from None
-        spatial = {k: tuple(v.shape) for k, v in unet.state_dict().items() if not is_motion_param(k)}
+        spatial = {k: tuple(v.shape) for k, v in unet.state_dict().items() if not is_motion_param(k) and not is_adapter_param(k)}
         check_keys(spatial, unet_sd, "UNet (DreamBooth single file)", uri)
         for part, text_sd in list(texts.items()):
             expected_text = {k: tuple(v.shape) for k, v in getattr(self.pipe, part).state_dict().items()}

@@ -30,7 +30,7 @@ import json
 import math
 from dataclasses import dataclass, fields, replace
 
-from .configs import check_fields, need, option, tag
+from .configs import check_fields, need, option, short, tag
 from .errors import ConfigError
 from .prompt_travel import parse_schedule
 from .schedule import DEFAULT_SAMPLER, SAMPLERS
@@ -44,6 +44,8 @@ MAX_FRAMES = 1024  # longer clips run in context windows; this bounds a row's me
 MAX_FREE_INIT = 8
 MAX_LORA_SCALE = 10.0
 MAX_CONTROL_SCALE = 10.0
+MAX_IMAGE_PROMPT_SCALE = 10.0
+MAX_PROMPT_IMAGES = 8  # images of one image prompt (IP-Adapter): each adds its tokens to every cross-attention
 KINDS = ("dreambooth", "lora")
 WEIGHT_EXTS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")  # files that hold weights (modules, LoRAs)
 WEIGHTINGS = ("pyramid", "flat", "delayed_reverse_sawtooth")  # diffusers' FreeNoise weighting schemes
@@ -100,6 +102,11 @@ class GenerationSettings:
     init_video: str = option("", uri=True, card=True, families=("sd1",), help="video-to-video: the input video (any fsspec URI)")
     strength: float = option(0.8, low=0, high=1, needs=("init_video",),
                              help="video-to-video: 0 keeps the input (its VAE round trip), 1 ignores it")
+    # Image prompts (image_prompt.py): IP-Adapter's decoupled cross-attention, the adapter a job-wide --ip-adapter.
+    ip_adapter_image: str = option("", uri=True, card=True, help="image prompt (IP-Adapter, needs --ip-adapter): an image URI, "
+                                   'or a JSON list ["a.png", "b.png"] of up to 8 images prompting together, as diffusers takes a list')
+    ip_adapter_scale: float = option(1.0, low=0, high=MAX_IMAGE_PROMPT_SCALE, needs=("ip_adapter_image",),
+                                     help="the image prompt's weight (0: the text-only video)")
 
     def __post_init__(self):
         check_fields(self)
@@ -243,6 +250,7 @@ def validate_settings(s: GenerationSettings, max_frames: int, vae_scale: int = 8
     need(not s.motion_lora or s.motion_lora.lower().endswith(WEIGHT_EXTS),
          f"motion_lora must be the URI of a {'/'.join(WEIGHT_EXTS)} file, got {s.motion_lora[:80]!r}")
     _validate_control(s, max_frames)
+    _validate_image_prompt(s, max_frames, family)
     if s.prompt_schedule:
         parse_schedule(s.prompt_schedule, s.num_frames, prompt="-")  # the row's prompt is checked on its own
     for name in ("height", "width"):
@@ -291,3 +299,39 @@ def parse_keyframes(text: str, num_frames: int) -> dict[int, str]:
         need(isinstance(uri, str) and uri.strip(), f"keyframes frame {frame} needs an image URI, got {str(uri)[:60]!r}")
         out[frame] = uri.strip()
     return dict(sorted(out.items()))
+
+
+def _validate_image_prompt(s: GenerationSettings, max_frames: int, family: str) -> None:
+    """An image prompt runs on the plain text-to-video path only: the combinations below are untested here
+    (several run in diffusers' pipelines), so a row asking for one is refused by name rather than guessed at."""
+    if not s.ip_adapter_image:
+        return
+    parse_image_prompt(s.ip_adapter_image)
+    others = [("SDXL checkpoints", family != "sd1"),
+              ("context windows (num_frames longer than the context window, context_loop)",
+               s.window(max_frames) < s.num_frames or s.context_loop),
+              ("prompt_schedule (prompt travel)", bool(s.prompt_schedule)),
+              ("free_init_iterations (FreeInit)", s.free_init_iterations > 1),
+              ("control_video (ControlNet)", bool(s.control_video)), ("keyframes (SparseCtrl)", bool(s.keyframes)),
+              ("init_video (video-to-video)", bool(s.init_video))]
+    found = [name for name, used in others if used]
+    need(not found, f"ip_adapter_image (IP-Adapter) is not supported with {', '.join(found)} yet: only plain SD-1.x "
+         "text-to-video within one context window; drop one of them")
+
+
+def parse_image_prompt(text: str) -> tuple[str, ...]:
+    """The image URIs of an `ip_adapter_image` cell: one URI, or a JSON list of 1 to MAX_PROMPT_IMAGES URIs."""
+    text = (text or "").strip()
+    if not text.startswith("["):
+        need(bool(text), 'ip_adapter_image is empty; give an image URI or a JSON list ["a.png", "b.png"]')
+        return (text,)
+    try:
+        items = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"ip_adapter_image is not valid JSON ({getattr(e, 'msg', e)}); expected one image URI "
+                          'or a list ["a.png", "b.png"]') from None
+    need(isinstance(items, list) and 1 <= len(items) <= MAX_PROMPT_IMAGES,
+         f"ip_adapter_image must list 1 to {MAX_PROMPT_IMAGES} image URIs, got {short(items)}")
+    for uri in items:
+        need(isinstance(uri, str) and uri.strip(), f"ip_adapter_image entries must be image URIs, got {short(uri)}")
+    return tuple(uri.strip() for uri in items)

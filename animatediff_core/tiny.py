@@ -29,6 +29,12 @@
                                    (tiny preset only; write_official_models): dreambooth.safetensors (with a
                                    VAE), lora.safetensors, motion_module_v2.ckpt, motion_module_v3.ckpt,
                                    motion_lora.ckpt, v3_adapter.ckpt, sparsectrl_rgb.ckpt, sparsectrl_scribble.ckpt
+  out/ip_adapter/                  image prompts (tiny preset only; write_ip_adapters), h94/IP-Adapter's layout:
+                                   image_encoder/ (a random CLIPVisionModelWithProjection folder),
+                                   ip-adapter_sd15.safetensors (base variant), ip-adapter-plus_sd15.safetensors
+                                   (plus: a perceiver over the encoder's hidden states) and ip-adapter_sd15.bin
+                                   (the base weights as the released .bin: nested dicts of tensors); the toy SDXL
+                                   set has its own under sdxl/ip_adapter/ (ip-adapter_sdxl.safetensors, image_encoder/)
   out/videos/                      4 short synthetic clips (moving color patterns, 32 frames 64x64) and
                                    captions.csv (file, caption): training data for CPU smoke runs of
                                    jobs.train and jobs.ingest (tiny preset only)
@@ -114,6 +120,10 @@ CLIP_PRESETS = {
     "sd15": dict(text_config=SD15_TEXT, projection_dim=768, vision_config=dict(
         hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=24, image_size=224, patch_size=14)),
 }
+# IP-Adapters' image encoders: hidden width (what plus adapters read) and projection width (what base adapters read) differ.
+TINY_IMAGE_ENCODER = dict(hidden_size=48, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=32,
+                          patch_size=8, projection_dim=24)
+TINY_XL_IMAGE_ENCODER = dict(TINY_IMAGE_ENCODER, hidden_size=40, projection_dim=20)
 LORA_TARGETS_UNET = ("to_q", "to_k", "to_v", "to_out.0")
 LORA_TARGETS_TEXT = ("q_proj", "k_proj", "v_proj", "out_proj")
 
@@ -186,6 +196,7 @@ def write_tiny_models(out: str | Path, seed: int = 0, preset: str = "tiny") -> P
         write_official_models(out / "official", unet, vae, text, out / "control", torch.Generator().manual_seed(seed + 4))
         torch.manual_seed(seed + 5)
         write_sdxl_models(out / "sdxl", torch.Generator().manual_seed(seed + 5))
+        write_ip_adapters(out / "ip_adapter", unet, seed + 6)
         write_tiny_videos(out / "videos")
     return out
 
@@ -223,6 +234,7 @@ def write_sdxl_models(out: Path, g: torch.Generator) -> None:
     state.update(open_clip_to_ldm(_perturb(text_2.state_dict(), g)))
     save_state_dict(state, str(ckpts / "dreambooth_xl.safetensors"))
     save_state_dict(_kohya_lora_state(unet, text, g, rank=4, alpha=2.0, text_2=text_2), str(ckpts / "lora_xl.safetensors"))
+    write_ip_adapters(out / "ip_adapter", unet, 7, encoder=TINY_XL_IMAGE_ENCODER, name="ip-adapter_sdxl", plus=False)
 
 
 def original_to_hotshot(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -421,3 +433,51 @@ def _peft_lora_state(unet, g, rank: int) -> dict[str, torch.Tensor]:
         state[f"unet.{name}.lora_A.weight"] = 0.3 * torch.randn(rank, lin.in_features, generator=g)
         state[f"unet.{name}.lora_B.weight"] = 0.3 * torch.randn(lin.out_features, rank, generator=g)
     return state
+
+
+def write_ip_adapters(out: Path, unet: UNet2DConditionModel, seed: int, encoder: dict = TINY_IMAGE_ENCODER,
+                      name: str = "ip-adapter_sd15", plus: bool = True) -> None:
+    """Random IP-Adapters for `unet` in h94/IP-Adapter's released layout (tencent-ailab/IP-Adapter's modules):
+    `image_encoder/` (a CLIPVisionModelWithProjection folder), `NAME.safetensors` (`ImageProjModel`: 4 tokens from
+    the projected image embedding), `NAME.bin` (the same weights as the released .bin, nested dicts) and, with
+    `plus`, `ip-adapter-plus_sd15.safetensors` (`Resampler`: 16 tokens from the penultimate hidden states, width
+    cross_attention_dim, 64-wide heads, depth 4, ff x4). Each adapter has `to_k_ip`/`to_v_ip` for every cross-attention."""
+    import io
+
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from .image_prompt import expected_layers
+    from .storage import write_bytes_atomic
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        CLIPVisionModelWithProjection(CLIPVisionConfig(**encoder)).save_pretrained(out / "image_encoder")
+    g = torch.Generator().manual_seed(seed)
+    cross = unet.config.cross_attention_dim
+
+    def linear(rows: int, cols: int) -> torch.Tensor:
+        return torch.randn(rows, cols, generator=g) * cols ** -0.5
+
+    def norm(width: int, prefix: str) -> dict[str, torch.Tensor]:
+        return {f"{prefix}.weight": 1 + 0.1 * torch.randn(width, generator=g), f"{prefix}.bias": 0.1 * torch.randn(width, generator=g)}
+
+    layers = {k: linear(*shape) for k, shape in expected_layers(unet).items()}
+    base = {"image_proj.proj.weight": linear(4 * cross, encoder["projection_dim"]),
+            "image_proj.proj.bias": 0.1 * torch.randn(4 * cross, generator=g), **norm(cross, "image_proj.norm"), **layers}
+    save_state_dict(base, str(out / f"{name}.safetensors"))
+    nested = {part: {k[len(part) + 1:]: v for k, v in base.items() if k.startswith(part + ".")} for part in ("image_proj", "ip_adapter")}
+    buf = io.BytesIO()
+    torch.save(nested, buf)
+    write_bytes_atomic(str(out / f"{name}.bin"), buf.getvalue())
+    if not plus:
+        return
+    inner, p = 64, "image_proj"  # one 64-wide head (diffusers reads heads as to_q rows // 64)
+    resampler = {f"{p}.latents": torch.randn(1, 16, cross, generator=g) / cross ** 0.5,
+                 f"{p}.proj_in.weight": linear(cross, encoder["hidden_size"]), f"{p}.proj_in.bias": torch.zeros(cross),
+                 f"{p}.proj_out.weight": linear(cross, cross), f"{p}.proj_out.bias": torch.zeros(cross), **norm(cross, f"{p}.norm_out")}
+    for i in range(4):
+        q = f"{p}.layers.{i}"
+        resampler.update({**norm(cross, f"{q}.0.norm1"), **norm(cross, f"{q}.0.norm2"), f"{q}.0.to_q.weight": linear(inner, cross),
+                          f"{q}.0.to_kv.weight": linear(2 * inner, cross), f"{q}.0.to_out.weight": linear(cross, inner),
+                          **norm(cross, f"{q}.1.0"), f"{q}.1.1.weight": linear(4 * cross, cross), f"{q}.1.3.weight": linear(cross, 4 * cross)})
+    save_state_dict({**resampler, **{k: linear(*v.shape) for k, v in layers.items()}}, str(out / "ip-adapter-plus_sd15.safetensors"))

@@ -1,5 +1,5 @@
 """Write the tiny model set (base, motion module in both formats, personalized checkpoints, a CLIP, a RAFT,
-VBench's models in its cache layout, an I3D).
+VBench's models in its cache layout, an I3D, IP-Adapters with their image encoders).
 
     python -m jobs.tiny_models --out DIR [--seed 0]
 """
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = write_tiny_models(args.out, seed=args.seed)
     print(f"tiny models written to {out}: base/, motion_adapter/, motion_module.safetensors, checkpoints/, clip/, motion_loras/, "
-          "raft_small.pth, vbench/, i3d_pretrained_400.pt, control/, official/, sdxl/, videos/")
+          "raft_small.pth, vbench/, i3d_pretrained_400.pt, control/, official/, sdxl/, videos/, ip_adapter/")
     return 0
 
 

@@ -34,6 +34,12 @@ class GenerationFlags:
     frames_png: bool = option(False, help="also write each video's frames as PNGs (videos/.../ID_frames/0000.png)")
     motion_norm: str | None = option(None, choices=MOTION_NORMS, help="motion-module numerics: official (AnimateDiff's own "
                                      "function for the module's version) or diffusers; default: what the module records, else official")
+    # Image prompts (animatediff_core/image_prompt.py): loaded once per actor, for rows with ip_adapter_image.
+    ip_adapter: str | None = option(None, help="IP-Adapter weights for rows with an image prompt (ip_adapter_image): "
+                                    "an ip-adapter(-plus)_sd15 .safetensors/.bin file, a folder holding one, or a Hub id "
+                                    "of the file; SD-1.x bases")
+    image_encoder: str | None = option(None, help="the CLIP vision encoder the adapter reads (a CLIPVisionModelWithProjection "
+                                       "folder or Hub id); default: image_encoder/ beside the adapter file")
     # Speed options (off by default; bench/gpu_job.py measures each on a GPU), applied once per actor.
     speed: SpeedOptions = section(SpeedOptions)
     # Untrusted cells: what a row may cost and run (limits.py), what and where its URIs may read (bounded.py).
@@ -42,6 +48,9 @@ class GenerationFlags:
 
     def __post_init__(self):
         check_fields(self)
+        need(not self.image_encoder or bool(self.ip_adapter), "image_encoder: give --ip-adapter too (the encoder is its input)")
+        need(not (self.ip_adapter and self.speed.fuse_qkv), "ip_adapter: not supported with --fuse-qkv (the fused "
+             "cross-attention would drop the adapter's image attention); leave one out")
 
     def generation_flags(self) -> dict:
         """This section's values, to build another config that generates (evaluation -> the batch job)."""

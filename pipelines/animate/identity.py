@@ -46,14 +46,20 @@ def row_key(row: dict) -> str:
     return _digest(content)
 
 
-def fingerprint(row: dict, motion: MotionSpec, spec: CheckpointSpec) -> dict:
+def fingerprint(row: dict, motion: MotionSpec, spec: CheckpointSpec, image_prompt: str = "") -> dict:
     """What must match for an existing video to be reused on a rerun: the row's content, the checkpoint,
-    the motion module with the numerics it runs with, and what the row's sampler means."""
-    return {"prompt": row["prompt"], "negative_prompt": row["negative_prompt"], "seed": int(row["seed"]),
+    the motion module with the numerics it runs with, what the row's sampler means and, for a row with an
+    image prompt, the job's IP-Adapter and image encoder (`image_prompt`)."""
+    return {**({"ip_adapter": image_prompt} if row.get("ip_adapter_image") else {}),"prompt": row["prompt"], "negative_prompt": row["negative_prompt"], "seed": int(row["seed"]),
             "checkpoint": row["checkpoint"], "checkpoint_stack": spec.identity,
             "motion_module": motion.uri, "motion_norm": motion.numerics or motion.norm,
             "sampler_definition": SAMPLERS[row["sampler"]].definition,
             **{k: plain(row[k]) for k in schema.SETTINGS if k in ALWAYS or k in FILE or _changed(k, plain(row[k]))}}
+
+
+def image_prompt_id(image_prompt: tuple[str, str] | None) -> str:
+    """The job's (IP-Adapter, image encoder) as the fingerprint of a row with an image prompt holds them."""
+    return " ".join(image_prompt) if image_prompt else ""
 
 
 def content_hash(batch: pd.DataFrame) -> pd.Series:

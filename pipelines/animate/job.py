@@ -19,19 +19,20 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from animatediff_core import bounded, hub, storage
+from animatediff_core import bounded, hub, image_prompt, storage
 from animatediff_core.configs import need
 from animatediff_core.errors import CheckpointError
 from animatediff_core.motion_formats import inspect_motion_module
 from animatediff_core.numerics import resolve
 from animatediff_core.pipeline import read_unet_config
-from animatediff_core.settings import FAMILY_NAMES, URI_SETTINGS, CheckpointSpec, family_of
+from animatediff_core.settings import FAMILY_NAMES, URI_SETTINGS, CheckpointSpec, family_of, parse_image_prompt
 from pipelines import tables
 from pipelines.progress import Progress, tally
 from pipelines.ray_session import count_nodes, stage
 from pipelines.animate import schema
 from pipelines.animate.config import AnimateConfig
 from pipelines.animate import official
+from pipelines.animate.identity import image_prompt_id
 from pipelines.animate.layout import OutputLayout, new_run_id
 from pipelines.animate.plan import Plan, is_done, is_pending, mark_conflicts, normalize, plan_block
 from pipelines.animate.lease import claim, refuse_if_live
@@ -52,6 +53,7 @@ class Prepared:
     motions: dict[str, MotionSpec]
     layout: OutputLayout
     families: dict[str, str] = dataclasses.field(default_factory=dict)  # checkpoint name -> its base's family
+    image_prompt: tuple[str, str] | None = None  # (IP-Adapter, image encoder) for the SD-1.x bases, --ip-adapter
 
     def base_of(self, checkpoint: str) -> str:
         return self.checkpoints[checkpoint].base or self.cfg.base
@@ -88,14 +90,28 @@ def preflight(cfg: AnimateConfig) -> Prepared:
     if translated is not None:
         official.check_modules(translated, {n: m.numerics.split("/")[1] for n, m in motions.items()})
     for flag in (n for n in URI_SETTINGS if n != "keyframes"):  # job-wide inputs (keyframes: JSON, read per row)
-        uri = getattr(cfg.generation, flag)
-        if uri:
+        value = getattr(cfg.generation, flag)
+        for uri in (parse_image_prompt(value) if flag == "ip_adapter_image" and value else [value] if value else []):
             bounded.check_uri(uri, f"--{flag.replace('_', '-')}")  # where it may point, before anything reads it
             need(storage.exists(hub.resolve(uri)), f"--{flag.replace('_', '-')} {uri}: not found")
+    image_prompt = _image_prompt(cfg, bases)
     layout = OutputLayout(cfg.out, by_motion=len(motions) > 1)
     log.info("planned: %d prompt table file(s), %d checkpoint(s) (%s), %d motion module(s) (%s)", len(files),
              len(checkpoints), ", ".join(checkpoints), len(motions), ", ".join(motions))
-    return Prepared(cfg, files, checkpoints, motions, layout, {n: bases[s.base or cfg.base][0] for n, s in checkpoints.items()})
+    return Prepared(cfg, files, checkpoints, motions, layout, {n: bases[s.base or cfg.base][0] for n, s in checkpoints.items()},
+                    image_prompt)
+
+
+def _image_prompt(cfg: AnimateConfig, bases: dict) -> tuple[str, str] | None:
+    """(adapter, encoder) when --ip-adapter is given: it must fit the job's SD-1.x base (read from headers and
+    configs) and have an encoder whose features it takes. One line (CheckpointError) otherwise."""
+    if not cfg.ip_adapter:
+        return None
+    sd1 = {f: c for f, c in bases.values() if f == "sd1"}
+    need(bool(sd1), f"--ip-adapter {cfg.ip_adapter}: image prompts run on SD-1.x bases only, and the job has none")
+    adapter, encoder = image_prompt.match([cfg.ip_adapter], [cfg.image_encoder] if cfg.image_encoder else [], sd1)["sd1"]
+    log.info("image prompts: IP-Adapter %s with the image encoder %s", adapter, encoder)
+    return adapter, encoder
 
 
 def _families(cfg: AnimateConfig, checkpoints: dict[str, CheckpointSpec]) -> dict[str, tuple[str, dict]]:
@@ -213,7 +229,8 @@ def _run(prep: Prepared, run_id: str) -> tuple[Summary, set[str]]:
     finished = list_finished(layout, list(prep.motions), list(prep.checkpoints))
     planned = read_prompts(prep.files).map_batches(
         plan_block, batch_format="pandas",
-        fn_kwargs=dict(plan=plan, finished=finished, layout=layout, motions=prep.motions, specs=prep.checkpoints),
+        fn_kwargs=dict(plan=plan, finished=finished, layout=layout, motions=prep.motions, specs=prep.checkpoints,
+                       image_prompt=image_prompt_id(prep.image_prompt)),
     ).materialize()
     total = planned.count()  # materialized: counted from its block metadata
     conflicts, pending, left_out = find_conflicts(planned)
@@ -257,7 +274,8 @@ def _generation(planned, prep: Prepared, layout: OutputLayout, run_id: str, coun
         kwargs = dict(base=base, motions={n: m for n, m in prep.motions.items() if m.family == family},
                       checkpoints=checkpoints, layout=layout, run_id=run_id, gif=cfg.gif, actors=cfg.actors,
                       max_batch=cfg.max_batch, speed=cfg.speed, limits=cfg.limits, reads=cfg.reads,
-                      frames_png=cfg.frames_png, progress=counter)
+                      frames_png=cfg.frames_png, progress=counter,
+                      image_prompt=prep.image_prompt if family == "sd1" else None)
         rows = pending if len(prep.checkpoints) == len(checkpoints) else pending.map_batches(
             _on, batch_format="pandas", fn_kwargs={"checkpoints": list(checkpoints)})
         pools.append(rows.map_batches(**cfg.actors.pool(AnimateStage, kwargs, cfg.batch_size)))
@@ -278,7 +296,9 @@ def stage_models(prep: Prepared, nodes: int) -> Prepared:
     checkpoints = {n: dataclasses.replace(c, uri=stage(c.uri, "--checkpoints", root, nodes), base=stage(c.base, "--checkpoints base", root, nodes))
                    for n, c in prep.checkpoints.items()}
     cfg = dataclasses.replace(prep.cfg, base=stage(prep.cfg.base, "--base", root, nodes))
-    return dataclasses.replace(prep, cfg=cfg, motions=motions, checkpoints=checkpoints)
+    image = prep.image_prompt and (stage(prep.image_prompt[0], "--ip-adapter", root, nodes),
+                                   stage(prep.image_prompt[1], "--image-encoder", root, nodes))
+    return dataclasses.replace(prep, cfg=cfg, motions=motions, checkpoints=checkpoints, image_prompt=image or None)
 
 
 def exit_code(summary: Summary, max_error_fraction: float) -> tuple[int, str]:

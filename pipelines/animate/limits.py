@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from animatediff_core import bounded
 from animatediff_core.configs import check_fields, option
 from animatediff_core.errors import ConfigError
-from animatediff_core.settings import URI_SETTINGS, GenerationSettings, parse_keyframes
+from animatediff_core.settings import URI_SETTINGS, GenerationSettings, parse_image_prompt, parse_keyframes
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,7 +37,8 @@ def row_cost(s: GenerationSettings) -> int:
 
 
 def uris(s: GenerationSettings) -> list[tuple[str, str]]:
-    """(setting, URI) of every file or folder the row names (keyframes: each image of its map)."""
+    """(setting, URI) of every file or folder the row names (keyframes: each image of its map; ip_adapter_image:
+    each image of its list)."""
     out = []
     for name in URI_SETTINGS:
         value = getattr(s, name)
@@ -48,6 +49,11 @@ def uris(s: GenerationSettings) -> list[tuple[str, str]]:
                 out += [(f"keyframe {i}", u) for i, u in parse_keyframes(value, s.num_frames).items()]
             except ConfigError:
                 continue  # validate_settings names the problem
+        elif name == "ip_adapter_image":
+            try:
+                out += [(name, u) for u in parse_image_prompt(value)]
+            except ConfigError:
+                continue
         else:
             out.append((name, value))
     return out

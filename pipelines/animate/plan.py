@@ -159,10 +159,10 @@ def _some(names, shown: int = 10) -> str:
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
-def plan_block(batch: pd.DataFrame, plan: Plan, finished, layout, motions, specs) -> pd.DataFrame:
+def plan_block(batch: pd.DataFrame, plan: Plan, finished, layout, motions, specs, image_prompt: str = "") -> pd.DataFrame:
     """One planning task: expand the sweep, mark finished rows, add the slot and content hashes."""
     expanded = expand_rows(batch, plan)
-    rows = mark_finished(expanded, finished, layout, motions, specs)
+    rows = mark_finished(expanded, finished, layout, motions, specs, image_prompt)
     errors = rows.loc[rows["status"] == "error", "error"]
     if len(errors):  # per block, not per row: a million error rows must not be a million log lines
         top = "; ".join(f"{n} x {msg[:120]}" for msg, n in errors.value_counts().head(3).items())

@@ -49,8 +49,9 @@ def list_finished(layout: OutputLayout, motions: list[str], checkpoints: list[st
 
 
 def mark_finished(batch: pd.DataFrame, finished: dict, layout: OutputLayout, motions: dict[str, MotionSpec],
-                  specs: dict[str, CheckpointSpec]) -> pd.DataFrame:
-    """Pending rows whose listed video and sidecar match become ok/skipped (one sidecar read each)."""
+                  specs: dict[str, CheckpointSpec], image_prompt: str = "") -> pd.DataFrame:
+    """Pending rows whose listed video and sidecar match become ok/skipped (one sidecar read each).
+    `image_prompt`: the job's IP-Adapter and encoder (identity.fingerprint)."""
     if not finished or batch.empty:
         return batch
     batch = batch.copy()
@@ -63,7 +64,7 @@ def mark_finished(batch: pd.DataFrame, finished: dict, layout: OutputLayout, mot
             meta = json.loads(storage.read_small(layout.sidecar(row["motion_module"], row["checkpoint"], row["id"])))
         except (OSError, ValueError):
             continue  # unreadable sidecar: generate again
-        same = meta.get("fingerprint") == fingerprint(row.to_dict(), motions[row["motion_module"]], specs[row["checkpoint"]])
+        same = meta.get("fingerprint") == fingerprint(row.to_dict(), motions[row["motion_module"]], specs[row["checkpoint"]], image_prompt)
         if same and size == meta.get("bytes"):
             for k in ("video_uri", "gif_uri", "seconds", "bytes", "sha256"):
                 batch.at[i, k] = meta.get(k)

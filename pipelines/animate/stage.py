@@ -1,7 +1,8 @@
 """The batch-animation actor: one loaded AnimateDiff pipeline, many personalized checkpoints and
 motion modules, switched in place.
 
-`__init__` loads the base, a motion module, VAE and tokenizer once per actor; `__call__(batch)` runs
+`__init__` loads the base, a motion module, VAE and tokenizer (and the IP-Adapter with its image encoder,
+given --ip-adapter) once per actor; `__call__(batch)` runs
 each group of rows that share motion module, checkpoint and shape as batched `generate` calls,
 hands each video to a small writer pool (mp4, GIF, sidecar: off the generation path), writes the
 batch's metadata shard, and returns the metadata rows. Nothing in one row can fail another row or
@@ -21,11 +22,12 @@ import pandas as pd
 
 from animatediff_core import bounded, storage
 from animatediff_core.bounded import ReadLimits
-from animatediff_core.errors import AnimateDiffError, CheckpointError
+from animatediff_core.errors import AnimateDiffError, CheckpointError, ConfigError
 from animatediff_core.conditioning import read_inputs
 from animatediff_core.control_models import ControlModels
 from animatediff_core.generate import (Conditioning, GenerationSettings, Request, TimeUp, generate, uses_windows,
                                       validate_request)
+from animatediff_core.image_prompt import ImagePrompt
 from animatediff_core.long_video import ring_starts, window_starts
 from animatediff_core.motion_formats import load_motion_adapter
 from animatediff_core.numerics import apply_motion_norm, resolve
@@ -36,7 +38,7 @@ from animatediff_core.speed import OFF, SpeedOptions, apply_speed, weights_chang
 from animatediff_core.video_io import write_gif, write_png_frames, write_video
 from pipelines.animate import schema
 from pipelines.animate.layout import OutputLayout
-from pipelines.animate.identity import fingerprint
+from pipelines.animate.identity import fingerprint, image_prompt_id
 from pipelines.animate.limits import RowLimits
 from pipelines.animate.report import shard_failed, write_shard
 from pipelines.animate.sets import MotionSpec
@@ -64,7 +66,8 @@ class AnimateStage:
     def __init__(self, base: str, motions: dict[str, MotionSpec], checkpoints: dict[str, CheckpointSpec],
                  layout: OutputLayout, run_id: str, gif: bool = True, frames_png: bool = False,
                  actors: ActorOptions = ActorOptions(), max_batch: int | None = None, writers: int = 2,
-                 speed: SpeedOptions = OFF, limits: RowLimits = RowLimits(), reads: ReadLimits = ReadLimits(), progress=None):
+                 speed: SpeedOptions = OFF, limits: RowLimits = RowLimits(), reads: ReadLimits = ReadLimits(), progress=None,
+                 image_prompt: tuple[str, str] | None = None):
         bounded.configure(reads)  # every read a row's cells cause, in this actor, within the job's limits
         self.row_timeout = limits.row_timeout
         placement = setup_actor(actors.precision, actors.threads)
@@ -76,6 +79,9 @@ class AnimateStage:
         self.progress = progress  # the driver's progress tally (pipelines/progress.py), or None
         if speed.any:
             log.info("speed options: %s", speed)
+        # The IP-Adapter and its encoder: read once, put into every pipeline _build makes (preflight checked the fit).
+        self.image_prompt = ImagePrompt(*image_prompt, device=self.device, dtype=dtype) if image_prompt else None
+        self.image_prompt_id = image_prompt_id(image_prompt)
         self._build(next(iter(motions.values())))
         # Rows per pipeline call: GPUs batch up to 8. CPU actors run one row per call: a batch of 8 measured 19%
         # slower per video (bench/README.md), and alone a row's bytes never depend on its neighbours.
@@ -175,12 +181,17 @@ class AnimateStage:
         return writes
 
     def _conditioning(self, s) -> Conditioning | None:
-        """The control inputs `s` names (ControlNet frames, keyframes, init video) with their models; None if none."""
+        """The control inputs `s` names (ControlNet frames, keyframes, init video) with their models, and its
+        image prompt encoded (once per actor while cached); None if none."""
+        if s.ip_adapter_image and self.image_prompt is None:
+            raise ConfigError("ip_adapter_image needs an IP-Adapter: run the job with --ip-adapter (and --image-encoder "
+                              "unless image_encoder/ sits beside the adapter)")
+        image = self.image_prompt.embeds(self.pipe, s.ip_adapter_image) if s.ip_adapter_image else None
         inputs = read_inputs(s)
-        if inputs is None:
+        if inputs is None and image is None:
             return None
         return Conditioning(
-            inputs=inputs,
+            inputs=inputs, image=image,
             controlnet=self.controls.get("controlnet", s.control_model) if s.control_video else None,
             keyframe_model=self.controls.get("sparsectrl", s.keyframe_model) if s.keyframes else None)
 
@@ -215,6 +226,8 @@ class AnimateStage:
     def _build(self, spec: MotionSpec) -> None:
         """Load the base with the motion module `spec`: the pipeline, its speed options, its personalizer."""
         self.pipe = load_pipeline(self.base, spec.uri, device=self.device, dtype=self.dtype, motion_norm=spec.norm)
+        if self.image_prompt is not None:  # before the personalizer: its base copy leaves the adapter's layers out
+            self.image_prompt.attach(self.pipe)
         apply_speed(self.pipe, self.speed)  # opt-in (--fuse-qkv, --channels-last, --compile, --vae-chunk): once per pipeline
         self.personalizer = Personalizer(self.pipe)
         self.motion = spec.name
@@ -259,7 +272,7 @@ class AnimateStage:
                 "bytes": num_bytes, "sha256": sha256}
         # The sidecar is written after the batch's metadata shard: its presence means the video is complete,
         # matches these settings and has its metadata row.
-        sidecar = {**meta, "fingerprint": fingerprint(row, self.motions[motion], self.specs[ckpt])}
+        sidecar = {**meta, "fingerprint": fingerprint(row, self.motions[motion], self.specs[ckpt], self.image_prompt_id)}
         self._report({"ok": 1}, uri)
         return meta, (self.layout.sidecar(motion, ckpt, rid), json.dumps(sidecar).encode())
 

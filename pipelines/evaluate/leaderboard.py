@@ -8,7 +8,8 @@ agrees. Videos are treated as independent draws of (prompt, seed); the suite's p
 entry, so two entries whose intervals overlap may still differ in a paired comparison. Failed generations
 and videos that could not be scored are counted in `errors`, never dropped from `videos`. A metric the
 scored table lacks (`motion_flow` from tables written before it existed) gets NaN columns.
-`temporal_flickering_n` counts the videos VBench's static filter kept (the only ones it scores).
+`temporal_flickering_n` counts the videos VBench's static filter kept (the only ones it scores);
+`image_alignment_n` the videos with an image prompt (the only ones it scores).
 With an FVD reference, `fvd` is each entry's FVD against it over `fvd_videos` videos (no interval: FVD
 is a distance between two sets, not a mean over videos).
 """
@@ -71,8 +72,9 @@ def leaderboard(scored: pd.DataFrame, reference=None) -> pd.DataFrame:
             values = g.loc[~failed, m].to_numpy() if m in g else np.array([])
             mean, low, high, n = mean_ci(values, bounds=RANGES[m], binary=m in BINARY)
             row.update({f"{m}_mean": mean, f"{m}_ci_low": low, f"{m}_ci_high": high})
-            if m in ("domain_similarity", "temporal_flickering"):
-                row[f"{m}_n"] = n  # stills can be missing where videos are not; flickering counts static videos only
+            if m in ("domain_similarity", "temporal_flickering", "image_alignment"):
+                row[f"{m}_n"] = n  # stills can be missing where videos are not; flickering counts static videos only;
+                # image alignment counts the rows with an image prompt
         if reference is not None:
             from pipelines.evaluate.fvd import entry_fvd  # here: only FVD needs it (and Ray Data through it)
 

@@ -52,9 +52,13 @@ def _seed(cell, prompt: str) -> int | str:
     return _seed_of(prompt) if seed is None else seed
 
 
+IMAGE_COLUMNS = ("ip_adapter_image", "ip_adapter_scale")  # a suite's image prompts, passed on when its tables have them
+
+
 def expand_seeds(tables: list[pd.DataFrame], seeds_per_prompt: int) -> pd.DataFrame:
     """One row per (prompt row, seed): columns id (when the tables have ids), category, prompt,
-    negative_prompt, seed. Ids get a `-s<k>` suffix when there are several seeds."""
+    negative_prompt, seed, and the image-prompt columns of tables that have them. Ids get a `-s<k>` suffix
+    when there are several seeds."""
     need(seeds_per_prompt >= 1, f"--seeds-per-prompt must be at least 1, got {seeds_per_prompt}")
     rows = []
     for table in tables:
@@ -65,7 +69,8 @@ def expand_seeds(tables: list[pd.DataFrame], seeds_per_prompt: int) -> pd.DataFr
                 rid = r.get("id")
                 rid = None if rid is None or pd.isna(rid) else (f"{rid}-s{k}" if seeds_per_prompt > 1 else str(rid))
                 rows.append({"id": rid, "category": _text(r.get("category")), "prompt": prompt,
-                             "negative_prompt": _text(r.get("negative_prompt")), "seed": seed + k if isinstance(seed, int) else seed})
+                             "negative_prompt": _text(r.get("negative_prompt")), "seed": seed + k if isinstance(seed, int) else seed,
+                             **{c: _text(r.get(c)) for c in IMAGE_COLUMNS if c in table.columns}})
     out = pd.DataFrame(rows)
     if out["id"].isna().all():
         out = out.drop(columns="id")

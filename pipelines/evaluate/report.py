@@ -38,7 +38,8 @@ FORMULA = ("=", "+", "-", "@", "\t", "\r")
 TITLES = {"text_alignment": "text alignment (CLIPScore, 0-100)", "frame_consistency": "frame consistency (consecutive)",
           "frame_consistency_all_pairs": "frame consistency (all pairs)", "temporal_flicker": "temporal flicker (1 = still)",
           "motion_pixel": "motion: mean abs. pixel change (0-255)", "motion_flow": "motion: optical flow (RAFT), pixels",
-          "domain_similarity": "domain similarity to the still", "subject_consistency": "VBench subject consistency (DINO)",
+          "domain_similarity": "domain similarity to the still", "image_alignment": "image alignment to the image prompt (CLIP)",
+          "subject_consistency": "VBench subject consistency (DINO)",
           "background_consistency": "VBench background consistency (CLIP)", "temporal_flickering": "VBench temporal flickering (static videos)",
           "dynamic_degree": "VBench dynamic degree (share dynamic)", "aesthetic_quality": "VBench aesthetic quality (LAION)",
           "static_filter": "VBench static filter (share static)"}
@@ -264,7 +265,8 @@ Click a column header to sort.</p>
 
 def summary(scored: pd.DataFrame, board: pd.DataFrame, seconds: float, report_uri: str) -> str:
     """The job's closing lines: the leaderboard's main columns and where the outputs are."""
-    optional = [c for c in ("motion_flow_mean", *(f"{d}_mean" for d in RADAR), "fvd")  # with --raft, --vbench-models, --fvd-reference
+    optional = [c for c in ("motion_flow_mean", *(f"{d}_mean" for d in RADAR), "fvd", "image_alignment_mean")  # with --raft,
+                # --vbench-models, --fvd-reference, image prompts
                 if c in board and board[c].notna().any()]
     cols = ["rank", "checkpoint", "motion_module_label", "n", "errors", "text_alignment_mean",
             "frame_consistency_mean", "motion_pixel_mean", *optional, "domain_similarity_mean"]

@@ -2,7 +2,7 @@
 
 `__init__` loads CLIP (and RAFT, VBench's networks and I3D, when given) once per actor (on the GPU where
 the actor has one); `__call__(batch)` decodes each of the batch's videos once (and its still), calls
-`metrics.score_videos` once, `vbench.score_video` per video and I3D on the videos long enough for FVD,
+`metrics.score_videos` once (with the reference images of rows with an image prompt), `vbench.score_video` per video and I3D on the videos long enough for FVD,
 and returns the rows with the metric columns (and, with I3D, `i3d_features`: the FVD features, a list
 of floats, empty where none). A video that failed to generate keeps NaN metrics; one that cannot be decoded gets a
 `metrics_error` and NaN metrics. Every row given comes back.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from animatediff_core import bounded, flow, fvd, metrics, vbench
+from animatediff_core import bounded, flow, fvd, image_prompt, metrics, vbench
 from animatediff_core import i3d as i3d_net
 from animatediff_core.bounded import ReadLimits
 from animatediff_core.device import setup_actor
@@ -50,7 +50,7 @@ class MetricsStage:
         batch["prompt_tokens"], batch["prompt_truncated"], batch["metrics_error"] = -1, False, ""
         if self.i3d is not None:
             batch[FEATURES] = [[] for _ in range(len(batch))]
-        ready, videos, stills = [], [], []
+        ready, videos, stills, references = [], [], [], []
         for i, row in batch.iterrows():
             if row["status"] != "ok":
                 continue
@@ -61,9 +61,10 @@ class MetricsStage:
                 continue
             ready.append(i)
             stills.append(self._still(row))
+            references.append(self._references(row))
         if ready:
             scores = metrics.score_videos(self.clip, videos, [batch.at[i, "prompt"] for i in ready], stills, self.frame_batch,
-                                          self.raft)
+                                          self.raft, references)
             for i, score in zip(ready, scores):
                 for k, v in score.items():
                     batch.at[i, k] = v
@@ -84,6 +85,18 @@ class MetricsStage:
             feats = fvd.features(self.i3d, [v for _, v in long_enough], self.fvd_frames)
             for (i, _), f in zip(long_enough, feats):
                 batch.at[i, FEATURES] = f.astype(np.float32).tolist()
+
+    @staticmethod
+    def _references(row) -> list[np.ndarray] | None:
+        """The images of the row's image prompt (read within --max-image-mb); None without one, or when one
+        cannot be read (image alignment stays NaN, as the generation of such a row failed)."""
+        text = row.get("ip_adapter_image") or ""
+        if not isinstance(text, str) or not text:
+            return None
+        try:
+            return image_prompt.read_images(text)
+        except AnimateDiffError:
+            return None
 
     @staticmethod
     def _still(row) -> np.ndarray | None:
