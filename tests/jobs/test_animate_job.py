@@ -280,26 +280,10 @@ def test_control_video_keyframes_init_video_and_loops_through_the_cli(tiny_model
 @pytest.fixture()
 def loopback():
     """An HTTP server on 127.0.0.1 that records every request (the job must never make one)."""
-    import http.server
-    import threading
+    from helpers_http import recording_server
 
-    hits = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            hits.append(self.path)
-            self.send_response(200)
-            self.end_headers()
-
-        do_HEAD = do_GET
-
-        def log_message(self, *a):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", hits
-    server.shutdown()
+    with recording_server() as served:
+        yield served
 
 
 @pytest.mark.slow

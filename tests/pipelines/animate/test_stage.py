@@ -4,6 +4,7 @@ import json
 
 import pandas as pd
 import pytest
+from helpers_http import recording_server
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import pipelines.animate.stage as stage_mod
@@ -337,45 +338,30 @@ def test_a_row_past_its_timeout_is_an_error_row_and_the_actor_goes_on(stage, mon
 
 @pytest.fixture(scope="module")
 def hostile_uris(tmp_path_factory, tiny_models):
-    import http.server
     import os
-    import threading
 
     import numpy as np
     from PIL import Image
 
     root = tmp_path_factory.mktemp("hostile")
-    hits = []
+    with recording_server() as (base, hits):
+        port = int(base.rsplit(":", 1)[1])
+        os.mkfifo(root / "fifo.png")
+        (root / "zero.safetensors").symlink_to("/dev/zero")
+        Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(root / "ok.png")
+        with open(root / "huge.png", "wb") as f:
+            f.truncate(65 << 20)  # sparse: over --max-image-mb's 64 MiB without using the disk
+        from animatediff_core.video_io import write_video
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            hits.append(self.path)
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *a):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    port = server.server_address[1]
-    os.mkfifo(root / "fifo.png")
-    (root / "zero.safetensors").symlink_to("/dev/zero")
-    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(root / "ok.png")
-    with open(root / "huge.png", "wb") as f:
-        f.truncate(65 << 20)  # sparse: over --max-image-mb's 64 MiB without using the disk
-    from animatediff_core.video_io import write_video
-
-    write_video(str(root / "ok.mp4"), np.full((6, 40, 40, 3), 120, np.uint8))
-    good = {"image": str(root / "ok.png"), "video": str(root / "ok.mp4"), "sparse": str(tiny_models / "control" / "sparsectrl_rgb"),
-            "controlnet": str(tiny_models / "control" / "controlnet")}
-    uris = [str(root / "fifo.png"), str(root / "zero.safetensors"), "/proc/self/environ", "/dev/zero", str(root),
-            f"http://127.0.0.1:{port}/a.png", f"http://localhost:{port}/m.safetensors", f"http://[::1]:{port}/v.mp4",
-            "http://169.254.169.254/latest/meta-data", "ftp://example.com/a.png", "simplecache::memory://x/a.png",
-            "memory://nowhere/a.png", str(root / "missing.png"), str(root / "huge.png"), str(root / "ok.png"),
-            "file://" + str(root / "ok.png"), "org/name", "../../etc/passwd", "a" * 5000, *good.values()]
-    yield uris, hits, good
-    server.shutdown()
+        write_video(str(root / "ok.mp4"), np.full((6, 40, 40, 3), 120, np.uint8))
+        good = {"image": str(root / "ok.png"), "video": str(root / "ok.mp4"), "sparse": str(tiny_models / "control" / "sparsectrl_rgb"),
+                "controlnet": str(tiny_models / "control" / "controlnet")}
+        uris = [str(root / "fifo.png"), str(root / "zero.safetensors"), "/proc/self/environ", "/dev/zero", str(root),
+                f"http://127.0.0.1:{port}/a.png", f"http://localhost:{port}/m.safetensors", f"http://[::1]:{port}/v.mp4",
+                "http://169.254.169.254/latest/meta-data", "ftp://example.com/a.png", "simplecache::memory://x/a.png",
+                "memory://nowhere/a.png", str(root / "missing.png"), str(root / "huge.png"), str(root / "ok.png"),
+                "file://" + str(root / "ok.png"), "org/name", "../../etc/passwd", "a" * 5000, *good.values()]
+        yield uris, hits, good
 
 
 _uri_columns = ("keyframes", "control_video", "init_video", "motion_lora", "control_model", "keyframe_model")
