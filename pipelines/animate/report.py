@@ -131,8 +131,9 @@ class Summary:
         for (m, c, k), n in batch.assign(kind=kind).groupby(["motion_module", "checkpoint", "kind"]).size().items():
             self.counts[(m, c)][k] += int(n)
         errors = batch.loc[batch["status"] == "error", "error"]
-        firsts = errors.groupby(errors.map(reason), sort=False).first()  # one message with its values per reason
-        for msg, n in errors.map(reason).value_counts().items():
+        why = errors.map(reason)
+        firsts = errors.groupby(why, sort=False).first()  # one message with its values per reason
+        for msg, n in why.value_counts().items():
             key = msg if msg in self.reasons or len(self.reasons) < MAX_REASONS else "other"
             self.reasons[key] += int(n)
             if key != "other":
