@@ -144,35 +144,6 @@ def job(models: str, rows: int, window: float, mode: str, tmp: str) -> None:
             print(f"    {100 * cpu / seconds:5.1f}%  {name}")
 
 
-def loop(models: str, window: float) -> None:
-    import torch
-
-    from animatediff_core.pipeline import load_pipeline
-
-    torch.set_num_threads(2)
-    pipe = load_pipeline(os.path.join(models, "base"), os.path.join(models, "motion_adapter"))
-    pipe.set_progress_bar_config(disable=True)
-    stop = threading.Event()
-
-    def work():
-        i = 0
-        while not stop.is_set():
-            pipe(f"a photo of subject {i}", num_frames=16, height=64, width=64, num_inference_steps=2, guidance_scale=7.5,
-                 generator=torch.Generator().manual_seed(i), output_type="np")
-            i += 1
-
-    thread = threading.Thread(target=work)
-    thread.start()
-    time.sleep(8)  # past the first call
-    (r0, w0), t0 = run_and_wait(os.getpid()), time.time()
-    time.sleep(window)
-    (r1, w1), t1 = run_and_wait(os.getpid()), time.time()
-    stop.set()
-    thread.join()
-    print(f"\nplain diffusers loop in this process (2 threads): runs {100 * (r1 - r0) / (t1 - t0):.0f}% of a core, "
-          f"waits in the run queue {100 * (w1 - w0) / (t1 - t0):.0f}%")
-
-
 PROMPT = "a photo of subject {}, cinematic lighting"
 
 
@@ -194,6 +165,28 @@ def _call(pipe, i: int) -> float:
     pipe(PROMPT.format(i), num_frames=16, height=64, width=64, num_inference_steps=2, guidance_scale=7.5,
          generator=torch.Generator().manual_seed(i), output_type="np")
     return time.time() - start
+
+
+def loop(models: str, window: float) -> None:
+    pipe = _pipeline(models)
+    stop = threading.Event()
+
+    def work():
+        i = 0
+        while not stop.is_set():
+            _call(pipe, i)
+            i += 1
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    time.sleep(8)  # past the first call
+    (r0, w0), t0 = run_and_wait(os.getpid()), time.time()
+    time.sleep(window)
+    (r1, w1), t1 = run_and_wait(os.getpid()), time.time()
+    stop.set()
+    thread.join()
+    print(f"\nplain diffusers loop in this process (2 threads): runs {100 * (r1 - r0) / (t1 - t0):.0f}% of a core, "
+          f"waits in the run queue {100 * (w1 - w0) / (t1 - t0):.0f}%")
 
 
 class _Caller:
