@@ -62,6 +62,8 @@ def stream(f, path: str, columns) -> Iterator[pa.Table]:
             if invalid:
                 yield _problems(target, columns, path, invalid)
                 invalid.clear()
+        if invalid:  # malformed rows after the last parsed one (pyarrow yields no batch for a block of only those)
+            yield _problems(target, columns, path, invalid)
     except (pa.ArrowException, OSError, UnicodeError, EOFError) as e:
         why = " ".join(str(e).split())[:300] or type(e).__name__
         found = invalid + [(start, f"{cells.UNREADABLE}{path} could not be read as CSV from row {start} on ({why}); "

@@ -81,7 +81,9 @@ def test_csv_cells_name_bad_rows_and_a_broken_file_is_one_row(tmp_path):
     assert sorted(out.id[out.status == "pending"]) == ["r1", "r3", "r5"]
     assert sorted(out.error[out.status == "error"]) == ["f.csv row 3 has 4 fields where the header has 2",
                                                         "f.csv row 5 has 3 fields where the header has 2"]
-    broken = io.BytesIO(b"id,prompt\nr1,a cat\n")
+    for only_bad in (b"id,prompt\nr1,a, cat\nr2,b, dog\n", b"id,prompt\nr1,a cat\nr2,b, dog\n"):  # every row / the last malformed
+        out = expand_rows(normalize(pa.concat_tables(list(csv_cells.stream(pa.BufferReader(only_bad), "g.csv", schema.READ)))), PLAN)
+        assert "g.csv row 3 has 3 fields where the header has 2" in set(out.error[out.status == "error"])
     import gzip
 
     broken = gzip.compress(b"id,prompt\n" + b"r,x\n" * 10)[:-12]  # a truncated .csv.gz
