@@ -312,7 +312,7 @@ def exit_code(summary: Summary, max_error_fraction: float) -> tuple[int, str]:
                    "or fix access to --out and run again: finished rows are kept and skipped")
     errors, rows = summary.total("error"), summary.rows
     if rows and errors == rows:
-        return 1, f"every row failed ({errors} rows); the commonest reason: {summary.reasons.most_common(1)[0][0]}"
+        return 1, f"every row failed ({errors} rows); the commonest reason: {summary.example(summary.reasons.most_common(1)[0][0])}"
     if rows and errors / rows > max_error_fraction:
         return 1, f"{errors} of {rows} rows failed ({errors / rows:.1%}), more than --max-error-fraction {max_error_fraction}"
     return 0, ""

@@ -84,6 +84,11 @@ def test_csv_cells_name_bad_rows_and_a_broken_file_is_one_row(tmp_path):
     for only_bad in (b"id,prompt\nr1,a, cat\nr2,b, dog\n", b"id,prompt\nr1,a cat\nr2,b, dog\n"):  # every row / the last malformed
         out = expand_rows(normalize(pa.concat_tables(list(csv_cells.stream(pa.BufferReader(only_bad), "g.csv", schema.READ)))), PLAN)
         assert "g.csv row 3 has 3 fields where the header has 2" in set(out.error[out.status == "error"])
+    summary = Summary()
+    summary.add(schema.typed(expand_rows(normalize(pa.concat_tables(list(csv_cells.stream(
+        pa.BufferReader(b"id,prompt\nr1,a, cat\nr2,b, dog\n"), "g.csv", schema.READ)))), PLAN)))
+    code, line = exit_code(summary, 1.0)  # the one line names a row with its values, not only the grouped reason
+    assert code == 1 and line.startswith("every row failed (2 rows)") and "g.csv row 2 has 3 fields" in line
     import gzip
 
     broken = gzip.compress(b"id,prompt\n" + b"r,x\n" * 10)[:-12]  # a truncated .csv.gz
