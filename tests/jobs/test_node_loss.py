@@ -43,6 +43,14 @@ def cluster(s3_server):
         yield c
 
 
+def _why(err: str) -> str:
+    """A failed run's story for the assertion message: every distinct line of the whole stderr that names an
+    error, a failure or a restart (Ray's worker tracebacks fill the tail), then the tail itself."""
+    keys = ("error", "Error", "failed", "restart", "died", "killed")
+    story = list(dict.fromkeys(ln.strip()[:300] for ln in err.splitlines() if any(k in ln for k in keys) and "File \"" not in ln))
+    return "\n".join(story[:60]) + "\n--- tail ---\n" + err[-2000:]
+
+
 def _kill_and_replace(cluster) -> None:
     cluster.send(f"kill {cluster.alive.pop(0)}")
     cluster.send("add")
@@ -71,7 +79,7 @@ def test_batch_job_survives_losing_a_worker_node(cluster, tiny_models, s3_env):
         out, err = driver.communicate(timeout=300)
     finally:
         driver.kill()
-    assert driver.returncode == 0, err[-4000:]
+    assert driver.returncode == 0, _why(err)
     assert "on 3 node(s)" in out and written_before < ROWS - 2  # the lost node still had work
     fs.invalidate_cache()
     meta = pd.concat(pd.read_parquet(io.BytesIO(fs.cat_file(p))) for p in fs.glob("node-loss/run/metadata/*.parquet"))
@@ -113,7 +121,7 @@ def test_training_continues_from_its_checkpoint_after_losing_a_node(cluster, tin
         out, err = driver.communicate(timeout=400)
     finally:
         driver.kill()
-    assert driver.returncode == 0, err[-4000:]
+    assert driver.returncode == 0, _why(err)
     assert "trained 4 steps" in out and "on 3 node(s)" in out
     fs.invalidate_cache()
     lines = [json.loads(x) for x in fs.cat_file(f"{run}/metrics.jsonl").decode().splitlines() if x.strip()]
