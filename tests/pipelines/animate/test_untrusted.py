@@ -69,31 +69,33 @@ def test_cells_of_any_size_bytes_or_digits_become_error_rows():
     assert "lone surrogate" in problem and "\ud800" not in text
 
 
+def _planned(stream, name: str) -> pd.DataFrame:
+    """The plan of one CSV read through csv_cells (rows, or error rows naming file and row)."""
+    return expand_rows(normalize(pa.concat_tables(list(csv_cells.stream(stream, name, schema.READ)))), PLAN)
+
+
 def test_csv_cells_name_bad_rows_and_a_broken_file_is_one_row(tmp_path):
     data = b"id,prompt,extra\nr1,a cat,\xff\xfe\nr2,a \xed\xa0\x80 dog,x\nr3,\"a\nbird\",y\n"
-    blocks = list(csv_cells.stream(pa.BufferReader(data), "p.csv", schema.READ))
-    out = expand_rows(normalize(pa.concat_tables(blocks)), PLAN).set_index("id")
+    out = _planned(pa.BufferReader(data), "p.csv").set_index("id")
     assert out.loc["r1", "status"] == "pending" and out.loc["r3", "prompt"] == "a\nbird"  # bad bytes in an unread column
     assert out.loc["r2", "error"].startswith("p.csv row 3: column prompt is not valid UTF-8")
     fields = b"id,prompt\nr1,a cat\nr2,x,y,z\nr3,\"two\nlines\"\nr4,z,z\nr5,ok\n"  # rows as a spreadsheet counts them
-    blocks = list(csv_cells.stream(pa.BufferReader(fields), "f.csv", schema.READ))
-    out = expand_rows(normalize(pa.concat_tables(blocks)), PLAN)
+    out = _planned(pa.BufferReader(fields), "f.csv")
     assert sorted(out.id[out.status == "pending"]) == ["r1", "r3", "r5"]
     assert sorted(out.error[out.status == "error"]) == ["f.csv row 3 has 4 fields where the header has 2",
                                                         "f.csv row 5 has 3 fields where the header has 2"]
-    for only_bad in (b"id,prompt\nr1,a, cat\nr2,b, dog\n", b"id,prompt\nr1,a cat\nr2,b, dog\n"):  # every row / the last malformed
-        out = expand_rows(normalize(pa.concat_tables(list(csv_cells.stream(pa.BufferReader(only_bad), "g.csv", schema.READ)))), PLAN)
+    every_bad, last_bad = (_planned(pa.BufferReader(t), "g.csv") for t in (b"id,prompt\nr1,a, cat\nr2,b, dog\n",
+                                                                             b"id,prompt\nr1,a cat\nr2,b, dog\n"))
+    for out in (every_bad, last_bad):  # malformed rows after the last parsed one are error rows too
         assert "g.csv row 3 has 3 fields where the header has 2" in set(out.error[out.status == "error"])
     summary = Summary()
-    summary.add(schema.typed(expand_rows(normalize(pa.concat_tables(list(csv_cells.stream(
-        pa.BufferReader(b"id,prompt\nr1,a, cat\nr2,b, dog\n"), "g.csv", schema.READ)))), PLAN)))
+    summary.add(schema.typed(every_bad))
     code, line = exit_code(summary, 1.0)  # the one line names a row with its values, not only the grouped reason
     assert code == 1 and line.startswith("every row failed (2 rows)") and "g.csv row 2 has 3 fields" in line
     import gzip
 
     broken = gzip.compress(b"id,prompt\n" + b"r,x\n" * 10)[:-12]  # a truncated .csv.gz
-    blocks = list(csv_cells.stream(pa.CompressedInputStream(pa.BufferReader(broken), "gzip"), "b.csv.gz", schema.READ))
-    rows = expand_rows(normalize(pa.concat_tables(blocks)), PLAN)
+    rows = _planned(pa.CompressedInputStream(pa.BufferReader(broken), "gzip"), "b.csv.gz")
     failed = rows[rows.error.str.startswith(cells.UNREADABLE)]
     assert len(failed) == 1 and "b.csv.gz could not be read as CSV from row" in failed.error.iloc[0]
     summary = Summary()
