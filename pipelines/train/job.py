@@ -136,7 +136,7 @@ def train(run: TrainRun, plan: TrainPlan) -> TrainSummary:
     """Train as planned by `check_run`, then summarize. Ray must be initialized (the job does it).
 
     A run that still fails after `max_failures` worker-group restarts raises AnimateDiffError with
-    the first worker's error in one line; so does, at once and without restarts, a run whose data
+    the causing worker's error in one line (`_worker_error`); so does, at once and without restarts, a run whose data
     gave no usable clip in a whole pass (with the skip counts by reason).
     """
     start = time.time()
@@ -161,12 +161,29 @@ def train(run: TrainRun, plan: TrainPlan) -> TrainSummary:
                         resumed_from=plan.resumed_from)
 
 
+# A collective (gloo, NCCL) whose peer died fails with one of these on every surviving worker: the
+# peer's own error is the cause an operator needs, so it is reported first.
+_PEER_LOST = ("closed by peer", "reset by peer", "broken pipe", "remote process exited", "communicator was aborted")
+
+
 def _worker_error(e: Exception) -> str:
-    """The last line of the first worker's error (its exception type and message), else of `e`."""
+    """The last line of one worker's error (its exception type and message), else of `e`: the lowest rank
+    whose error is not a collective losing its peer, else the lowest rank's; with how many workers failed."""
     failures = getattr(e, "worker_failures", None) or {}
-    cause = next(iter(failures.values()), e)
+    last = {rank: _last_line(failures[rank]) for rank in sorted(failures)} or {None: _last_line(e)}
+    rank = next((r for r, line in last.items() if not any(k in line.lower() for k in _PEER_LOST)), next(iter(last)))
+    if len(last) < 2:
+        return last[rank]
+    return f"worker {rank}: {last[rank]} ({len(last)} workers failed; the others: {_others(last, rank)})"
+
+
+def _last_line(cause: BaseException) -> str:
     lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
     return lines[-1][:500] if lines else type(cause).__name__
+
+
+def _others(last: dict, rank) -> str:
+    return "; ".join(f"worker {r}: {line[:120]}" for r, line in last.items() if r != rank)
 
 
 def _skips_at(run_dir: str, step: int | None) -> dict:
