@@ -22,7 +22,9 @@ import pytest
 from helpers_cluster import MultiNode, token_env
 from helpers_video import real_video
 
-pytestmark = pytest.mark.slow  # multi-node clusters
+# Each test's own deadlines (cluster start, first video or checkpoint, the rest of the run) add up to less than
+# its timeout, so a slow run fails with the driver's story (_why) instead of being cut off by pytest-timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # multi-node clusters
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL = ["--num-frames", "4", "--height", "32", "--width", "32", "--steps", "1", "--torch-threads", "1"]
@@ -51,6 +53,17 @@ def _why(err: str) -> str:
     return "\n".join(story[:60]) + "\n--- tail ---\n" + err[-2000:]
 
 
+def _finish(driver, timeout: float) -> tuple[str, str]:
+    """The driver's (stdout, stderr) once it exits; a driver still running after `timeout` s is killed and its
+    output kept, so the assertion on its exit code shows why it hung."""
+    try:
+        return driver.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        driver.kill()
+        out, err = driver.communicate()
+        return out, f"(still running after {timeout:.0f} s: killed)\n{err}"
+
+
 def _kill_and_replace(cluster) -> None:
     cluster.send(f"kill {cluster.alive.pop(0)}")
     cluster.send("add")
@@ -76,7 +89,7 @@ def test_batch_job_survives_losing_a_worker_node(cluster, tiny_models, s3_env):
     written_before = len(fs.glob("node-loss/run/videos/**/*.mp4"))
     _kill_and_replace(cluster)  # mid-job: the first video written, most rows still queued on both actors
     try:
-        out, err = driver.communicate(timeout=300)
+        out, err = _finish(driver, 300)
     finally:
         driver.kill()
     assert driver.returncode == 0, _why(err)
@@ -108,7 +121,7 @@ def test_training_continues_from_its_checkpoint_after_losing_a_node(cluster, tin
          "--batch-size", "1", "--max-steps", "4", "--checkpoint-every", "2", "--validate-every", "0"],
         env={**cluster.env, "RAY_ADDRESS": cluster.address}, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 300
+        deadline = time.time() + 240
         while driver.poll() is None and time.time() < deadline:  # committed: listed in Ray Train's snapshot
             fs.invalidate_cache()
             snapshot = f"{run}/checkpoint_manager_snapshot.json"
@@ -118,7 +131,7 @@ def test_training_continues_from_its_checkpoint_after_losing_a_node(cluster, tin
         assert driver.poll() is None, driver.communicate()[1][-3000:]
         _kill_and_replace(cluster)
         killed_at = time.time()
-        out, err = driver.communicate(timeout=400)
+        out, err = _finish(driver, 300)
     finally:
         driver.kill()
     assert driver.returncode == 0, _why(err)
