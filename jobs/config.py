@@ -190,17 +190,14 @@ def setup_logging(level: str = "INFO") -> None:
     process-wide warning filters (warnings go to the `py.warnings` logger). Below DEBUG the terminal
     carries only the project's lines: no model-loading bars, no optional-dependency notices, no Ray Data
     progress blocks (pipelines/ray_session.py), no Ray start-up lines. The environment variables set here
-    reach the workers of a local Ray (they inherit the driver's environment); workers read
-    ANIMATEDIFF_LOG_LEVEL in `animatediff_core.device.quiet_model_libraries`."""
+    (`log_env`) reach every worker: a local Ray's inherit the driver's environment, a cluster's get them
+    through the job's runtime env (`init_ray`); workers read ANIMATEDIFF_LOG_LEVEL in
+    `animatediff_core.device.quiet_model_libraries`."""
+    from pipelines.ray_session import log_env
+
     debug = level == "DEBUG"
-    os.environ["ANIMATEDIFF_LOG_LEVEL"] = level
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for lib in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):  # their own handlers, set from these at import
-        os.environ.setdefault(lib, "debug" if debug else "error")
-    if not debug:
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # also transformers' and diffusers' loading bars
-        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")  # Ray Data's per-dataset INFO lines (its log file too)
-        os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")  # Ray's own, printed by its actors
+    for name, value in log_env(level).items():  # what the user set wins, except the job's own level
+        os.environ[name] = value if name == "ANIMATEDIFF_LOG_LEVEL" else os.environ.get(name, value)
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True)
     for handler in logging.getLogger().handlers:

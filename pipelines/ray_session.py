@@ -49,6 +49,31 @@ def debug() -> bool:
     return os.environ.get("ANIMATEDIFF_LOG_LEVEL") == "DEBUG"
 
 
+def log_env(level: str) -> dict[str, str]:
+    """The environment that keeps library chatter off the terminal below DEBUG (and lets it through at DEBUG),
+    for the driver and every worker of the job (jobs/config.py setup_logging sets it, `init_ray` forwards it)."""
+    debug = level == "DEBUG"
+    env = {"ANIMATEDIFF_LOG_LEVEL": level, "TOKENIZERS_PARALLELISM": "false",
+           # transformers' and diffusers' own handlers, set from these at import
+           "TRANSFORMERS_VERBOSITY": "debug" if debug else "error", "DIFFUSERS_VERBOSITY": "debug" if debug else "error"}
+    if not debug:
+        env.update(HF_HUB_DISABLE_PROGRESS_BARS="1",  # also transformers' and diffusers' loading bars
+                   RAY_DATA_LOG_LEVEL="WARNING",  # Ray Data's per-dataset INFO lines (its log file too)
+                   PYTHONWARNINGS="ignore::DeprecationWarning")  # Ray's own, printed by its actors
+    return env
+
+
+def worker_env() -> dict[str, str]:
+    """`log_env` as this driver has it, for a cluster's workers (they do not inherit the driver's environment),
+    less what the submitted job's runtime env sets already (Ray refuses a variable set twice)."""
+    env = {k: os.environ[k] for k in log_env(os.environ.get("ANIMATEDIFF_LOG_LEVEL", "INFO")) if k in os.environ}
+    try:
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}
+    except ValueError:
+        job = {}
+    return {k: v for k, v in env.items() if k not in (job.get("env_vars") or {})}
+
+
 def init_ray(**kwargs) -> ClusterInfo:
     """Join the cluster named by RAY_ADDRESS (`ray job submit` sets it), else start an embedded one.
     Ray's own progress blocks and start-up lines are off below --log-level DEBUG (the job prints its own
@@ -65,6 +90,8 @@ def init_ray(**kwargs) -> ClusterInfo:
     kwargs.setdefault("logging_level", logging.DEBUG if debug() else logging.WARNING)
     if os.environ.get("RAY_ADDRESS"):
         kwargs.pop("include_dashboard", None)
+        if env := worker_env():
+            kwargs.setdefault("runtime_env", {"env_vars": env})
         ctx = ray.init(**kwargs)
         info = ClusterInfo(count_nodes(), ray.get_runtime_context().get_job_id(), _dashboard_url(ctx), _submission_id())
         log.info("joined Ray cluster at %s: %s", os.environ["RAY_ADDRESS"], info.banner())

@@ -108,3 +108,21 @@ def test_metadata_uris_hold_no_secrets(tmp_path):
     write_shard(pd.DataFrame([row]), layout, new_run_id())
     meta = pd.concat(pd.read_parquet(p) for p in (tmp_path / "metadata").glob("*.parquet"))
     assert meta.video_uri.tolist() == ["s3://bucket/v.mp4"] and meta.checkpoint_uri.tolist() == ["https://host/c.safetensors"]
+
+
+def test_a_clusters_workers_get_the_drivers_logging_environment_less_what_the_job_sets(monkeypatch):
+    from jobs.config import setup_logging
+
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    for name in ray_session.log_env("INFO"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "warning")  # the user's own setting wins, and travels
+    setup_logging("INFO")
+    env = ray_session.worker_env()
+    assert env["ANIMATEDIFF_LOG_LEVEL"] == "INFO" and env["RAY_DATA_LOG_LEVEL"] == "WARNING"
+    assert env["TRANSFORMERS_VERBOSITY"] == "warning" and env["TOKENIZERS_PARALLELISM"] == "false"
+    # a job submitted with cluster/runtime_env.yaml sets TOKENIZERS_PARALLELISM itself: Ray refuses it twice
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", '{"runtime_env": {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}}')
+    assert "TOKENIZERS_PARALLELISM" not in ray_session.worker_env() and "RAY_DATA_LOG_LEVEL" in ray_session.worker_env()
+    monkeypatch.setenv("ANIMATEDIFF_LOG_LEVEL", "DEBUG")  # --log-level DEBUG: Ray Data's lines are not held back
+    assert ray_session.worker_env()["ANIMATEDIFF_LOG_LEVEL"] == "DEBUG" and "RAY_DATA_LOG_LEVEL" not in ray_session.worker_env()
