@@ -69,7 +69,7 @@ class Progress:
         self.interval, self.start, self.initial = interval, time.time(), int(done)
         self.own: Counter = Counter()  # what the driver counted itself
         self.polled: tuple[dict, str, str] = ({}, "", "")
-        self.first_shown = False
+        self.first_shown, self._printed = False, ""
         self._since: tuple[float, int] | None = None  # (time, items worked) when the first item was done
         self._last: tuple[float, int] = (self.start, 0)  # when the count last changed
         self._stop = threading.Event()
@@ -170,7 +170,8 @@ class Progress:
             c = self.counts()
             self._bar.n = min(self.total, self.initial + sum(c[k] for k in OUTCOMES))
             self._bar.set_postfix_str(text, refresh=True)
-        elif not final or self.total:
+        elif (not final or self.total) and not (final and text == self._printed):  # the last line once
+            self._printed = text
             self._print(f"{self.what}: {text}")
 
     def _print(self, text: str) -> None:

@@ -60,7 +60,7 @@ def test_repeated_list_flags_add_up():
 
 
 def test_progress_line_reads_like_a_sentence():
-    from pipelines.progress import Progress, duration
+    from pipelines.progress import REFRESH, Progress, duration
 
     p = Progress("generation", 48, stream=io.StringIO())
     p.start -= 50.0
@@ -70,6 +70,10 @@ def test_progress_line_reads_like_a_sentence():
     with Progress("scoring", 2, stream=io.StringIO()) as q:  # not a terminal: plain lines, a last one at the end
         q.add(ok=2)
     assert q.stream.getvalue().splitlines()[-1].startswith("scoring: 2/2 rows")
+    with Progress("training", 4, unit="steps", noun="steps", stream=io.StringIO(), interval=0) as t:
+        t.add(ok=4)
+        time.sleep(3 * REFRESH)  # the loop prints the last state before the end: the end does not repeat it
+    assert [ln.split(",")[0] for ln in t.stream.getvalue().splitlines()].count("training: 4/4 steps") == 1
 
 
 def test_missing_object_store_is_one_line(tiny_models, s3_server, tmp_path):
