@@ -52,11 +52,11 @@ def debug() -> bool:
 def log_env(level: str) -> dict[str, str]:
     """The environment that keeps library chatter off the terminal below DEBUG (and lets it through at DEBUG),
     for the driver and every worker of the job (jobs/config.py setup_logging sets it, `init_ray` forwards it)."""
-    debug = level == "DEBUG"
+    verbose = level == "DEBUG"
     env = {"ANIMATEDIFF_LOG_LEVEL": level, "TOKENIZERS_PARALLELISM": "false",
            # transformers' and diffusers' own handlers, set from these at import
-           "TRANSFORMERS_VERBOSITY": "debug" if debug else "error", "DIFFUSERS_VERBOSITY": "debug" if debug else "error"}
-    if not debug:
+           "TRANSFORMERS_VERBOSITY": "debug" if verbose else "error", "DIFFUSERS_VERBOSITY": "debug" if verbose else "error"}
+    if not verbose:
         env.update(HF_HUB_DISABLE_PROGRESS_BARS="1",  # also transformers' and diffusers' loading bars
                    RAY_DATA_LOG_LEVEL="WARNING",  # Ray Data's per-dataset INFO lines (its log file too)
                    PYTHONWARNINGS="ignore::DeprecationWarning")  # Ray's own, printed by its actors
