@@ -67,11 +67,8 @@ def worker_env() -> dict[str, str]:
     """`log_env` as this driver has it, for a cluster's workers (they do not inherit the driver's environment),
     less what the submitted job's runtime env sets already (Ray refuses a variable set twice)."""
     env = {k: os.environ[k] for k in log_env(os.environ.get("ANIMATEDIFF_LOG_LEVEL", "INFO")) if k in os.environ}
-    try:
-        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}
-    except ValueError:
-        job = {}
-    return {k: v for k, v in env.items() if k not in (job.get("env_vars") or {})}
+    job_env = (_job_config().get("runtime_env") or {}).get("env_vars") or {}
+    return {k: v for k, v in env.items() if k not in job_env}
 
 
 def init_ray(**kwargs) -> ClusterInfo:
@@ -115,10 +112,16 @@ def _dashboard_url(ctx) -> str | None:
 
 def _submission_id() -> str | None:
     """The Jobs API's id of this driver: in the job config its supervisor hands the entrypoint."""
+    return (_job_config().get("metadata") or {}).get("job_submission_id")
+
+
+def _job_config() -> dict:
+    """The job config the Jobs API's supervisor hands its entrypoint (runtime env, metadata); {} elsewhere."""
     try:
-        return json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("metadata", {}).get("job_submission_id")
+        config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
     except ValueError:
-        return None
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 def gpu_count() -> float:
