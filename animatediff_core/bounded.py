@@ -322,6 +322,17 @@ def within(seconds: float, fn, what: str, limits: ReadLimits | None = None):
     return box["value"]
 
 
+def _store_call(fn, what: str, limits: ReadLimits):
+    """`fn()` (a read from an object store or other filesystem) within the read time-out; the store's own
+    errors (`OSError`) as one line that names the input."""
+    try:
+        return within(limits.read_timeout, fn, what, limits)
+    except InputError:
+        raise
+    except OSError as e:
+        raise InputError(f"{what}: the read failed ({type(e).__name__}: {str(e)[:200]})") from None
+
+
 def _store_read(uri: str, cap: int, flag: str, what: str, limits: ReadLimits) -> bytes:
     fs, path = storage.fs_and_path(uri)
 
@@ -341,12 +352,7 @@ def _store_read(uri: str, cap: int, flag: str, what: str, limits: ReadLimits) ->
             raise InputError(f"{what}: more than the limit of {cap // MB} MiB (raise {flag})")
         return data
 
-    try:
-        return within(limits.read_timeout, work, what, limits)
-    except InputError:
-        raise
-    except OSError as e:
-        raise InputError(f"{what}: the read failed ({type(e).__name__}: {str(e)[:200]})") from None
+    return _store_call(work, what, limits)
 
 
 # --- the API -----------------------------------------------------------------------------------------
@@ -432,12 +438,7 @@ def fetch_into(uri: str, cap: int, flag: str, what: str, limits: ReadLimits, des
         fs.get(path.rstrip("/") + "/", dest + "/", recursive=True)
         return True
 
-    try:
-        return within(limits.read_timeout, work, what, limits)
-    except InputError:
-        raise
-    except OSError as e:
-        raise InputError(f"{what}: the read failed ({type(e).__name__}: {str(e)[:200]})") from None
+    return _store_call(work, what, limits)
 
 
 def digest(data: bytes) -> str:

@@ -101,24 +101,30 @@ def read_pandas(uri: str, strings: tuple[str, ...] = (), flag: str = "table") ->
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
 
+def _read_ray_parts(files: list[str], num_cpus: float | None, read_parquet, read_csv):
+    """One streaming Ray Dataset over table files: the Parquet files through `read_parquet(paths, filesystem,
+    **kw)`, the CSV files through `read_csv(...)`, read apart (Parquet and CSV may be mixed), then unioned."""
+    arrow_fs = storage.arrow_location(files[0])[1]
+    paths = [storage.arrow_location(f)[0] for f in files]
+    kw = {} if num_cpus is None else {"num_cpus": num_cpus}
+    parquet = [p for p in paths if is_parquet(p)]
+    csv = [p for p in paths if not is_parquet(p)]
+    parts = ([read_parquet(parquet, arrow_fs, **kw)] if parquet else []) + ([read_csv(csv, arrow_fs, **kw)] if csv else [])
+    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+
+
 def read_ray(files: list[str], strings: tuple[str, ...] = (), num_cpus: float | None = None):
     """A streaming Ray Dataset over table files (Parquet and CSV may be mixed: read apart, then unioned).
 
     Callers normalize each batch to one schema afterwards (`map_batches`), since tables differ in types."""
     import ray.data  # here: preflight and the checkpoint set read tables with pandas, without Ray
 
-    arrow_fs = storage.arrow_location(files[0])[1]
-    paths = [storage.arrow_location(f)[0] for f in files]
-    kw = {} if num_cpus is None else {"num_cpus": num_cpus}
-    parquet = [p for p in paths if is_parquet(p)]
-    csv = [p for p in paths if not is_parquet(p)]
-    parts = []
-    if parquet:
-        parts.append(ray.data.read_parquet(parquet, filesystem=arrow_fs, **kw))
-    if csv:
+    return _read_ray_parts(
+        files, num_cpus,
+        lambda paths, fs, **kw: ray.data.read_parquet(paths, filesystem=fs, **kw),
         # Ray Data's CSV reader picks compression from the extension (.csv.gz); it needs no option here.
-        parts.append(ray.data.read_csv(csv, filesystem=arrow_fs, file_extensions=["csv", "gz"], **csv_options(strings), **kw))
-    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+        lambda paths, fs, **kw: ray.data.read_csv(paths, filesystem=fs, file_extensions=["csv", "gz"],
+                                                  **csv_options(strings), **kw))
 
 
 def read_ray_cells(files: list[str], columns, fn, num_cpus: float | None = None):
@@ -129,18 +135,14 @@ def read_ray_cells(files: list[str], columns, fn, num_cpus: float | None = None)
 
     from pipelines import csv_cells
 
-    arrow_fs = storage.arrow_location(files[0])[1]
-    paths = [storage.arrow_location(f)[0] for f in files]
-    kw = {} if num_cpus is None else {"num_cpus": num_cpus}
-    parquet = [p for p in paths if is_parquet(p)]
-    csv = [p for p in paths if not is_parquet(p)]
-    parts = []
-    if parquet:
-        parts.append(ray.data.read_parquet(parquet, filesystem=arrow_fs, **kw).map_batches(fn, batch_format="pyarrow"))
-    if csv:
-        source = csv_cells.datasource(csv, list(columns), filesystem=arrow_fs, file_extensions=["csv", "gz"])
-        parts.append(ray.data.read_datasource(source, **kw).map_batches(fn, batch_format="pyarrow"))
-    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+    def read_csv(paths, fs, **kw):
+        source = csv_cells.datasource(paths, list(columns), filesystem=fs, file_extensions=["csv", "gz"])
+        return ray.data.read_datasource(source, **kw)
+
+    return _read_ray_parts(
+        files, num_cpus,
+        lambda paths, fs, **kw: ray.data.read_parquet(paths, filesystem=fs, **kw).map_batches(fn, batch_format="pyarrow"),
+        lambda paths, fs, **kw: read_csv(paths, fs, **kw).map_batches(fn, batch_format="pyarrow"))
 
 
 def read_cells(uri: str, flag: str = "table") -> pd.DataFrame:
