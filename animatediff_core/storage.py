@@ -8,6 +8,7 @@ A URI is a local path, ``file://``, ``s3://``, ``gs://``, ``memory://`` or (for 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import time
 
@@ -67,6 +68,11 @@ def makedirs(uri: str, **storage_options) -> None:
         os.makedirs(path, exist_ok=True)
 
 
+# A local atomic write's temp file: `.NAME.XXXXXXXX.tmp` beside NAME (mkstemp's 8 random characters).
+_TEMP_SUFFIX = ".tmp"
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}" + re.escape(_TEMP_SUFFIX))
+
+
 def write_bytes_atomic(uri: str, data: bytes, **storage_options) -> None:
     """Write ``data`` so that no partial file is ever visible under ``uri``.
 
@@ -79,7 +85,7 @@ def write_bytes_atomic(uri: str, data: bytes, **storage_options) -> None:
         return
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=_TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -91,6 +97,29 @@ def write_bytes_atomic(uri: str, data: bytes, **storage_options) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def remove_leftover_temps(uri: str, recursive: bool = True) -> int:
+    """Remove the temp files of `write_bytes_atomic` calls that never finished in the local folder `uri`
+    (and its subfolders when `recursive`), and return how many: a writer killed mid-write (SIGKILL, the OOM
+    killer, a lost node) leaves its `.NAME.XXXXXXXX.tmp`, and nothing else removes it. Call it only on
+    folders the caller owns, while no write there is in flight. Object stores have none (a write there is
+    one PUT): 0."""
+    fs, path = fs_and_path(uri)
+    if not isinstance(fs, LocalFileSystem) or not os.path.isdir(path):
+        return 0
+    removed = 0
+    for root, dirs, files in os.walk(path):  # symlinked folders are not followed
+        if not recursive:
+            dirs.clear()
+        for name in files:
+            if _TEMP_NAME.fullmatch(name):
+                try:
+                    os.remove(os.path.join(root, name))
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
 
 
 def check_writable(uri: str, flag: str) -> None:

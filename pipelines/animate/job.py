@@ -214,9 +214,13 @@ def run_animate(prep: Prepared, config_text: str | None = None) -> Result:
         # Earlier runs' shards go only when every row of this run has its own (a shard that failed to be
         # written leaves the older ones as the rows' only metadata).
         dropped = drop_older_shards(layout, run_id, received) if not summary.unwritten else 0
-    log.info("run %s: %d rows, %d ok, %d error, %d skipped in %.1fs%s", run_id, summary.rows, summary.total("ok"),
+        # Every write of this run has finished (the actors return a batch once its files are written) and no
+        # other run writes here (the claim): a temp file left now is one a killed writer never finished.
+        leftovers = layout.remove_leftover_temps()
+    log.info("run %s: %d rows, %d ok, %d error, %d skipped in %.1fs%s%s", run_id, summary.rows, summary.total("ok"),
              summary.total("error"), summary.total("skipped"), seconds,
-             f"; {dropped} metadata shard(s) of earlier runs (or of batches retried after an actor died) removed" if dropped else "")
+             f"; {dropped} metadata shard(s) of earlier runs (or of batches retried after an actor died) removed" if dropped else "",
+             f"; {leftovers} temp file(s) of writes a killed worker never finished removed" if leftovers else "")
     return Result(summary, seconds, index, run_id)
 
 

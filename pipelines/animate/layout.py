@@ -50,9 +50,19 @@ class OutputLayout:
     out: str
     by_motion: bool = False  # several motion modules: one more folder level
 
+    @property
+    def videos(self) -> str:
+        return self._under("videos")
+
     def folder(self, motion: str, checkpoint: str) -> str:
         parts = ([check_name(motion, "motion module name")] if self.by_motion else []) + [check_name(checkpoint, "checkpoint name")]
-        return self._under("videos", *parts)
+        return storage.join(self.videos, *parts)
+
+    def remove_leftover_temps(self) -> int:
+        """Remove what writers killed mid-write left in the folders the job writes (`storage.remove_leftover_temps`):
+        OUT itself, videos/ and metadata/ with what is below them; not .runs/, where the live claim's heartbeat writes."""
+        return (storage.remove_leftover_temps(self.out, recursive=False) + storage.remove_leftover_temps(self.videos)
+                + storage.remove_leftover_temps(self.metadata))
 
     def video(self, motion: str, checkpoint: str, rid: str, ext: str = "mp4") -> str:
         return storage.join(self.folder(motion, checkpoint), f"{check_name(rid, 'id')}.{ext}")

@@ -118,6 +118,8 @@ def test_killed_actor_loses_no_rows(ray_session, tiny_models, tmp_path):
     prompts = tmp_path / "many.csv"
     pd.DataFrame({"prompt": [f"prompt number {i}" for i in range(12)], "checkpoint": "dreamy"}).to_csv(prompts, index=False)
     out = tmp_path / "run"
+    (out / "videos" / "dreamy").mkdir(parents=True)  # what an earlier run's writer, killed mid-write, left
+    (out / "videos" / "dreamy" / ".old.mp4.abcd1234.tmp").write_bytes(b"partial")
     killed = []
 
     def killer():
@@ -138,7 +140,7 @@ def test_killed_actor_loses_no_rows(ray_session, tiny_models, tmp_path):
     assert len(results) == 12 and results.id.is_unique
     assert (results.status == "ok").all(), results.error.tolist()
     assert len(_videos(out)) == 12
-    assert not [p for p in Path(out).rglob("*") if ".tmp" in p.name]  # no partial files left
+    assert not [p for p in Path(out).rglob("*") if ".tmp" in p.name]  # no partial files left, this run's or before
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """Untrusted cells at planning (no Ray, no models): row budgets, where URIs may point, bytes and sizes of
-cells, CSV files no cell can break, bounded summaries, one live run per --out, a shard that cannot be written."""
+cells, CSV files no cell can break, bounded summaries, one live run per --out, a shard that cannot be written,
+what a writer killed mid-write leaves."""
 
 import errno
 import io
@@ -149,3 +150,24 @@ def test_a_shard_that_cannot_be_written_is_one_line_and_no_crash(tmp_path, monke
     code, line = exit_code(summary, 1.0)
     assert code == 1 and "the metadata of 2 row(s) could not be written (OSError: [Errno 28] No space left" in line
     assert io.StringIO(line).read().count("\n") == 0
+
+
+def test_a_run_removes_what_a_writer_killed_mid_write_left(tmp_path):
+    import subprocess
+    import sys
+
+    layout = OutputLayout(str(tmp_path))
+    video, shard = layout.video("mm", "base", "r0"), layout.shard("20260101T000000-aaaaaa", "k")
+    for uri in (video, shard, layout.index):  # each write dies after its bytes are out, before the rename (SIGKILL)
+        subprocess.run([sys.executable, "-c", "import os, signal, sys; from animatediff_core import storage; "
+                        "os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL); storage.write_bytes_atomic(sys.argv[1], b'x')",
+                        uri], check=False, timeout=60)
+    left = sorted(p.name for p in tmp_path.rglob("*.tmp"))
+    assert len(left) == 3 and all(n.startswith((".r0.mp4.", ".20260101T000000-aaaaaa-k.parquet.", ".index.html.")) for n in left)
+    mine = [tmp_path / "notes.tmp", tmp_path / ".runs" / ".x.json.abcd1234.tmp", tmp_path / "other" / ".y.mp4.abcd1234.tmp"]
+    for p in mine:  # not the job's temp files, or not in its folders (.runs: the live claim's heartbeat)
+        p.parent.mkdir(exist_ok=True)
+        p.write_text("keep")
+    assert layout.remove_leftover_temps() == 3
+    assert sorted(p for p in tmp_path.rglob("*.tmp")) == sorted(mine)
+    assert not os.path.exists(video)  # nothing else touched
