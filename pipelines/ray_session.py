@@ -186,18 +186,31 @@ class ActorOptions:
         """GPUs per actor: the option, else one where the cluster has GPUs (Ray must be initialized)."""
         return self.num_gpus_per_worker if self.num_gpus_per_worker is not None else (1.0 if has_gpus() else 0.0)
 
-    def pool(self, stage, kwargs: dict, batch_size: int) -> dict:
-        """`Dataset.map_batches` arguments that run `stage(**kwargs)` in this actor pool, on pandas batches.
+    def map(self, ds, stage, kwargs: dict, batch_size: int, rows: int):
+        """`ds` (`rows` rows) through `stage(**kwargs)` in this actor pool, on pandas batches of up to
+        `batch_size` rows, one batch per actor call.
+
+        Ray Data hands an actor whole blocks (it joins small ones up to `batch_size` rows, never cuts a big
+        one), so a single block (a table read from one file, a `from_pandas` frame) would reach one actor
+        however many the pool holds. The rows are cut into blocks of at most `batch_size`, and of at most
+        an even share per actor where the rows are fewer than actors x `batch_size`; each actor takes one
+        call at a time, so the next block goes to whichever actor is free (none queues a second while
+        another idles).
 
         Ray Data's actor pools default to max_restarts=-1 and max_task_retries=-1: a dead actor (node lost,
         OOM-killed) is restarted and its in-flight batch retried, so stages must be retry-safe."""
         import ray.data
 
         low, high = worker_range(self.workers)
+        per_call = max(1, min(batch_size, -(-rows // high)))
+        if per_call < batch_size:
+            log.info("%d row(s) over up to %d actor(s): %d per actor call instead of %d, so that every actor gets rows",
+                     rows, high, per_call, batch_size)
         gpus = self.gpus()
-        return dict(fn=stage, fn_constructor_kwargs=kwargs, batch_format="pandas", batch_size=batch_size,
-                    compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
-                    num_gpus=gpus or None, num_cpus=1 if gpus else self.cpus_per_worker)
+        return ds.repartition(target_num_rows_per_block=per_call).map_batches(
+            stage, fn_constructor_kwargs=kwargs, batch_format="pandas", batch_size=per_call,
+            compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high, max_tasks_in_flight_per_actor=1),
+            num_gpus=gpus or None, num_cpus=1 if gpus else self.cpus_per_worker)
 
 
 def _mount_type(path: str) -> str:

@@ -247,7 +247,7 @@ def _run(prep: Prepared, run_id: str) -> tuple[Summary, set[str]]:
     log.info("%d row(s), %d to generate", total, pending)
     counter = tally() if pending else None
     if pending:  # no actor (and no model load) for a plan with nothing to generate
-        done = done.union(_generation(planned, prep, layout, run_id, counter))
+        done = done.union(_generation(planned, pending, prep, layout, run_id, counter))
     summary, received = Summary(), set()
     summary.left_out = left_out
     with Progress("generation", total, tally=counter) as progress:
@@ -265,8 +265,8 @@ def outcomes(batch) -> dict[str, int]:
     return {k: int(n) for k, n in kind.value_counts().items()}
 
 
-def _generation(planned, prep: Prepared, layout: OutputLayout, run_id: str, counter=None):
-    """The pending rows through the actor pool (one loaded pipeline per actor, GPU-pinned where GPUs exist)."""
+def _generation(planned, pending_rows: int, prep: Prepared, layout: OutputLayout, run_id: str, counter=None):
+    """The `pending_rows` rows to generate through the actor pool (one loaded pipeline per actor, GPU-pinned where GPUs exist)."""
     from pipelines.animate.stage import AnimateStage  # here: the model stack is the actors' import, not the planners'
 
     cfg = prep.cfg
@@ -282,7 +282,7 @@ def _generation(planned, prep: Prepared, layout: OutputLayout, run_id: str, coun
                       image_prompt=prep.image_prompt if family == "sd1" else None)
         rows = pending if len(prep.checkpoints) == len(checkpoints) else pending.map_batches(
             _on, batch_format="pandas", fn_kwargs={"checkpoints": list(checkpoints)})
-        pools.append(rows.map_batches(**cfg.actors.pool(AnimateStage, kwargs, cfg.batch_size)))
+        pools.append(cfg.actors.map(rows, AnimateStage, kwargs, cfg.batch_size, pending_rows))
     return pools[0].union(*pools[1:]) if len(pools) > 1 else pools[0]
 
 

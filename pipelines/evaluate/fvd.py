@@ -111,8 +111,8 @@ def reference_statistics(cfg: EvaluateConfig) -> Reference:
     log.info("FVD reference: I3D features of %d videos from %s (%d frames, stride %d)", len(uris), cfg.fvd_reference,
              cfg.fvd_frames, cfg.fvd_reference_stride)
     kwargs = dict(i3d=cfg.i3d, actors=cfg.actors, frames=cfg.fvd_frames, stride=cfg.fvd_reference_stride)
-    done = ray.data.from_pandas(pd.DataFrame({"video_uri": uris})).map_batches(
-        **cfg.actors.pool(I3DStage, kwargs, cfg.videos_per_call)).to_pandas()
+    videos = ray.data.from_pandas(pd.DataFrame({"video_uri": uris}))
+    done = cfg.actors.map(videos, I3DStage, kwargs, cfg.videos_per_call, len(uris)).to_pandas()
     failed = done[done["fvd_error"] != ""]
     for err in failed["fvd_error"].unique()[:3]:
         log.warning("FVD reference video left out: %s", err)

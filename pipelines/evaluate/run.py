@@ -43,8 +43,8 @@ def render_stills(rows: pd.DataFrame, cfg: EvaluateConfig, specs: dict[str, Chec
         mine = wanted[wanted["checkpoint"].map(base_of) == base]
         # No motion module file: stills bypass it, and a scored folder's module URIs are untrusted (stills.py).
         kwargs = dict(base=base, motion_module=None, specs=specs, out=cfg.out, actors=cfg.actors, reads=cfg.reads)
-        parts.append(ray.data.from_pandas(mine.sort_values("checkpoint")).map_batches(
-            **cfg.actors.pool(StillStage, kwargs, cfg.videos_per_call)))
+        rows_of_base = ray.data.from_pandas(mine.sort_values("checkpoint"))
+        parts.append(cfg.actors.map(rows_of_base, StillStage, kwargs, cfg.videos_per_call, len(mine)))
     done = (parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]).to_pandas()
     for err in done.loc[done["still_error"] != "", "still_error"].unique()[:5]:
         log.warning("still not rendered (domain similarity left empty): %s", err)
@@ -60,7 +60,7 @@ def score(rows: pd.DataFrame, cfg: EvaluateConfig) -> pd.DataFrame:
     kwargs = dict(clip=cfg.clip, actors=cfg.actors, frame_batch=cfg.frame_batch, raft=cfg.raft, raft_iters=cfg.raft_iters,
                   flow_batch=cfg.flow_batch, vbench_models=cfg.vbench_models, vbench_dimensions=tuple(cfg.vbench_dimensions),
                   i3d=cfg.i3d, fvd_frames=cfg.fvd_frames, reads=cfg.reads)
-    ds = ray.data.from_pandas(rows).map_batches(**cfg.actors.pool(MetricsStage, kwargs, cfg.videos_per_call))
+    ds = cfg.actors.map(ray.data.from_pandas(rows), MetricsStage, kwargs, cfg.videos_per_call, len(rows))
     parts = []
     with Progress("scoring", len(rows)) as progress:  # the project's own progress line (pipelines/progress.py)
         for batch in ds.iter_batches(batch_format="pandas", batch_size=None):

@@ -126,3 +126,27 @@ def test_a_clusters_workers_get_the_drivers_logging_environment_less_what_the_jo
     assert "TOKENIZERS_PARALLELISM" not in ray_session.worker_env() and "RAY_DATA_LOG_LEVEL" in ray_session.worker_env()
     monkeypatch.setenv("ANIMATEDIFF_LOG_LEVEL", "DEBUG")  # --log-level DEBUG: Ray Data's lines are not held back
     assert ray_session.worker_env()["ANIMATEDIFF_LOG_LEVEL"] == "DEBUG" and "RAY_DATA_LOG_LEVEL" not in ray_session.worker_env()
+
+
+
+def test_every_actor_of_a_pool_gets_rows_of_a_single_block(ray_session):
+    """A one-file table or a from_pandas frame is one block, and Ray Data never cuts a block for an actor pool:
+    before ActorOptions.map cut it (into an even share per actor where the rows are fewer than actors x
+    batch size), one actor ran every row however many `--workers` asked for."""
+    import pandas as pd
+    import ray.data
+
+    from pipelines.ray_session import ActorOptions
+
+    class Where:  # which actor ran each row, slowly enough (0.3 s a row) that both actors are up before the rows run out
+        def __call__(self, batch):
+            import time
+
+            time.sleep(0.3 * len(batch))
+            return batch.assign(pid=os.getpid())
+
+    rows = ray.data.from_pandas(pd.DataFrame({"x": range(12)}))
+    assert rows.num_blocks() == 1
+    done = ActorOptions(workers=2, cpus_per_worker=0.5).map(rows, Where, {}, batch_size=8, rows=12).to_pandas()
+    assert sorted(done["x"]) == list(range(12))
+    assert sorted(done.groupby("pid").size()) == [6, 6]
