@@ -203,7 +203,7 @@ class ActorOptions:
 
         low, high = worker_range(self.workers)
         per_call = max(1, min(batch_size, -(-rows // high)))
-        if per_call < batch_size:
+        if high > 1 and per_call < batch_size:
             log.info("%d row(s) over up to %d actor(s): %d per actor call instead of %d, so that every actor gets rows",
                      rows, high, per_call, batch_size)
         gpus = self.gpus()
