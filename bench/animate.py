@@ -1,12 +1,15 @@
 """Batch-animation throughput: this Ray job end to end vs a plain loop over diffusers' AnimateDiffPipeline.
 
     python bench/animate.py [--n 32] [--frames 16] [--size 64] [--steps 2] [--batch-size 8] [--busy 0]
+                            [--workers 1 --cpus-per-worker 1 --torch-threads 2]
 
 Same N prompts, same tiny models, same settings, one process run; both write mp4 files. The loop runs
 half its prompts before the job and half after (A-B-A), so a change of load on a shared machine during
 the run does not land on one side only. Besides end-to-end throughput it prints seconds per video inside
 the job's actor (the metadata's `seconds`: generation + writing) against the loop's, which separates the
-per-video path from the job's fixed start-up. `--busy K` runs K busy-looping processes at normal priority
+per-video path from the job's fixed start-up. `--workers W --cpus-per-worker C --torch-threads T` lay the job
+out (default one actor of 2 threads, as the loop); with W > 1 the loop also runs as W processes at once, each
+with its share of the prompts (the job's layout without the job). `--busy K` runs K busy-looping processes at normal priority
 throughout (a machine shared with other work).
 Also times switching personalized checkpoints against loading a full pipeline from disk, at SD-1.5's
 shapes by default (random weights written by `write_tiny_models(preset="sd15")`): at tiny shapes both are
@@ -54,6 +57,31 @@ def plain_loop(models: str, prompts: list[str], args, out: str, device: str = "c
     return time.time() - start
 
 
+def split_loop(models: str, prompts: list[str], args, out: str, processes: int) -> float:
+    """The plain loop laid out as the job's actors are: `processes` processes started at once, each with
+    2 // processes torch threads and its share of the prompts. Seconds from the first process's pipeline
+    load to the last one's final mp4 (their imports left out, as the loop's are)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    spans = ctx.Queue()
+    procs = [ctx.Process(target=_loop_part, args=(models, prompts[i::processes], args, os.path.join(out, str(i)),
+                                                  max(1, 2 // processes), spans)) for i in range(processes)]
+    for p in procs:
+        p.start()
+    got = [spans.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return max(end for _, end in got) - min(start for start, _ in got)
+
+
+def _loop_part(models: str, prompts: list[str], args, out: str, threads: int, spans) -> None:
+    torch.set_num_threads(threads)
+    os.makedirs(out, exist_ok=True)
+    start = time.time()
+    spans.put((start, start + plain_loop(models, prompts, args, out)))
+
+
 def _mark(marks: list | None, what: str) -> None:
     if marks is not None:
         if torch.cuda.is_available():
@@ -70,7 +98,8 @@ def ray_job(models: str, table: str, args, out: str) -> tuple[float, int, float]
 
     cfg = build(AnimateConfig, prompts=[table], base=os.path.join(models, "base"), motion_module=[os.path.join(models, "motion_adapter")],
                         out=out, num_frames=args.frames, height=args.size, width=args.size, steps=args.steps,
-                        workers=1, cpus_per_worker=1, batch_size=args.batch_size, gif=False, torch_threads=2,
+                        workers=args.workers, cpus_per_worker=args.cpus_per_worker, batch_size=args.batch_size, gif=False,
+                        torch_threads=args.torch_threads,
                         max_batch=args.max_batch)
     start = time.time()
     result = run_animate(preflight(cfg))
@@ -110,6 +139,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-batch", type=int, default=None, help="rows per pipeline call in the job (default: 1 on CPU)")
+    ap.add_argument("--workers", type=int, default=1, help="the job's actors")
+    ap.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs Ray reserves per actor")
+    ap.add_argument("--torch-threads", type=int, default=2, help="torch threads per actor (the loop runs 2)")
     ap.add_argument("--busy", type=int, default=0, help="busy-looping processes at normal priority during the run")
     ap.add_argument("--switch-preset", default="sd15", choices=["sd15", "tiny"],
                     help="model shapes for the switch-vs-load timing (sd15: random weights at SD-1.5 size, ~12 GB on disk)")
@@ -142,6 +174,7 @@ def run(args, tmp: str) -> None:
         loop_s = plain_loop(models, prompts[:half], args, os.path.join(tmp, "loop"), marks=marks)
         job_s, ok, actor_video_s = ray_job(models, table, args, os.path.join(tmp, "job"))
         loop_s += plain_loop(models, prompts[half:], args, os.path.join(tmp, "loop2"), marks=marks)
+        split_s = split_loop(models, prompts, args, os.path.join(tmp, "split"), args.workers) if args.workers > 1 else None
     finally:
         for p in busy:
             p.kill()
@@ -151,12 +184,17 @@ def run(args, tmp: str) -> None:
     switch_models = models if args.switch_preset == "tiny" else str(write_tiny_models(os.path.join(tmp, "sd15"), preset="sd15"))
     sw = switch_vs_load(switch_models)
     print(f"N={args.n} prompts, {args.frames} frames {args.size}x{args.size}, {args.steps} steps, CFG 7.5, "
-          f"cpus={os.cpu_count()}, busy processes={args.busy}")
+          f"cpus={os.cpu_count()}, busy processes={args.busy}, job: {args.workers} actor(s), {args.cpus_per_worker} CPU and "
+          f"{args.torch_threads} torch thread(s) each")
     print(f"ray job (end to end, {ok} ok): {job_s:.1f}s  {args.n / job_s:.3f} videos/s")
     print(f"plain diffusers loop (A-B-A):  {loop_s:.1f}s  {args.n / loop_s:.3f} videos/s")
     print(f"throughput ratio job/loop: {loop_s / job_s:.2f}  (goal >= 0.9)")
-    print(f"seconds per video: actor {actor_video_s:.2f} (generate + write), loop {loop_video_s:.2f} (call + write, "
-          f"first call of each half left out): {loop_video_s / actor_video_s:.2f}x")
+    if split_s is not None:
+        print(f"the loop as {args.workers} processes of {max(1, 2 // args.workers)} thread(s) (the job's layout, after the A-B-A): "
+              f"{split_s:.1f}s  {args.n / split_s:.3f} videos/s; job / that: {split_s / job_s:.2f}")
+    print(f"seconds per video: actor {actor_video_s:.2f} (generate + write; {args.workers} actor(s) x {args.torch_threads} "
+          f"thread(s)), loop {loop_video_s:.2f} (call + write, 2 threads, first call of each half left out): "
+          f"{loop_video_s * args.workers / actor_video_s:.2f}x")
     print(f"[{args.switch_preset} shapes] full pipeline load from disk: {sw['full_load'] * 1000:.0f} ms")
     for k, v in sw.items():
         if k.startswith("switch"):
