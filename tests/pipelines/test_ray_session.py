@@ -128,7 +128,6 @@ def test_a_clusters_workers_get_the_drivers_logging_environment_less_what_the_jo
     assert ray_session.worker_env()["ANIMATEDIFF_LOG_LEVEL"] == "DEBUG" and "RAY_DATA_LOG_LEVEL" not in ray_session.worker_env()
 
 
-
 def test_every_actor_of_a_pool_gets_rows_of_a_single_block(ray_session):
     """A one-file table or a from_pandas frame is one block, and Ray Data never cuts a block for an actor pool:
     before ActorOptions.map cut it (into an even share per actor where the rows are fewer than actors x
