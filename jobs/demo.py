@@ -4,6 +4,8 @@
 
 Runs the batch-animation job (`jobs.animate`) on a local single-node Ray: 4 prompts x 3 personalized
 checkpoints (a DreamBooth file, a kohya LoRA, a peft LoRA), 16 frames at 64x64, with the index page.
+Two actors of one torch thread each, half a CPU apiece in Ray's count (the other CPU of a 2-core machine
+stays free for Ray Data's reads): the fastest CPU layout measured (bench/README.md).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         "--prompts", str(DEMO_PROMPTS), "--base", str(models / "base"),
         "--motion-module", str(models / "motion_module.safetensors"), "--checkpoints", str(models / "checkpoints"),
         "--out", args.out, "--num-frames", "16", "--height", "64", "--width", "64", "--steps", "2",
-        "--workers", "1", "--cpus-per-worker", "1", "--torch-threads", "2",
+        "--workers", "2", "--cpus-per-worker", "0.5", "--torch-threads", "1",
     ])
 
 
