@@ -30,6 +30,8 @@ import time
 import pandas as pd
 import torch
 
+LOOP_THREADS = 2  # torch threads of the plain loop (one process); split_loop divides them between its processes
+
 
 def plain_loop(models: str, prompts: list[str], args, out: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
                marks: list | None = None) -> float:
@@ -50,29 +52,38 @@ def plain_loop(models: str, prompts: list[str], args, out: str, device: str = "c
     pipe.set_progress_bar_config(disable=True)
     _mark(marks, "loaded")
     for i, prompt in enumerate(prompts):
-        frames = pipe(prompt, num_frames=args.frames, height=args.size, width=args.size, num_inference_steps=args.steps,
-                      guidance_scale=7.5, generator=torch.Generator().manual_seed(i), output_type="np").frames[0]
-        write_video(os.path.join(out, f"{i}.mp4"), (frames * 255).round().astype("uint8"), fps=8)
+        write_video(os.path.join(out, f"{i}.mp4"), plain_call(pipe, prompt, args, seed=i), fps=8)
         _mark(marks, "video")
     return time.time() - start
 
 
+def plain_call(pipe, prompt: str, args, seed: int):
+    """One diffusers call as a user writes it (`args.frames`, `args.size`, `args.steps`, CFG 7.5): uint8 frames."""
+    frames = pipe(prompt, num_frames=args.frames, height=args.size, width=args.size, num_inference_steps=args.steps,
+                  guidance_scale=7.5, generator=torch.Generator().manual_seed(seed), output_type="np").frames[0]
+    return (frames * 255).round().astype("uint8")
+
+
 def split_loop(models: str, prompts: list[str], args, out: str, processes: int) -> float:
     """The plain loop laid out as the job's actors are: `processes` processes started at once, each with
-    2 // processes torch threads and its share of the prompts. Seconds from the first process's pipeline
+    LOOP_THREADS // processes torch threads and its share of the prompts. Seconds from the first process's pipeline
     load to the last one's final mp4 (their imports left out, as the loop's are)."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     spans = ctx.Queue()
     procs = [ctx.Process(target=_loop_part, args=(models, prompts[i::processes], args, os.path.join(out, str(i)),
-                                                  max(1, 2 // processes), spans)) for i in range(processes)]
+                                                  split_threads(processes), spans)) for i in range(processes)]
     for p in procs:
         p.start()
     got = [spans.get() for _ in procs]
     for p in procs:
         p.join()
     return max(end for _, end in got) - min(start for start, _ in got)
+
+
+def split_threads(processes: int) -> int:
+    return max(1, LOOP_THREADS // processes)
 
 
 def _loop_part(models: str, prompts: list[str], args, out: str, threads: int, spans) -> None:
@@ -141,7 +152,7 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=None, help="rows per pipeline call in the job (default: 1 on CPU)")
     ap.add_argument("--workers", type=int, default=1, help="the job's actors")
     ap.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs Ray reserves per actor")
-    ap.add_argument("--torch-threads", type=int, default=2, help="torch threads per actor (the loop runs 2)")
+    ap.add_argument("--torch-threads", type=int, default=LOOP_THREADS, help=f"torch threads per actor (the loop runs {LOOP_THREADS})")
     ap.add_argument("--busy", type=int, default=0, help="busy-looping processes at normal priority during the run")
     ap.add_argument("--switch-preset", default="sd15", choices=["sd15", "tiny"],
                     help="model shapes for the switch-vs-load timing (sd15: random weights at SD-1.5 size, ~12 GB on disk)")
@@ -149,7 +160,7 @@ def main() -> None:
     from jobs.config import setup_logging
 
     setup_logging("WARNING")
-    torch.set_num_threads(2)
+    torch.set_num_threads(LOOP_THREADS)
     tmp = tempfile.mkdtemp(prefix="bench-animate-")
     try:
         run(args, tmp)
@@ -190,10 +201,10 @@ def run(args, tmp: str) -> None:
     print(f"plain diffusers loop (A-B-A):  {loop_s:.1f}s  {args.n / loop_s:.3f} videos/s")
     print(f"throughput ratio job/loop: {loop_s / job_s:.2f}  (goal >= 0.9)")
     if split_s is not None:
-        print(f"the loop as {args.workers} processes of {max(1, 2 // args.workers)} thread(s) (the job's layout, after the A-B-A): "
+        print(f"the loop as {args.workers} processes of {split_threads(args.workers)} thread(s) (the job's layout, after the A-B-A): "
               f"{split_s:.1f}s  {args.n / split_s:.3f} videos/s; job / that: {split_s / job_s:.2f}")
     print(f"seconds per video: actor {actor_video_s:.2f} (generate + write; {args.workers} actor(s) x {args.torch_threads} "
-          f"thread(s)), loop {loop_video_s:.2f} (call + write, 2 threads, first call of each half left out): "
+          f"thread(s)), loop {loop_video_s:.2f} (call + write, {LOOP_THREADS} threads, first call of each half left out): "
           f"{loop_video_s * args.workers / actor_video_s:.2f}x")
     print(f"[{args.switch_preset} shapes] full pipeline load from disk: {sw['full_load'] * 1000:.0f} ms")
     for k, v in sw.items():

@@ -23,6 +23,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from animate import plain_call  # noqa: E402  (bench/animate.py: the plain loop's own call)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,9 +48,7 @@ def main() -> None:
     prompt = "a photo of a cat, cinematic lighting"
 
     def plain() -> np.ndarray:
-        frames = pipe(prompt, num_frames=args.frames, height=args.size, width=args.size, num_inference_steps=args.steps,
-                      guidance_scale=7.5, generator=torch.Generator().manual_seed(0), output_type="np").frames[0]
-        return (frames * 255).round().astype("uint8")
+        return plain_call(pipe, prompt, args, seed=0)
 
     def inference() -> np.ndarray:
         with torch.inference_mode():
