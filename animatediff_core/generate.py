@@ -31,14 +31,14 @@ from PIL import Image
 
 from . import long_video
 from .conditioning import Inputs
-from .image_prompt import ImageEmbeds, text_only
+from .image_prompt import ImageEmbeds, has_adapter, text_only
 from .pipeline import max_frames as module_frames
 from .configs import need
 from .errors import AnimateDiffError
 from .prompt_travel import parse_schedule
 from .schedule import DEFAULT_SAMPLER, SAMPLERS
 from .settings import SEED_RANGE, GenerationSettings, validate_settings  # noqa: F401  (the settings a Request carries)
-from .speed import decode_kwargs
+from .speed import decode_kwargs, options_of
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,16 @@ def generate(pipe: AnimateDiffPipeline, requests: list[Request], deadline: float
         return _generate_image_prompted(pipe, requests, stop)
     with text_only(pipe):
         return _generate_text(pipe, requests, stop)
+
+
+def shareable(pipe: AnimateDiffPipeline, requests: list[Request]) -> bool:
+    """Whether `requests` (one shape) may be sampled at once on views of `pipe` that share its modules
+    (streams.py): the plain text path, whose per-call state is the pipeline object's own. Not context
+    windows or prompt travel (FreeNoise rewires the motion modules), control inputs or an image prompt,
+    FreeInit, a pipeline holding an IP-Adapter (text rows take it out of the UNet), or a compiled UNet."""
+    s = requests[0].settings
+    return (not uses_windows(s, module_frames(pipe)) and s.free_init_iterations <= 1 and not has_adapter(pipe)
+            and not options_of(pipe).compile and all(r.conditioning is None for r in requests))
 
 
 def _generate_text(pipe: AnimateDiffPipeline, requests: list[Request], stop: dict) -> list[np.ndarray]:

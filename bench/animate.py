@@ -1,14 +1,15 @@
 """Batch-animation throughput: this Ray job end to end vs a plain loop over diffusers' AnimateDiffPipeline.
 
     python bench/animate.py [--n 32] [--frames 16] [--size 64] [--steps 2] [--batch-size 8] [--busy 0]
-                            [--workers 1 --cpus-per-worker 1 --torch-threads 2]
+                            [--workers 1 --cpus-per-worker 1 --torch-threads 2 --streams S]
 
 Same N prompts, same tiny models, same settings, one process run; both write mp4 files. The loop runs
 half its prompts before the job and half after (A-B-A), so a change of load on a shared machine during
 the run does not land on one side only. Besides end-to-end throughput it prints seconds per video inside
 the job's actor (the metadata's `seconds`: generation + writing) against the loop's, which separates the
 per-video path from the job's fixed start-up. `--workers W --cpus-per-worker C --torch-threads T` lay the job
-out (default one actor of 2 threads, as the loop); with W > 1 the loop also runs as W processes at once, each
+out (default one actor of 2 threads, as the loop: 2 single-thread streams, the job's default; `--streams 1` runs one
+2-thread stream); with W > 1 the loop also runs as W processes at once, each
 with its share of the prompts (the job's layout without the job). `--busy K` runs K busy-looping processes at normal priority
 throughout (a machine shared with other work).
 Also times switching personalized checkpoints against loading a full pipeline from disk, at SD-1.5's
@@ -110,7 +111,7 @@ def ray_job(models: str, table: str, args, out: str) -> tuple[float, int, float]
     cfg = build(AnimateConfig, prompts=[table], base=os.path.join(models, "base"), motion_module=[os.path.join(models, "motion_adapter")],
                         out=out, num_frames=args.frames, height=args.size, width=args.size, steps=args.steps,
                         workers=args.workers, cpus_per_worker=args.cpus_per_worker, batch_size=args.batch_size, gif=False,
-                        torch_threads=args.torch_threads,
+                        torch_threads=args.torch_threads, streams=args.streams,
                         max_batch=args.max_batch)
     start = time.time()
     result = run_animate(preflight(cfg))
@@ -153,6 +154,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="the job's actors")
     ap.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs Ray reserves per actor")
     ap.add_argument("--torch-threads", type=int, default=LOOP_THREADS, help=f"torch threads per actor (the loop runs {LOOP_THREADS})")
+    ap.add_argument("--streams", type=int, default=None, help="generation streams per actor (default: one per torch thread)")
     ap.add_argument("--busy", type=int, default=0, help="busy-looping processes at normal priority during the run")
     ap.add_argument("--switch-preset", default="sd15", choices=["sd15", "tiny"],
                     help="model shapes for the switch-vs-load timing (sd15: random weights at SD-1.5 size, ~12 GB on disk)")
@@ -194,18 +196,19 @@ def run(args, tmp: str) -> None:
     loop_video_s = sum(per_video) / max(1, len(per_video))
     switch_models = models if args.switch_preset == "tiny" else str(write_tiny_models(os.path.join(tmp, "sd15"), preset="sd15"))
     sw = switch_vs_load(switch_models)
+    streams = args.streams or args.torch_threads  # the job's default on CPU: one single-thread stream per torch thread
     print(f"N={args.n} prompts, {args.frames} frames {args.size}x{args.size}, {args.steps} steps, CFG 7.5, "
           f"cpus={os.cpu_count()}, busy processes={args.busy}, job: {args.workers} actor(s), {args.cpus_per_worker} CPU and "
-          f"{args.torch_threads} torch thread(s) each")
+          f"{args.torch_threads} torch thread(s) each, in {streams} stream(s)")
     print(f"ray job (end to end, {ok} ok): {job_s:.1f}s  {args.n / job_s:.3f} videos/s")
     print(f"plain diffusers loop (A-B-A):  {loop_s:.1f}s  {args.n / loop_s:.3f} videos/s")
     print(f"throughput ratio job/loop: {loop_s / job_s:.2f}  (goal >= 0.9)")
     if split_s is not None:
         print(f"the loop as {args.workers} processes of {split_threads(args.workers)} thread(s) (the job's layout, after the A-B-A): "
               f"{split_s:.1f}s  {args.n / split_s:.3f} videos/s; job / that: {split_s / job_s:.2f}")
-    print(f"seconds per video: actor {actor_video_s:.2f} (generate + write; {args.workers} actor(s) x {args.torch_threads} "
-          f"thread(s)), loop {loop_video_s:.2f} (call + write, {LOOP_THREADS} threads, first call of each half left out): "
-          f"{loop_video_s * args.workers / actor_video_s:.2f}x")
+    print(f"seconds per video: actor stream {actor_video_s:.2f} (generate + write; {args.workers} actor(s) x {streams} "
+          f"stream(s)), loop {loop_video_s:.2f} (call + write, {LOOP_THREADS} threads, first call of each half left out): "
+          f"{loop_video_s * args.workers * streams / actor_video_s:.2f}x")
     print(f"[{args.switch_preset} shapes] full pipeline load from disk: {sw['full_load'] * 1000:.0f} ms")
     for k, v in sw.items():
         if k.startswith("switch"):

@@ -277,7 +277,7 @@ def _generation(planned, pending_rows: int, prep: Prepared, layout: OutputLayout
         family = prep.families[next(iter(checkpoints))]
         kwargs = dict(base=base, motions={n: m for n, m in prep.motions.items() if m.family == family},
                       checkpoints=checkpoints, layout=layout, run_id=run_id, gif=cfg.gif, actors=cfg.actors,
-                      max_batch=cfg.max_batch, speed=cfg.speed, limits=cfg.limits, reads=cfg.reads,
+                      max_batch=cfg.max_batch, streams=cfg.streams, speed=cfg.speed, limits=cfg.limits, reads=cfg.reads,
                       frames_png=cfg.frames_png, progress=counter,
                       image_prompt=prep.image_prompt if family == "sd1" else None)
         rows = pending if len(prep.checkpoints) == len(checkpoints) else pending.map_batches(

@@ -2,12 +2,12 @@
 motion modules, switched in place.
 
 `__init__` loads the base, a motion module, VAE and tokenizer (and the IP-Adapter with its image encoder,
-given --ip-adapter) once per actor; `__call__(batch)` runs
-each group of rows that share motion module, checkpoint and shape as batched `generate` calls,
-hands each video to a small writer pool (mp4, GIF, sidecar: off the generation path), writes the
-batch's metadata shard, and returns the metadata rows. Nothing in one row can fail another row or
-the actor: every exception becomes error rows for the rows it touched; bugs are logged with their
-traceback.
+given --ip-adapter) once per actor; `__call__(batch)` runs each group of rows that share motion module,
+checkpoint and shape as batched `generate` calls (on a CPU, one row per call, several calls at once on the
+actor's streams: animatediff_core/streams.py), hands each video to a small writer pool (mp4, GIF, sidecar:
+off the generation path), writes the batch's metadata shard, and returns the metadata rows. Nothing in one
+row can fail another row or the actor: every exception becomes error rows for the rows it touched; bugs are
+logged with their traceback.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from animatediff_core.bounded import ReadLimits
 from animatediff_core.errors import AnimateDiffError, CheckpointError, ConfigError
 from animatediff_core.conditioning import read_inputs
 from animatediff_core.control_models import ControlModels
-from animatediff_core.generate import (Conditioning, GenerationSettings, Request, TimeUp, generate, uses_windows,
-                                      validate_request)
+from animatediff_core.generate import (Conditioning, GenerationSettings, Request, TimeUp, generate, shareable,
+                                      uses_windows, validate_request)
 from animatediff_core.image_prompt import ImagePrompt
 from animatediff_core.long_video import ring_starts, window_starts
 from animatediff_core.motion_formats import load_motion_adapter
@@ -35,6 +35,7 @@ from animatediff_core.device import setup_actor
 from animatediff_core.personalize import CheckpointSpec, Personalizer
 from animatediff_core.pipeline import family, load_pipeline, read_unet_config
 from animatediff_core.speed import OFF, SpeedOptions, apply_speed, weights_change
+from animatediff_core.streams import Streams, count as stream_count
 from animatediff_core.video_io import write_gif, write_png_frames, write_video
 from pipelines.animate import schema
 from pipelines.animate.layout import OutputLayout
@@ -65,7 +66,8 @@ def batch_size(max_batch: int | None, cuda: bool) -> int:
 class AnimateStage:
     def __init__(self, base: str, motions: dict[str, MotionSpec], checkpoints: dict[str, CheckpointSpec],
                  layout: OutputLayout, run_id: str, gif: bool = True, frames_png: bool = False,
-                 actors: ActorOptions = ActorOptions(), max_batch: int | None = None, writers: int = 2,
+                 actors: ActorOptions = ActorOptions(), max_batch: int | None = None, streams: int | None = None,
+                 writers: int = 2,
                  speed: SpeedOptions = OFF, limits: RowLimits = RowLimits(), reads: ReadLimits = ReadLimits(), progress=None,
                  image_prompt: tuple[str, str] | None = None):
         bounded.configure(reads)  # every read a row's cells cause, in this actor, within the job's limits
@@ -86,6 +88,7 @@ class AnimateStage:
         # Rows per pipeline call: GPUs batch up to 8. CPU actors run one row per call: a batch of 8 measured 19%
         # slower per video (bench/README.md), and alone a row's bytes never depend on its neighbours.
         self.max_batch = batch_size(max_batch, cuda)
+        self.streams = Streams(stream_count(streams, actors.threads, self.device), actors.threads)
         self.failed: dict[tuple[str, str], str] = {}  # (kind, name) -> why it could not load
         self.writers = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="animate-writer")
         self.text_limit = int(self.pipe.tokenizer.model_max_length)
@@ -161,24 +164,28 @@ class AnimateStage:
             if conditioning is not None:
                 ready = [(i, dataclasses.replace(r, conditioning=conditioning)) for i, r in ready]
         writes = []
-        for start in range(0, len(ready), self.max_batch):
-            chunk = ready[start : start + self.max_batch]
-            t0 = time.time()
-            try:  # each row of the call gets --row-timeout seconds of sampling; past that the call stops
-                videos = generate(self.pipe, [r for _, r in chunk], deadline=time.monotonic() + self.row_timeout * len(chunk))
-            except TimeUp as e:
+        chunks = [ready[start : start + self.max_batch] for start in range(0, len(ready), self.max_batch)]
+        shared = shareable(self.pipe, [r for _, r in ready])
+        for chunk, (done, e) in zip(chunks, self.streams.map(self.pipe, self._sample, chunks, shared)):
+            if isinstance(e, TimeUp):
                 log.warning("%d row(s) ran past --row-timeout %gs: %s", len(chunk), self.row_timeout, e)
                 self._fail(batch, [i for i, _ in chunk], f"the row ran past --row-timeout {self.row_timeout:g}s ({e}); "
                            "raise --row-timeout, or lower its frames, size or steps")
-                continue
-            except Exception as e:  # one failed call (e.g. out of memory) fails its rows, not the batch
+            elif e is not None:  # one failed call (e.g. out of memory) fails its rows, not the batch
                 log.warning("generation failed for %d row(s): %s: %s", len(chunk), type(e).__name__, e)
                 self._fail(batch, [i for i, _ in chunk], f"generation failed: {type(e).__name__}: {str(e)[:300]}")
-                continue
-            per_video = (time.time() - t0) / len(chunk)
-            for (i, _), frames in zip(chunk, videos):
-                writes.append((i, self.writers.submit(self._write, batch.loc[i].to_dict(), frames, per_video)))
+            else:
+                videos, seconds = done
+                for (i, _), frames in zip(chunk, videos):
+                    writes.append((i, self.writers.submit(self._write, batch.loc[i].to_dict(), frames, seconds / len(chunk))))
         return writes
+
+    def _sample(self, pipe, chunk: list) -> tuple[list, float]:
+        """One pipeline call for `chunk` on `pipe` (the actor's pipeline or a stream's view of it): the videos, and
+        its seconds. Each row of the call gets --row-timeout seconds of sampling; past that the call stops."""
+        t0 = time.time()
+        videos = generate(pipe, [r for _, r in chunk], deadline=time.monotonic() + self.row_timeout * len(chunk))
+        return videos, time.time() - t0
 
     def _conditioning(self, s) -> Conditioning | None:
         """The control inputs `s` names (ControlNet frames, keyframes, init video) with their models, and its

@@ -406,3 +406,54 @@ def test_hostile_cells_never_raise_out_of_the_stage(stage, hostile_uris, tiny_mo
     pending = is_pending(planned)
     out = stage(pending.reset_index(drop=True)) if len(pending) else planned.iloc[:0]
     assert set(out.status) <= {"ok", "error"} and hits == []
+
+
+def test_streams_sample_plain_rows_at_once_with_the_bytes_of_one_stream(stage, tiny_models, specs, motions, tmp_path, monkeypatch):
+    """A CPU actor of 2 torch threads runs 2 single-thread streams over one pipeline: plain rows sample at once on
+    views that share its modules (each its own scheduler and tokenizer), rows that change shared modules for a call
+    (prompt travel) one at a time on the pipeline itself, and every row's bytes are those of a 1-stream actor."""
+    import threading
+
+    from pipelines.ray_session import ActorOptions
+
+    two = stage_mod.AnimateStage(str(tiny_models / "base"), motions, specs, OutputLayout(str(tmp_path)),
+                                 "20260101T000000-dddddd", actors=ActorOptions(torch_threads=2))
+    assert two.streams.n == 2 and stage.streams.n == 1
+    both = threading.Barrier(2, timeout=30)  # the first two plain calls can only pass it together
+    calls, real_generate = [], stage_mod.generate
+
+    def recorded(pipe, reqs, **kw):
+        calls.append((reqs[0].prompt, pipe))
+        if len(calls) <= 2:
+            both.wait()
+        return real_generate(pipe, reqs, **kw)
+
+    rows = [{"prompt": f"plain {i}", "checkpoint": c, "id": f"r{i}"} for i, c in enumerate(["dreamy"] * 3 + ["toon_lora"] * 2)]
+    rows.append({"prompt": "travel", "checkpoint": "dreamy", "id": "travel", "prompt_schedule": '{"2": "a butterfly"}'})
+    monkeypatch.setattr(stage_mod, "generate", recorded)
+    out = two(_batch(two, rows)).set_index("id")
+    monkeypatch.undo()
+    assert (out.status == "ok").all(), out.error.tolist()
+    pipes = dict(calls)
+    assert pipes["travel"] is two.pipe and {id(pipes["plain 0"]), id(pipes["plain 1"])} >= {id(two.pipe)}
+    view = pipes["plain 1"] if pipes["plain 0"] is two.pipe else pipes["plain 0"]
+    assert view.unet is two.pipe.unet and view.vae is two.pipe.vae
+    assert view.scheduler is not two.pipe.scheduler and view.tokenizer is not two.pipe.tokenizer
+    one = stage(_batch(stage, rows)).set_index("id")
+    assert out.loc[one.index, "sha256"].tolist() == one.sha256.tolist()
+
+
+def test_streams_keep_order_and_turn_exceptions_into_outcomes(stage):
+    from animatediff_core.streams import Streams, count
+
+    assert count(None, 2, "cpu") == 2 and count(1, 4, "cpu") == 1 and count(4, 4, "cuda") == 1
+    s = Streams(2, threads=2)
+
+    def fn(pipe, item):
+        if item == 3:
+            raise ValueError("bad item")
+        return item * 10
+
+    outcomes = list(s.map(stage.pipe, fn, [1, 2, 3, 4]))
+    assert [v for v, _ in outcomes] == [10, 20, None, 40] and str(outcomes[2][1]) == "bad item"
+    assert list(s.map(stage.pipe, lambda p, i: p is stage.pipe, [1, 2], shared=False)) == [(True, None), (True, None)]
