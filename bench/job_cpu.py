@@ -3,11 +3,12 @@
     python bench/job_cpu.py [--models DIR] [--rows 20] [--window 30] [--deprioritize none,nice19,idle] [--pieces 3]
 
 For each `--deprioritize` mode it runs `python -m jobs.animate` (a fresh embedded Ray, one actor, 2 torch
-threads, 16 frames 64x64, 2 steps, no GIFs) and, once the actor generates steadily, samples for
-`--window` seconds: the CPU each process of the job uses (the driver, the actor, Ray's own processes), and
-the actor's threads' time running and waiting in the run queue (/proc/PID/task/*/schedstat: waiting means
-runnable while another task had the CPU). Then the same for a plain diffusers loop in this process (2
-threads). A 2-thread actor that waits in the run queue loses that CPU to the job's other processes.
+threads in one stream: `--streams 1`, the layout this bench studies; 16 frames 64x64, 2 steps, no GIFs)
+and, once the actor generates steadily, samples for `--window` seconds: the CPU each process of the job
+uses (the driver, the actor, Ray's own processes), and the actor's threads' time running and waiting in the
+run queue (/proc/PID/task/*/schedstat: waiting means runnable while another task had the CPU). Then the
+same for a plain diffusers loop in this process (2 threads). A 2-thread actor that waits in the run queue
+loses that CPU to the job's other processes.
 
 `--deprioritize` shows what lowering the rest of the job would recover (an experiment, not something the
 job does): `nice19` sets every other process of the job (driver, Ray's services and helper actors, idle
@@ -104,7 +105,7 @@ def job(models: str, rows: int, window: float, mode: str, tmp: str) -> None:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "jobs.animate", "--prompts", table, "--base", f"{models}/base", "--motion-module",
            f"{models}/motion_adapter", "--out", out, "--num-frames", "16", "--height", "64", "--width", "64", "--steps", "2",
-           "--no-gif", "--torch-threads", "2"]
+           "--no-gif", "--torch-threads", "2", "--streams", "1"]  # one 2-thread stream: the layout this bench studies
     env = {**os.environ, "PYTHONPATH": ROOT}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -228,7 +229,7 @@ def pieces(models: str, rounds: int, tmp: str) -> None:
     motions = {"motion_adapter": MotionSpec("motion_adapter", os.path.join(models, "motion_adapter"), 32)}
     layout = OutputLayout(os.path.join(tmp, "pieces"))
     stage = AnimateStage(os.path.join(models, "base"), motions, specs, layout, "20260101T000000-aaaaaa", gif=False,
-                         actors=ActorOptions(torch_threads=2))
+                         actors=ActorOptions(torch_threads=2), streams=1)
     plan = Plan(tuple(specs), {"motion_adapter": 32}, GenerationSettings(num_frames=16, height=64, width=64, steps=2))
 
     def stage_rows(ids):
