@@ -21,18 +21,27 @@ import queue
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
+from .configs import need
+
 log = logging.getLogger(__name__)
 
 TOKENIZERS = ("tokenizer", "tokenizer_2")  # the parts of a pipeline that keep per-call state besides its scheduler
+DEFAULT_MAX = 4  # streams by default at most: each holds one call's activations (GBs at SD-1.5's 512x512 on a CPU)
+
+
+def default_count(threads: int) -> int:
+    """One single-thread stream per torch thread, up to DEFAULT_MAX streams sharing the threads evenly."""
+    return max(n for n in range(1, DEFAULT_MAX + 1) if threads % n == 0)
 
 
 def count(requested: int | None, threads: int, device: str) -> int:
-    """Streams for an actor of `threads` torch threads: `requested`, default one per thread; 1 on a GPU."""
+    """Streams for an actor of `threads` torch threads: `requested` (it divides `threads`), else `default_count`;
+    1 on a GPU."""
     if device == "cuda":
         if requested and requested > 1:
             log.info("--streams %d applies to CPU actors; a GPU actor runs one stream (its rows batch instead)", requested)
         return 1
-    return requested or threads
+    return requested or default_count(threads)
 
 
 class Streams:
@@ -42,12 +51,13 @@ class Streams:
     def __init__(self, n: int, threads: int):
         import torch
 
+        need(n >= 1 and threads % n == 0, f"streams {n}: must divide the actor's torch threads ({threads})")
         self.n = n
         self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="animate-stream") if n > 1 else None
         self._tokenizers: dict[tuple[int, str], tuple[object, object]] = {}  # (stream, part) -> (original, its copy)
         if n > 1:
-            torch.set_num_threads(max(1, threads // n))  # read by each new thread at its first parallel op
-            log.info("%d generation streams of %d torch thread(s) each", n, max(1, threads // n))
+            torch.set_num_threads(threads // n)  # read by each new thread at its first parallel op
+            log.info("%d generation streams of %d torch thread(s) each", n, threads // n)
 
     def map(self, pipe, fn: Callable, items: list, shared: bool = True) -> Iterator[tuple[object, Exception | None]]:
         """`(fn(p, item), None)`, or `(None, the exception)`, for each item in order, each as soon as it and those

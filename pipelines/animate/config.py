@@ -31,8 +31,9 @@ class GenerationFlags:
     max_batch: int | None = option(None, low=1, help="rows per pipeline call on GPUs (default 8); CPU actors run one "
                                    "row per call (faster there, and a row's bytes never depend on its neighbours)")
     streams: int | None = option(None, low=1, help="CPU actors: rows sampled at once, on threads that share the actor's "
-                                 "models, its torch threads split between them (default: one single-thread stream per "
-                                 "torch thread; GPU actors run one, their rows batch instead)")
+                                 "models, its torch threads shared evenly between them (default: one single-thread stream "
+                                 "per torch thread, up to 4; each holds one call's activations; GPU actors run one, their "
+                                 "rows batch instead)")
     gif: bool = option(True, help="write GIF previews beside the mp4s")
     frames_png: bool = option(False, help="also write each video's frames as PNGs (videos/.../ID_frames/0000.png)")
     motion_norm: str | None = option(None, choices=MOTION_NORMS, help="motion-module numerics: official (AnimateDiff's own "
@@ -51,9 +52,9 @@ class GenerationFlags:
 
     def __post_init__(self):
         check_fields(self)
-        need(self.streams is None or self.streams <= self.actors.threads,
-             f"streams {self.streams}: at most one per torch thread of an actor ({self.actors.threads}); "
-             "raise --torch-threads or lower --streams")
+        need(self.streams is None or self.actors.threads % self.streams == 0,
+             f"streams {self.streams}: must divide an actor's torch threads ({self.actors.threads}), each stream taking an "
+             "equal share; set --torch-threads to a multiple of --streams")
         need(not self.image_encoder or bool(self.ip_adapter), "image_encoder: give --ip-adapter too (the encoder is its input)")
         need(not (self.ip_adapter and self.speed.fuse_qkv), "ip_adapter: not supported with --fuse-qkv (the fused "
              "cross-attention would drop the adapter's image attention); leave one out")

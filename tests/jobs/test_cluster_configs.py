@@ -146,4 +146,4 @@ def test_speed_flags_become_the_actors_options_and_bad_values_name_the_fix(capsy
     assert parse_config(AnimateConfig, need + ["--torch-threads", "2", "--streams", "2"])[0].streams == 2
     with pytest.raises(SystemExit) as e:
         main(need + ["--torch-threads", "2", "--streams", "3"])
-    assert e.value.code == 2 and "raise --torch-threads or lower --streams" in capsys.readouterr().err
+    assert e.value.code == 2 and "set --torch-threads to a multiple of --streams" in capsys.readouterr().err

@@ -447,6 +447,7 @@ def test_streams_keep_order_and_turn_exceptions_into_outcomes(stage):
     from animatediff_core.streams import Streams, count
 
     assert count(None, 2, "cpu") == 2 and count(1, 4, "cpu") == 1 and count(4, 4, "cuda") == 1
+    assert [count(None, t, "cpu") for t in (1, 3, 5, 6, 8, 16)] == [1, 3, 1, 3, 4, 4]  # up to 4, sharing threads evenly
     s = Streams(2, threads=2)
 
     def fn(pipe, item):
