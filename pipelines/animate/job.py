@@ -154,9 +154,14 @@ PLAN_BLOCK_ROWS = 20_000  # rows per planning task: a big single-file table stil
 
 
 def read_prompts(files: list[str]):
-    """The prompt tables as text cells (`plan.normalize`): no cell, byte or malformed CSV row fails the read."""
+    """The prompt tables as text cells (`plan.normalize`): no cell, byte or malformed CSV row fails the read.
+
+    In blocks of PLAN_BLOCK_ROWS rows, small ones joined (`strict`): Ray Data splits a small file's read into
+    blocks of a row or two, and planning orders rows by checkpoint and shape within a block only, so a sweep
+    planned block by block would reach the actors one prompt at a time across every checkpoint (a switch per
+    row, no batch on a GPU, no streams on a CPU)."""
     ds = tables.read_ray_cells(files, schema.READ, normalize)
-    return ds.repartition(target_num_rows_per_block=PLAN_BLOCK_ROWS)
+    return ds.repartition(target_num_rows_per_block=PLAN_BLOCK_ROWS, strict=True)
 
 
 def find_conflicts(planned) -> tuple[dict[int, dict[int, str]], int, int]:

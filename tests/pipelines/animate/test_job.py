@@ -88,6 +88,18 @@ def list_shards_of(out):
 
 
 @pytest.mark.slow
+def test_a_small_sweep_reaches_the_actors_one_checkpoint_at_a_time(ray_session, tiny_models, tmp_path):
+    """Ray Data reads a small file as blocks of a row; planned block by block, a sweep would reach an actor
+    one prompt at a time across every checkpoint (a switch per row, no GPU batch, no CPU streams)."""
+    table = tmp_path / "few.csv"
+    table.write_text("prompt\n" + "".join(f"prompt {i}\n" for i in range(4)))
+    out = tmp_path / "run"
+    run_animate(_prep(tiny_models, str(table), out, batch_size=4))
+    calls = [pd.read_parquet(s) for s in list_shards_of(out) if "-actor_" in s]
+    assert sorted(c.checkpoint.tolist() for c in calls) == [["dreamy"] * 4, ["toon_lora"] * 4]
+
+
+@pytest.mark.slow
 def test_duplicate_ids(ray_session, tiny_models, tmp_path):
     table = tmp_path / "dups.csv"
     table.write_text("id,prompt,checkpoint\nsame,a cat,dreamy\nsame,a dog,dreamy\ntwin,a bird,dreamy\ntwin,a bird,dreamy\n")
