@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import logging
 import queue
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable, Iterator
 
 from .configs import need
@@ -79,8 +79,13 @@ class Streams:
                 free.put(p)
 
         futures = [self._pool.submit(run, item) for item in items]
-        for future in futures:
-            yield _outcome(future.result)
+        try:
+            for future in futures:
+                yield _outcome(future.result)
+        finally:  # a caller that stops early: nothing of this map samples on while it switches weights next
+            for future in futures:
+                future.cancel()
+            wait(futures)
 
     def view(self, pipe, stream: int):
         """`pipe`'s modules under another pipeline object, with its own scheduler and tokenizers. The tokenizers

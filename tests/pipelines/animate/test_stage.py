@@ -1,6 +1,7 @@
 """The actor's logic, called in-process: grouping, isolation of bad rows and cells, outputs, resume."""
 
 import json
+import time
 
 import pandas as pd
 import pytest
@@ -458,3 +459,10 @@ def test_streams_keep_order_and_turn_exceptions_into_outcomes(stage):
     outcomes = list(s.map(stage.pipe, fn, [1, 2, 3, 4]))
     assert [v for v, _ in outcomes] == [10, 20, None, 40] and str(outcomes[2][1]) == "bad item"
     assert list(s.map(stage.pipe, lambda p, i: p is stage.pipe, [1, 2], shared=False)) == [(True, None), (True, None)]
+    done = []
+    first = s.map(stage.pipe, lambda p, i: time.sleep(0.2) or done.append(i), list(range(8)))
+    next(first)
+    first.close()  # a caller that stops early: the map's running items end before close returns, the rest never start
+    finished = len(done)
+    time.sleep(0.5)
+    assert finished < 8 and len(done) == finished
