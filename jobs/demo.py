@@ -5,7 +5,8 @@
 Runs the batch-animation job (`jobs.animate`) on a local single-node Ray: 4 prompts x 3 personalized
 checkpoints (a DreamBooth file, a kohya LoRA, a peft LoRA), 16 frames at 64x64, with the index page.
 Two actors of one torch thread each, half a CPU apiece in Ray's count (the other CPU of a 2-core machine
-stays free for Ray Data's reads): the fastest CPU layout measured (bench/README.md).
+stays free for Ray Data's reads): the fastest CPU layout measured, with one actor of two streams
+(`--torch-threads 2`) as fast (bench/README.md).
 """
 
 from __future__ import annotations
