@@ -154,7 +154,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="the job's actors")
     ap.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs Ray reserves per actor")
     ap.add_argument("--torch-threads", type=int, default=LOOP_THREADS, help=f"torch threads per actor (the loop runs {LOOP_THREADS})")
-    ap.add_argument("--streams", type=int, default=None, help="generation streams per actor (default: one per torch thread)")
+    ap.add_argument("--streams", type=int, default=None, help="generation streams per actor (default: the job's)")
     ap.add_argument("--busy", type=int, default=0, help="busy-looping processes at normal priority during the run")
     ap.add_argument("--switch-preset", default="sd15", choices=["sd15", "tiny"],
                     help="model shapes for the switch-vs-load timing (sd15: random weights at SD-1.5 size, ~12 GB on disk)")
@@ -196,7 +196,9 @@ def run(args, tmp: str) -> None:
     loop_video_s = sum(per_video) / max(1, len(per_video))
     switch_models = models if args.switch_preset == "tiny" else str(write_tiny_models(os.path.join(tmp, "sd15"), preset="sd15"))
     sw = switch_vs_load(switch_models)
-    streams = args.streams or args.torch_threads  # the job's default on CPU: one single-thread stream per torch thread
+    from animatediff_core.streams import count
+
+    streams = count(args.streams, args.torch_threads, "cuda" if torch.cuda.is_available() else "cpu")  # what the actor runs
     print(f"N={args.n} prompts, {args.frames} frames {args.size}x{args.size}, {args.steps} steps, CFG 7.5, "
           f"cpus={os.cpu_count()}, busy processes={args.busy}, job: {args.workers} actor(s), {args.cpus_per_worker} CPU and "
           f"{args.torch_threads} torch thread(s) each, in {streams} stream(s)")
