@@ -24,7 +24,7 @@ import math
 import types
 import typing
 
-from .errors import ConfigError
+from animatediff_core.errors import ConfigError
 
 
 def option(default=dataclasses.MISSING, help: str = "", choices: tuple | None = None, flag: str | None = None,

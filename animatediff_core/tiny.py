@@ -50,20 +50,36 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, MotionAdapter, SparseControlNetModel, UNet2DConditionModel
 from diffusers.utils import logging as diffusers_logging
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+)
 from transformers.utils import logging as transformers_logging
 
-from .checkpoints import save_state_dict
-from .clip_vision import ClipVision
-from .dino import DinoViT
-from .flow import LARGE, SMALL, raft_state, to_original
-from .i3d import random_state as i3d_random_state
-from .inflate import MotionModuleConfig, new_motion_adapter
-from .ldm_keys import CLIP_PREFIX, SDXL_CLIP_PREFIX, controlnet_to_ldm, open_clip_to_ldm, text_encoder_to_ldm, unet_to_ldm, vae_to_ldm
-from .motion_formats import diffusers_to_original, save_motion_adapter
-from .motion_lora import TARGET_RE
-from .schedule import ScheduleConfig
-from .tokenizer import write_clip_tokenizer
+from animatediff_core.io.checkpoints import save_state_dict
+from animatediff_core.metrics.clip_vision import ClipVision
+from animatediff_core.metrics.dino import DinoViT
+from animatediff_core.metrics.flow import LARGE, SMALL, raft_state, to_original
+from animatediff_core.metrics.i3d import random_state as i3d_random_state
+from animatediff_core.models.inflate import new_motion_adapter
+from animatediff_core.models.ldm_keys import (
+    CLIP_PREFIX,
+    SDXL_CLIP_PREFIX,
+    controlnet_to_ldm,
+    open_clip_to_ldm,
+    text_encoder_to_ldm,
+    unet_to_ldm,
+    vae_to_ldm,
+)
+from animatediff_core.models.motion_config import MotionModuleConfig
+from animatediff_core.models.motion_formats import diffusers_to_original, save_motion_adapter
+from animatediff_core.models.motion_lora import TARGET_RE
+from animatediff_core.models.tokenizer import write_clip_tokenizer
+from animatediff_core.settings.schedule import ScheduleConfig
 
 diffusers_logging.disable_progress_bar()
 transformers_logging.disable_progress_bar()
@@ -276,7 +292,7 @@ def write_tiny_videos(out: Path, frames: int = 32, size: int = 64) -> None:
     `out/captions.csv` naming them: a training folder for smoke runs."""
     import numpy as np
 
-    from .video_io import write_video
+    from animatediff_core.io.video_io import write_video
 
     out.mkdir(parents=True, exist_ok=True)
     y, x = np.mgrid[0:size, 0:size]
@@ -446,8 +462,8 @@ def write_ip_adapters(out: Path, unet: UNet2DConditionModel, seed: int, encoder:
 
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from .image_prompt import expected_layers
-    from .storage import write_bytes_atomic
+    from animatediff_core.io.storage import write_bytes_atomic
+    from animatediff_core.models.image_prompt import expected_layers
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)

@@ -41,7 +41,7 @@ def plain_loop(models: str, prompts: list[str], args, out: str, device: str = "c
     from diffusers import AnimateDiffPipeline, AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from animatediff_core.video_io import write_video
+    from animatediff_core.io.video_io import write_video
 
     start = time.time()
     b = os.path.join(models, "base")
@@ -121,8 +121,8 @@ def ray_job(models: str, table: str, args, out: str) -> tuple[float, int, float]
 
 def switch_vs_load(models: str, repeats: int = 2) -> dict[str, float]:
     """Seconds for a full pipeline load from disk, and for each checkpoint switch an actor makes in a sweep."""
-    from animatediff_core.personalize import CheckpointSpec, Personalizer
-    from animatediff_core.pipeline import load_pipeline
+    from animatediff_core.models.personalize import CheckpointSpec, Personalizer
+    from animatediff_core.models.pipeline import load_pipeline
 
     t = time.time()
     for _ in range(repeats):
@@ -196,7 +196,7 @@ def run(args, tmp: str) -> None:
     loop_video_s = sum(per_video) / max(1, len(per_video))
     switch_models = models if args.switch_preset == "tiny" else str(write_tiny_models(os.path.join(tmp, "sd15"), preset="sd15"))
     sw = switch_vs_load(switch_models)
-    from animatediff_core.streams import count
+    from animatediff_core.sampling.streams import count
 
     streams = count(args.streams, args.torch_threads, "cuda" if torch.cuda.is_available() else "cpu")  # what the actor runs
     print(f"N={args.n} prompts, {args.frames} frames {args.size}x{args.size}, {args.steps} steps, CFG 7.5, "

@@ -73,9 +73,10 @@ def stages(models: str, folder: str, out: str, vbench: bool = False) -> dict[str
 def core_scoring(models: str, folder: str, raft: bool = False, vbench: bool = False) -> float:
     """Seconds to decode and score every video in-process: the actor's work without Ray (with RAFT: motion_flow
     too; with `vbench`: VBench's five dimensions and FVD's I3D features too)."""
-    from animatediff_core import flow, fvd, i3d, metrics
-    from animatediff_core import vbench as vb
-    from animatediff_core.video_io import read_video
+    from animatediff_core.io.video_io import read_video
+    from animatediff_core.metrics import flow, fvd, i3d
+    from animatediff_core.metrics import scores as metrics
+    from animatediff_core.metrics import vbench as vb
     from pipelines.animate.report import read_metadata
 
     clip = metrics.load_clip(os.path.join(models, "clip"))
@@ -97,9 +98,9 @@ def core_scoring(models: str, folder: str, raft: bool = False, vbench: bool = Fa
 
 def vbench_real_shapes(frames: int = 16) -> dict[str, float]:
     """Seconds per 16-frame 512x512 video with VBench's real networks (random weights) and FVD's I3D, on this CPU."""
-    from animatediff_core import dino, flow, fvd, i3d
-    from animatediff_core import vbench as vb
-    from animatediff_core.clip_vision import ClipVision
+    from animatediff_core.metrics import dino, flow, fvd, i3d
+    from animatediff_core.metrics import vbench as vb
+    from animatediff_core.metrics.clip_vision import ClipVision
 
     video = np.random.default_rng(0).integers(0, 256, (frames, 512, 512, 3), dtype=np.uint8)
     out = {}
@@ -128,7 +129,7 @@ def vit_l_vs_unet(frames: int = 16, steps: int = 25) -> dict[str, float]:
     from diffusers import UNet2DConditionModel
     from transformers import CLIPConfig, CLIPModel
 
-    from animatediff_core import flow
+    from animatediff_core.metrics import flow
     from animatediff_core.tiny import CLIP_PRESETS, SD15_UNET
 
     with torch.no_grad():

@@ -25,9 +25,9 @@ from gpu_common import timed  # bench/ is on sys.path when this script runs
 
 def train_check(models: str, args, dev: str) -> dict:
     """A few motion-module training steps on the GPU, per precision/checkpointing setting: time, memory, frozen base."""
-    from animatediff_core.inflate import MotionModuleConfig
-    from animatediff_core.pipeline import load_base
-    from animatediff_core.trainer import Batch, MotionTrainer, TrainConfig, step_generator
+    from animatediff_core.models.motion_config import MotionModuleConfig
+    from animatediff_core.models.pipeline import load_base
+    from animatediff_core.training.trainer import Batch, MotionTrainer, TrainConfig, step_generator
 
     size = 256 if args.shape == "sd15" else 64
     out = {}
@@ -70,10 +70,9 @@ def main() -> None:
     args = ap.parse_args()
     from diffusers import AnimateDiffPipeline
 
-    from animatediff_core.generate import GenerationSettings, Request, generate
-    from animatediff_core.personalize import CheckpointSpec, Personalizer
-    from animatediff_core.pipeline import load_pipeline
-
+    from animatediff_core.models.personalize import CheckpointSpec, Personalizer
+    from animatediff_core.models.pipeline import load_pipeline
+    from animatediff_core.sampling.generate import GenerationSettings, Request, generate
     from animatediff_core.tiny import write_tiny_models
 
     t = time.time()

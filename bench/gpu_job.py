@@ -14,7 +14,7 @@ dry run), then measures:
 - the UNet alone: FLOPs of one call with the CFG batch (torch.utils.flop_counter), seconds per call,
   TFLOP/s and MFU against `--peak-tflops` (989: H200 dense fp16; 989 for H100 SXM too);
 - the 4-step sampler (euler_trailing, guidance 1.0: `--sampler euler_trailing`) per video vs the loop's;
-- each speed option of animatediff_core/speed.py on a copy of one loaded pipeline: first-call seconds
+- each speed option of animatediff_core/models/speed.py on a copy of one loaded pipeline: first-call seconds
   (compile's warm-up), seconds per video of a batched call, PSNR and max |diff| of frames vs plain fp16;
 - FP8 (torchao float8 dynamic quantization of the UNet's linear layers) if torchao is importable.
 Prints a JSON summary and writes it to bench/results/gpu_job_DEVICE.json (and to $OUT when set).
@@ -163,7 +163,7 @@ def unet_figures(pipe, args, peak_tflops: float, reps: int = 5) -> dict:
 
 
 def requests(n: int, args, **settings):
-    from animatediff_core.generate import GenerationSettings, Request
+    from animatediff_core.sampling.generate import GenerationSettings, Request
 
     s = GenerationSettings(**{"num_frames": args.frames, "height": args.size, "width": args.size, "steps": args.steps,
                               "guidance_scale": 7.5, **settings})
@@ -172,7 +172,7 @@ def requests(n: int, args, **settings):
 
 def four_step(pipe, args, loop: dict | None) -> dict:
     """AnimateDiff-Lightning's sampler as the job runs it (euler_trailing, 4 steps, guidance 1.0), one video per call."""
-    from animatediff_core.generate import generate
+    from animatediff_core.sampling.generate import generate
 
     reqs = requests(args.option_videos, args, sampler="euler_trailing", steps=4, guidance_scale=1.0)
     generate(pipe, reqs[:1])  # warm-up
@@ -195,8 +195,8 @@ def compare(frames, reference) -> dict:
 
 def option_runs(pipe, args, fp8: bool) -> dict:
     """Each speed option on a copy of the loaded pipeline: first call (compile's warm-up), then a timed batched call."""
-    from animatediff_core.generate import generate
-    from animatediff_core.speed import SpeedOptions, apply_speed
+    from animatediff_core.models.speed import SpeedOptions, apply_speed
+    from animatediff_core.sampling.generate import generate
 
     reqs = requests(args.option_videos, args)
     chunk = args.option_videos * args.frames  # every frame of the batch in one decode
@@ -239,7 +239,7 @@ def fp8_run(pipe, reqs, reference) -> dict | str:
         return "torchao not installed"
     if not torch.cuda.is_available():
         return f"torchao {torchao.__version__}: FP8 needs a CUDA GPU"
-    from animatediff_core.generate import generate
+    from animatediff_core.sampling.generate import generate
 
     try:
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, quantize_
@@ -292,7 +292,7 @@ def main() -> None:
 
 
 def run(args, tmp: str) -> dict:
-    from animatediff_core.pipeline import load_pipeline
+    from animatediff_core.models.pipeline import load_pipeline
     from animatediff_core.tiny import write_tiny_models
     from jobs.config import setup_logging
 

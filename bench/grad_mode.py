@@ -35,8 +35,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=2)
     args = ap.parse_args()
-    from animatediff_core.generate import GenerationSettings, Request, generate
-    from animatediff_core.pipeline import load_pipeline
+    from animatediff_core.models.pipeline import load_pipeline
+    from animatediff_core.sampling.generate import GenerationSettings, Request, generate
     from animatediff_core.tiny import write_tiny_models
     from jobs.config import setup_logging
 

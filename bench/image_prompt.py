@@ -31,9 +31,9 @@ def _best(fn, repeat: int = 3) -> float:
 def tiny(models: str, frames: int, size: int, steps: int) -> dict:
     from PIL import Image
 
-    from animatediff_core.generate import Conditioning, GenerationSettings, Request, generate
-    from animatediff_core.image_prompt import ImagePrompt
-    from animatediff_core.pipeline import load_pipeline
+    from animatediff_core.models.image_prompt import ImagePrompt
+    from animatediff_core.models.pipeline import load_pipeline
+    from animatediff_core.sampling.generate import Conditioning, GenerationSettings, Request, generate
 
     image = f"{tempfile.mkdtemp()}/ref.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(image)

@@ -4,7 +4,7 @@
 
 1. Decoding, one thread in one process (= per CPU core), on the same real videos in one run:
    real   fetch + decode only the sampled frames, resized inside the decoder, center crop
-          (`animatediff_core.clips.load_clip`, what the training pipeline's decoders run)
+          (`animatediff_core.training.clips.load_clip`, what the training pipeline's decoders run)
    naive  decode every frame at full size, then subsample, resize (PIL bilinear) and crop
    and the ratio real / naive.
 2. Training on the tiny models with 2 Ray Train workers (gloo, CPU) on the same videos: the mean
@@ -30,9 +30,10 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-from animatediff_core.clips import ClipConfig, center_crop, decode_size, load_clip, sample_indices  # noqa: E402
-from animatediff_core.video_io import encode_mp4, fetch, probe_video, read_video  # noqa: E402
 from helpers_video import real_video_paths  # noqa: E402
+
+from animatediff_core.io.video_io import encode_mp4, fetch, probe_video, read_video  # noqa: E402
+from animatediff_core.training.clips import ClipConfig, center_crop, decode_size, load_clip, sample_indices  # noqa: E402
 
 
 def naive_clip(path: str, cfg: ClipConfig, rng: np.random.Generator) -> np.ndarray:
@@ -66,7 +67,7 @@ def data_wait(videos: list[str], steps: int) -> dict:
     import ray
 
     from animatediff_core.tiny import write_tiny_models
-    from animatediff_core.trainer import TrainConfig
+    from animatediff_core.training.trainer import TrainConfig
     from pipelines.train.config import TrainRun
     from pipelines.train.job import check_run, train
 

@@ -151,7 +151,7 @@ PROMPT = "a photo of subject {}, cinematic lighting"
 def _pipeline(models: str):
     import torch
 
-    from animatediff_core.pipeline import load_pipeline
+    from animatediff_core.models.pipeline import load_pipeline
 
     torch.set_num_threads(2)
     pipe = load_pipeline(os.path.join(models, "base"), os.path.join(models, "motion_adapter"))
@@ -213,7 +213,7 @@ def pieces(models: str, rounds: int, tmp: str) -> None:
     import ray
     import ray.data
 
-    from animatediff_core.settings import CheckpointSpec, GenerationSettings
+    from animatediff_core.settings.generation import CheckpointSpec, GenerationSettings
     from pipelines.animate.layout import OutputLayout
     from pipelines.animate.plan import Plan, expand_rows, normalize
     from pipelines.animate.resume import list_finished, mark_finished

@@ -33,8 +33,8 @@ def point(models: str, frames: int, windowed: bool, size: int, steps: int) -> di
     """One measurement in this process: a fresh pipeline, one clip."""
     import torch
 
-    from animatediff_core.generate import GenerationSettings, Request, generate
-    from animatediff_core.pipeline import load_pipeline
+    from animatediff_core.models.pipeline import load_pipeline
+    from animatediff_core.sampling.generate import GenerationSettings, Request, generate
 
     cuda = torch.cuda.is_available()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))  # CPU: one core, steadier on a shared machine
@@ -56,9 +56,10 @@ def point(models: str, frames: int, windowed: bool, size: int, steps: int) -> di
 
 
 def write_models(out: str, shape: str, max_frames: int) -> None:
-    from animatediff_core.inflate import MotionModuleConfig, new_motion_adapter
-    from animatediff_core.motion_formats import save_motion_adapter
-    from animatediff_core.pipeline import read_unet_config
+    from animatediff_core.models.inflate import new_motion_adapter
+    from animatediff_core.models.motion_config import MotionModuleConfig
+    from animatediff_core.models.motion_formats import save_motion_adapter
+    from animatediff_core.models.pipeline import read_unet_config
     from animatediff_core.tiny import write_tiny_models
 
     write_tiny_models(out, preset=shape)

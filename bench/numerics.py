@@ -5,7 +5,7 @@
 For each preset (tiny: the test models; sd15: SD-1.5's UNet and a v2/v1-shaped motion module, random
 weights, built in memory) and each motion-module version (v2 shape: per-frame temporal norm; v1 shape:
 also cross-frame spatial norms), one video UNet is switched between `diffusers` and `official` numerics
-(animatediff_core/numerics.py) and timed on the same latents: a forward pass (what a sampling step
+(animatediff_core/models/numerics.py) and timed on the same latents: a forward pass (what a sampling step
 costs) and, on the tiny preset, a forward + backward (a training step). Times are CPU time of this
 process on one torch thread by default (our 2-core VM is shared: wall time mostly measures the
 neighbours); modes alternate between repeats and the figure is the median. Also prints how far the
@@ -23,8 +23,9 @@ import time
 
 import torch
 
-from animatediff_core.inflate import MotionModuleConfig, freeze_base, inflate_unet, new_motion_adapter
-from animatediff_core.numerics import AcrossFramesGroupNorm, PerFrameGroupNorm, apply_motion_norm
+from animatediff_core.models.inflate import freeze_base, inflate_unet, new_motion_adapter
+from animatediff_core.models.motion_config import MotionModuleConfig
+from animatediff_core.models.numerics import AcrossFramesGroupNorm, PerFrameGroupNorm, apply_motion_norm
 from animatediff_core.tiny import SD15_UNET, TINY_UNET
 
 MODES = ("diffusers", "official")

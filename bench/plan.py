@@ -32,7 +32,7 @@ sys.path.append(os.path.join(ROOT, "tests"))  # helpers_s3
 
 
 def _defaults():
-    from animatediff_core.settings import GenerationSettings
+    from animatediff_core.settings.generation import GenerationSettings
 
     return GenerationSettings().updated(**SMALL)
 
@@ -86,7 +86,6 @@ def part1(tmp: str, models: str, args) -> None:
 
 def part2(tmp: str, models: str, args, proxy) -> None:
     import s3fs
-
     from helpers_s3 import write_finished
 
     s3fs.S3FileSystem(skip_instance_cache=True).mkdir("bench-bucket")

@@ -25,7 +25,7 @@ from gpu_common import timed  # bench/ is on sys.path when this script runs
 
 
 def steps(trainer, batch, n: int, first: int = 1):
-    from animatediff_core.trainer import step_generator
+    from animatediff_core.training.trainer import step_generator
 
     return [trainer.train_step(batch, step_generator(0, 0, first + i)).loss for i in range(n)]
 
@@ -38,11 +38,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--validation-steps", type=int, default=25)
     args = ap.parse_args()
-    from animatediff_core.inflate import MotionModuleConfig
-    from animatediff_core.motion_formats import load_motion_adapter
-    from animatediff_core.pipeline import load_base
+    from animatediff_core.models.motion_config import MotionModuleConfig
+    from animatediff_core.models.motion_formats import load_motion_adapter
+    from animatediff_core.models.pipeline import load_base
     from animatediff_core.tiny import write_tiny_models
-    from animatediff_core.trainer import VALIDATION_PROMPTS, Batch, MotionTrainer, TrainConfig, step_generator
+    from animatediff_core.training.trainer import VALIDATION_PROMPTS, Batch, MotionTrainer, TrainConfig, step_generator
 
     cuda = torch.cuda.is_available()  # CPU only for a dry run of the script (--shape tiny)
     dev = "cuda" if cuda else "cpu"

@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_config(AnimateConfig, argv, __doc__)
     setup_logging(args.log_level)
     # Imported after parsing: --help and a bad flag answer without loading torch or Ray.
-    from animatediff_core import storage
-    from animatediff_core.settings import NAMES as SETTING_NAMES
+    from animatediff_core.io import storage
+    from animatediff_core.settings.generation import NAMES as SETTING_NAMES
     from pipelines.animate.job import exit_code, preflight, run_animate
     from pipelines.ray_session import init_ray, require_shared
 

@@ -150,7 +150,7 @@ def _flat(values: dict) -> dict:
 
 
 def load_yaml(path: str, known: list[str]) -> dict:
-    from animatediff_core import storage  # here: storage imports fsspec, which --help never needs
+    from animatediff_core.io import storage  # here: storage imports fsspec, which --help never needs
 
     try:
         data = yaml.safe_load(storage.read_bytes(path)) or {}

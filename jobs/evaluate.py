@@ -22,14 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_config(EvaluateConfig, argv, __doc__)
     setup_logging(args.log_level)
     # Imported after parsing: --help and a bad flag answer without loading torch or Ray.
-    from animatediff_core import storage
+    from animatediff_core.io import storage
     from pipelines.evaluate import runs
 
     folders = runs.find_runs(cfg.score_only) if cfg.score_only else None  # checked before the heavy imports
-    from animatediff_core import i3d
-    from animatediff_core.flow import load_raft_state
-    from animatediff_core.metrics import check_clip_folder
-    from animatediff_core.vbench import load_models
+    from animatediff_core.metrics import i3d
+    from animatediff_core.metrics.flow import load_raft_state
+    from animatediff_core.metrics.scores import check_clip_folder
+    from animatediff_core.metrics.vbench import load_models
     from pipelines.animate.config import AnimateConfig
     from pipelines.animate.job import preflight, run_animate
     from pipelines.animate.sets import read_checkpoint_set

@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     job, args = parse_config(IngestRun, argv, __doc__)
     setup_logging(args.log_level)
     # Imported after parsing: --help and a bad flag answer without loading torch or Ray.
-    from animatediff_core import storage
+    from animatediff_core.io import storage
     from pipelines.ray_session import init_ray, require_shared, stage
     from pipelines.train.ingest import check_ingest, run_ingest
     source = check_ingest(job)

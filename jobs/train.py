@@ -5,14 +5,14 @@
     python -m jobs.train ... --resume                                              # continue the run
 
 Flags: where and how the run executes (pipelines/train/job.py TrainRun) and the recipe
-(animatediff_core/train_config.py TrainConfig: AnimateDiff's defaults).
+(animatediff_core/training/recipe.py TrainConfig: AnimateDiff's defaults).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from animatediff_core.train_config import TrainConfig
+from animatediff_core.training.recipe import TrainConfig
 from jobs.config import dump_config, parse_config, run, setup_logging
 from pipelines.train.config import TrainRun
 
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     (job, cfg), args = parse_config((TrainRun, TrainConfig), argv, __doc__)
     setup_logging(args.log_level)
     # Imported after parsing: --help and a bad flag answer without loading torch or Ray.
-    from animatediff_core import storage
+    from animatediff_core.io import storage
     from pipelines.ray_session import init_ray, require_shared, stage
     from pipelines.train.job import check_run, train
     plan = check_run(job, cfg)

@@ -19,10 +19,10 @@ import logging
 import os
 from dataclasses import dataclass
 
-from animatediff_core import storage
 from animatediff_core.configs import check_fields, need, option
 from animatediff_core.device import PRECISIONS
 from animatediff_core.errors import ConfigError
+from animatediff_core.io import storage
 
 log = logging.getLogger(__name__)
 

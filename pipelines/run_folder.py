@@ -1,6 +1,6 @@
 """A training run's folder, one function per path: nothing else spells these names.
 
-    STORAGE/NAME/checkpoint-000500/         one checkpoint (its files: animatediff_core/trainer.py)
+    STORAGE/NAME/checkpoint-000500/         one checkpoint (its files: animatediff_core/training/trainer.py)
     STORAGE/NAME/validation/step-000500/    validation GIFs
     STORAGE/NAME/metrics.jsonl              one object per step
     STORAGE/NAME/job.yaml                   the resolved job config
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from animatediff_core import storage
+from animatediff_core.io import storage
 
 METRICS_FILE = "metrics.jsonl"
 VALIDATION_DIR = "validation"

@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from animatediff_core import storage
 from animatediff_core.configs import need
 from animatediff_core.errors import ConfigError
+from animatediff_core.io import storage
 
 CSV_EXTS = (".csv", ".csv.gz")
 PARQUET_EXTS = (".parquet", ".pq")

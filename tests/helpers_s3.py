@@ -82,13 +82,13 @@ def write_finished(out: str, prompts: list[str], motion_uri: str, defaults=None)
 
     import pandas as pd
 
-    from animatediff_core import storage
-    from animatediff_core.motion_formats import inspect_motion_module
-    from animatediff_core.numerics import resolve
-    from animatediff_core.pipeline import read_unet_config
-    from animatediff_core.settings import CheckpointSpec, GenerationSettings
-    from pipelines.animate.layout import OutputLayout
+    from animatediff_core.io import storage
+    from animatediff_core.models.motion_formats import inspect_motion_module
+    from animatediff_core.models.numerics import resolve
+    from animatediff_core.models.pipeline import read_unet_config
+    from animatediff_core.settings.generation import CheckpointSpec, GenerationSettings
     from pipelines.animate.identity import fingerprint
+    from pipelines.animate.layout import OutputLayout
     from pipelines.animate.plan import Plan, expand_rows, normalize
     from pipelines.animate.sets import MotionSpec
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from animatediff_core.bounded import ReadLimits
 from animatediff_core.configs import check_fields, need, option, section
-from animatediff_core.settings import MOTION_NORMS, NAMES as SETTING_NAMES, GenerationSettings
-from animatediff_core.speed import SpeedOptions
+from animatediff_core.io.bounded import ReadLimits
+from animatediff_core.models.speed import SpeedOptions
+from animatediff_core.settings.generation import MOTION_NORMS, GenerationSettings
+from animatediff_core.settings.generation import NAMES as SETTING_NAMES
 from pipelines.animate.limits import RowLimits
 from pipelines.ray_session import ActorOptions
 
@@ -38,7 +39,7 @@ class GenerationFlags:
     frames_png: bool = option(False, help="also write each video's frames as PNGs (videos/.../ID_frames/0000.png)")
     motion_norm: str | None = option(None, choices=MOTION_NORMS, help="motion-module numerics: official (AnimateDiff's own "
                                      "function for the module's version) or diffusers; default: what the module records, else official")
-    # Image prompts (animatediff_core/image_prompt.py): loaded once per actor, for rows with ip_adapter_image.
+    # Image prompts (animatediff_core/models/image_prompt.py): loaded once per actor, for rows with ip_adapter_image.
     ip_adapter: str | None = option(None, help="IP-Adapter weights for rows with an image prompt (ip_adapter_image): "
                                     "an ip-adapter(-plus)_sd15 .safetensors/.bin file, a folder holding one, or a Hub id "
                                     "of the file; SD-1.x bases")

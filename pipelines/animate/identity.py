@@ -1,6 +1,6 @@
 """What defines a video, written once: ids, seeds, the resume fingerprint, duplicate checks and still keys.
 
-Every list of settings here is read off the tags of `GenerationSettings`' fields (animatediff_core/settings.py):
+Every list of settings here is read off the tags of `GenerationSettings`' fields (animatediff_core/settings/generation.py):
 - `key="always"` settings (the first release's) are in every row's key; `key="changed"` settings join it
   only when a row gives a value other than the default, so the ids and seeds of rows that do not use a
   newer setting never change; `key="file"` settings (fps) change the file, not the frames: they are in
@@ -17,8 +17,8 @@ import json
 import pandas as pd
 
 from animatediff_core.configs import tag
-from animatediff_core.schedule import SAMPLERS
-from animatediff_core.settings import FIELDS, STILL_SETTINGS, CheckpointSpec, GenerationSettings
+from animatediff_core.settings.generation import FIELDS, STILL_SETTINGS, CheckpointSpec, GenerationSettings
+from animatediff_core.settings.schedule import SAMPLERS
 from pipelines.animate import schema
 from pipelines.animate.sets import MotionSpec
 from pipelines.cells import plain

@@ -19,26 +19,32 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from animatediff_core import bounded, hub, image_prompt, storage
 from animatediff_core.configs import need
 from animatediff_core.errors import CheckpointError
-from animatediff_core.motion_formats import inspect_motion_module
-from animatediff_core.numerics import resolve
-from animatediff_core.pipeline import read_unet_config
-from animatediff_core.settings import FAMILY_NAMES, URI_SETTINGS, CheckpointSpec, family_of, parse_image_prompt
+from animatediff_core.io import bounded, hub, storage
+from animatediff_core.models import image_prompt
+from animatediff_core.models.motion_formats import inspect_motion_module
+from animatediff_core.models.numerics import resolve
+from animatediff_core.models.pipeline import read_unet_config
+from animatediff_core.settings.generation import (
+    FAMILY_NAMES,
+    URI_SETTINGS,
+    CheckpointSpec,
+    family_of,
+    parse_image_prompt,
+)
 from pipelines import tables
-from pipelines.progress import Progress, tally
-from pipelines.ray_session import count_nodes, stage
-from pipelines.animate import schema
+from pipelines.animate import official, schema
 from pipelines.animate.config import AnimateConfig
-from pipelines.animate import official
 from pipelines.animate.identity import image_prompt_id
 from pipelines.animate.layout import OutputLayout, new_run_id
-from pipelines.animate.plan import Plan, is_done, is_pending, mark_conflicts, normalize, plan_block
 from pipelines.animate.lease import claim, refuse_if_live
+from pipelines.animate.plan import Plan, is_done, is_pending, mark_conflicts, normalize, plan_block
 from pipelines.animate.report import SHARD, Summary, drop_older_shards, write_index, write_shard
 from pipelines.animate.resume import list_finished
 from pipelines.animate.sets import MotionSpec, read_checkpoint_set, read_motion_set
+from pipelines.progress import Progress, tally
+from pipelines.ray_session import count_nodes, stage
 
 log = logging.getLogger(__name__)
 

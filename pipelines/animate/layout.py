@@ -21,8 +21,8 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from animatediff_core import storage
 from animatediff_core.errors import ConfigError
+from animatediff_core.io import storage
 
 NAME_RULE = "1 to 128 characters from A-Z a-z 0-9 . _ - (not '.' or '..')"
 _SAFE = re.compile(r"[A-Za-z0-9._-]{1,128}")

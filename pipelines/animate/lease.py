@@ -19,8 +19,8 @@ import threading
 import time
 from contextlib import contextmanager
 
-from animatediff_core import storage
 from animatediff_core.errors import ConfigError
+from animatediff_core.io import storage
 from pipelines.animate.layout import OutputLayout
 
 log = logging.getLogger(__name__)

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from animatediff_core import bounded
 from animatediff_core.configs import check_fields, option
 from animatediff_core.errors import ConfigError
-from animatediff_core.settings import URI_SETTINGS, GenerationSettings, parse_image_prompt, parse_keyframes
+from animatediff_core.io import bounded
+from animatediff_core.settings.generation import URI_SETTINGS, GenerationSettings, parse_image_prompt, parse_keyframes
 
 
 @dataclass(frozen=True, kw_only=True)

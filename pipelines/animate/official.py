@@ -30,10 +30,10 @@ from pathlib import PurePosixPath
 import pandas as pd
 import yaml
 
-from animatediff_core import storage
 from animatediff_core.configs import need
 from animatediff_core.errors import ConfigError
-from animatediff_core.settings import CheckpointSpec, LoraSpec
+from animatediff_core.io import storage
+from animatediff_core.settings.generation import CheckpointSpec, LoraSpec
 
 # scripts/animate.py's own defaults (its argparse and its `model_config.get(...)` calls)
 DEFAULTS = {"W": 512, "H": 512, "L": 16, "lora_alpha": 0.8, "adapter_lora_scale": 1.0, "seed": [-1],

@@ -14,10 +14,16 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from animatediff_core.bounded import ReadLimits
 from animatediff_core.configs import field_types, need, short
 from animatediff_core.errors import ConfigError
-from animatediff_core.settings import ANY_SEED, FAMILY_NAMES, SEED_RANGE, GenerationSettings, validate_settings
+from animatediff_core.io.bounded import ReadLimits
+from animatediff_core.settings.generation import (
+    ANY_SEED,
+    FAMILY_NAMES,
+    SEED_RANGE,
+    GenerationSettings,
+    validate_settings,
+)
 from pipelines import cells
 from pipelines.animate import schema
 from pipelines.animate.identity import content_hash, row_key, slot_hash

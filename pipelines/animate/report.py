@@ -20,13 +20,13 @@ from collections import Counter, defaultdict
 import pandas as pd
 from pyarrow import ArrowException
 
-from animatediff_core import bounded, storage
 from animatediff_core.errors import ConfigError
+from animatediff_core.io import bounded, storage
 from animatediff_core.redact import redact_uri
-from animatediff_core.settings import GenerationSettings
-from pipelines.cells import UNREADABLE
+from animatediff_core.settings.generation import GenerationSettings
 from pipelines.animate import schema
 from pipelines.animate.layout import OutputLayout, shard_run_id
+from pipelines.cells import UNREADABLE
 
 log = logging.getLogger(__name__)
 PREVIEWS = 12  # preview cards per checkpoint on index.html

@@ -13,10 +13,10 @@ import logging
 
 import pandas as pd
 
-from animatediff_core import storage
-from animatediff_core.settings import CheckpointSpec
-from pipelines.animate.layout import OutputLayout
+from animatediff_core.io import storage
+from animatediff_core.settings.generation import CheckpointSpec
 from pipelines.animate.identity import fingerprint
+from pipelines.animate.layout import OutputLayout
 from pipelines.animate.sets import MotionSpec
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ Roles: `input` columns are read from prompt tables (as text, parsed by `plan.py`
 are per-row overrides of the job's generation defaults (also read from prompt tables); `result`
 columns are filled by planning, the resume check or the actor. Reading, expansion, the actor, the
 metadata shards and the index all take their column lists from here. The setting columns are not
-written here: they are `GenerationSettings`' fields (animatediff_core/settings.py), with their types,
+written here: they are `GenerationSettings`' fields (animatediff_core/settings/generation.py), with their types,
 help and card tags, so a new setting is one field there.
 """
 
@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 
 from animatediff_core.configs import field_types, tag
-from animatediff_core.settings import FIELDS, GenerationSettings
+from animatediff_core.settings.generation import FIELDS, GenerationSettings
 
 
 @dataclass(frozen=True)

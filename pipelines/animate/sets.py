@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from animatediff_core import hub, storage
 from animatediff_core.configs import need
 from animatediff_core.errors import ConfigError
-from animatediff_core.settings import KINDS, WEIGHT_EXTS, CheckpointSpec, parse_loras
+from animatediff_core.io import hub, storage
+from animatediff_core.settings.generation import KINDS, WEIGHT_EXTS, CheckpointSpec, parse_loras
 from pipelines import run_folder, tables
 from pipelines.animate.layout import check_name
 from pipelines.cells import as_float, as_text, plain
@@ -27,7 +27,7 @@ class MotionSpec:
     name: str
     uri: str
     max_frames: int = 32  # its position-encoding length, read at preflight
-    norm: str | None = None  # --motion-norm (animatediff_core/numerics.py); None: what the module records, else official
+    norm: str | None = None  # --motion-norm (animatediff_core/models/numerics.py); None: what the module records, else official
     numerics: str = ""  # the numerics it runs with, resolved at preflight ("official/v2"): part of its videos' identity
     family: str = "sd1"  # the base family it fits (sd1, sdxl), found at preflight
 

@@ -4,7 +4,7 @@ motion modules, switched in place.
 `__init__` loads the base, a motion module, VAE and tokenizer (and the IP-Adapter with its image encoder,
 given --ip-adapter) once per actor; `__call__(batch)` runs each group of rows that share motion module,
 checkpoint and shape as batched `generate` calls (on a CPU, one row per call, several calls at once on the
-actor's streams: animatediff_core/streams.py), hands each video to a small writer pool (mp4, GIF, sidecar:
+actor's streams: animatediff_core/sampling/streams.py), hands each video to a small writer pool (mp4, GIF, sidecar:
 off the generation path), writes the batch's metadata shard, and returns the metadata rows. Nothing in one
 row can fail another row or the actor: every exception becomes error rows for the rows it touched; bugs are
 logged with their traceback.
@@ -20,26 +20,35 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 
-from animatediff_core import bounded, storage
-from animatediff_core.bounded import ReadLimits
-from animatediff_core.errors import AnimateDiffError, CheckpointError, ConfigError
-from animatediff_core.conditioning import read_inputs
-from animatediff_core.control_models import ControlModels
-from animatediff_core.generate import (Conditioning, GenerationSettings, Request, TimeUp, generate, shareable,
-                                      uses_windows, validate_request)
-from animatediff_core.image_prompt import ImagePrompt
-from animatediff_core.long_video import ring_starts, window_starts
-from animatediff_core.motion_formats import load_motion_adapter
-from animatediff_core.numerics import apply_motion_norm, resolve
 from animatediff_core.device import setup_actor
-from animatediff_core.personalize import CheckpointSpec, Personalizer
-from animatediff_core.pipeline import family, load_pipeline, read_unet_config
-from animatediff_core.speed import OFF, SpeedOptions, apply_speed, weights_change
-from animatediff_core.streams import Streams, count as stream_count
-from animatediff_core.video_io import write_gif, write_png_frames, write_video
+from animatediff_core.errors import AnimateDiffError, CheckpointError, ConfigError
+from animatediff_core.io import bounded, storage
+from animatediff_core.io.bounded import ReadLimits
+from animatediff_core.io.video_io import write_gif, write_png_frames, write_video
+from animatediff_core.models.control_models import ControlModels
+from animatediff_core.models.image_prompt import ImagePrompt
+from animatediff_core.models.motion_formats import load_motion_adapter
+from animatediff_core.models.numerics import apply_motion_norm, resolve
+from animatediff_core.models.personalize import CheckpointSpec, Personalizer
+from animatediff_core.models.pipeline import family, load_pipeline, read_unet_config
+from animatediff_core.models.speed import OFF, SpeedOptions, apply_speed, weights_change
+from animatediff_core.sampling.conditioning import read_inputs
+from animatediff_core.sampling.generate import (
+    Conditioning,
+    GenerationSettings,
+    Request,
+    TimeUp,
+    generate,
+    shareable,
+    uses_windows,
+    validate_request,
+)
+from animatediff_core.sampling.long_video import ring_starts, window_starts
+from animatediff_core.sampling.streams import Streams
+from animatediff_core.sampling.streams import count as stream_count
 from pipelines.animate import schema
-from pipelines.animate.layout import OutputLayout
 from pipelines.animate.identity import fingerprint, image_prompt_id
+from pipelines.animate.layout import OutputLayout
 from pipelines.animate.limits import RowLimits
 from pipelines.animate.report import shard_failed, write_shard
 from pipelines.animate.sets import MotionSpec

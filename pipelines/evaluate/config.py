@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from animatediff_core.configs import need, option
-from animatediff_core.metric_columns import VBENCH_DIMENSIONS
+from animatediff_core.metrics.columns import VBENCH_DIMENSIONS
 from pipelines.animate.config import GenerationFlags
 
 SUITE = str(Path(__file__).resolve().parents[2] / "jobs" / "data" / "eval_prompts.csv")

@@ -5,7 +5,7 @@ WebVid-format table as `jobs.train` reads it (a table, a folder of tables, or vi
 Its first `--fvd-reference-videos` videos (in the reference's order) go through `I3DStage` actors (I3D loaded
 once per actor), which read only the frames FVD uses (every `--fvd-reference-stride`-th, the first
 `--fvd-frames` of those). The statistics are written to `OUT/fvd_reference/<key>.npz`, the key hashing the
-video URIs, the I3D file's bytes, the frames, the stride and the protocol (`animatediff_core.fvd.PROTOCOL`):
+video URIs, the I3D file's bytes, the frames, the stride and the protocol (`animatediff_core.metrics.fvd.PROTOCOL`):
 every entry and every rerun with the same reference and settings reuses them. A file changed in place under
 the same URI is not noticed: delete the folder to recompute. Generated videos' features come from the metrics
 stage (`stage.FEATURES`); `entry_fvd` compares each entry's with the reference's.
@@ -23,12 +23,13 @@ import numpy as np
 import pandas as pd
 import ray.data
 
-from animatediff_core import fvd, storage
-from animatediff_core import i3d as i3d_net
 from animatediff_core.configs import need
 from animatediff_core.device import setup_actor
 from animatediff_core.errors import AnimateDiffError, ConfigError
-from animatediff_core.video_io import read_video
+from animatediff_core.io import storage
+from animatediff_core.io.video_io import read_video
+from animatediff_core.metrics import fvd
+from animatediff_core.metrics import i3d as i3d_net
 from pipelines import tables as table_files
 from pipelines.evaluate.config import EvaluateConfig
 from pipelines.evaluate.runs import read_runs

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from animatediff_core.metric_columns import BINARY, METRICS, RANGES
+from animatediff_core.metrics.columns import BINARY, METRICS, RANGES
 
 ENTRY = ["checkpoint", "motion_module_label"]
 CONFIDENCE = 0.95

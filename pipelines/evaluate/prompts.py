@@ -15,10 +15,11 @@ import hashlib
 
 import pandas as pd
 
-from animatediff_core import storage
 from animatediff_core.configs import need
 from animatediff_core.errors import ConfigError
-from pipelines import cells, tables as table_files
+from animatediff_core.io import storage
+from pipelines import cells
+from pipelines import tables as table_files
 
 
 def read_prompt_tables(uris: list[str]) -> list[pd.DataFrame]:

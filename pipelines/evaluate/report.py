@@ -26,8 +26,8 @@ import urllib.parse
 import numpy as np
 import pandas as pd
 
-from animatediff_core import storage
-from animatediff_core.metrics import METRICS
+from animatediff_core.io import storage
+from animatediff_core.metrics.scores import METRICS
 
 SHOWN = 300  # characters of a value shown in the page
 GRID_PROMPTS, GRID_ENTRIES = 200, 60  # the preview grid's most rows and columns

@@ -16,7 +16,7 @@ import logging
 import pandas as pd
 import ray.data
 
-from animatediff_core.settings import CheckpointSpec
+from animatediff_core.settings.generation import CheckpointSpec
 from pipelines.animate.identity import STILL_KEYS, still_key
 from pipelines.evaluate.config import EvaluateConfig
 from pipelines.evaluate.runs import add_categories, read_runs

@@ -17,13 +17,13 @@ import urllib.parse
 
 import pandas as pd
 
-from animatediff_core import bounded, storage
 from animatediff_core.configs import need, short
 from animatediff_core.errors import VideoError
-from animatediff_core.settings import STILL_SETTINGS, GenerationSettings
+from animatediff_core.io import bounded, storage
+from animatediff_core.settings.generation import STILL_SETTINGS, GenerationSettings
 from pipelines.animate.layout import NAME_RULE, is_safe_name
-from pipelines.evaluate.modules import describe
 from pipelines.animate.report import read_metadata
+from pipelines.evaluate.modules import describe
 
 log = logging.getLogger(__name__)
 

@@ -13,12 +13,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from animatediff_core import bounded, flow, fvd, image_prompt, metrics, vbench
-from animatediff_core import i3d as i3d_net
-from animatediff_core.bounded import ReadLimits
 from animatediff_core.device import setup_actor
 from animatediff_core.errors import AnimateDiffError
-from animatediff_core.video_io import read_video
+from animatediff_core.io import bounded
+from animatediff_core.io.bounded import ReadLimits
+from animatediff_core.io.video_io import read_video
+from animatediff_core.metrics import flow, fvd, vbench
+from animatediff_core.metrics import i3d as i3d_net
+from animatediff_core.metrics import scores as metrics
+from animatediff_core.models import image_prompt
 from pipelines.evaluate.runs import verified_video
 from pipelines.evaluate.stills import read_still
 from pipelines.ray_session import ActorOptions

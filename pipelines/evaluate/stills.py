@@ -17,16 +17,17 @@ import pandas as pd
 from diffusers import AnimateDiffPipeline
 from PIL import Image
 
-from animatediff_core import bounded, storage
-from animatediff_core.bounded import ReadLimits
 from animatediff_core.device import setup_actor
 from animatediff_core.errors import AnimateDiffError
-from animatediff_core.generate import Request, validate_request
-from animatediff_core.personalize import CheckpointSpec, Personalizer
-from animatediff_core.inflate import MotionModuleConfig, new_motion_adapter
-from animatediff_core.pipeline import build_pipeline, family, load_base, load_pipeline
-from animatediff_core.settings import STILL_SETTINGS
-from animatediff_core.stills import generate_stills
+from animatediff_core.io import bounded, storage
+from animatediff_core.io.bounded import ReadLimits
+from animatediff_core.metrics.stills import generate_stills
+from animatediff_core.models.inflate import new_motion_adapter
+from animatediff_core.models.motion_config import MotionModuleConfig
+from animatediff_core.models.personalize import CheckpointSpec, Personalizer
+from animatediff_core.models.pipeline import build_pipeline, family, load_base, load_pipeline
+from animatediff_core.sampling.generate import Request, validate_request
+from animatediff_core.settings.generation import STILL_SETTINGS
 from pipelines.animate.identity import still_settings
 from pipelines.animate.layout import check_name
 from pipelines.ray_session import ActorOptions

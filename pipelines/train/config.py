@@ -1,15 +1,15 @@
 """Where and how a training run executes (`TrainRun`) and the ingest job's settings (`IngestRun`): the
 only place their keys, defaults and help are written (the recipe itself is
-`animatediff_core.train_config.TrainConfig`). Light (no torch, no Ray): `--help` imports only this.
+`animatediff_core.training.recipe.TrainConfig`). Light (no torch, no Ray): `--help` imports only this.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from animatediff_core import storage
 from animatediff_core.configs import check_fields, need, option
-from animatediff_core.train_config import TrainConfig
+from animatediff_core.io import storage
+from animatediff_core.training.recipe import TrainConfig
 
 _RECIPE = TrainConfig()  # the clip defaults ingest shares with training
 
@@ -65,7 +65,7 @@ class IngestRun:
 
     @property
     def clip(self):
-        """The clip settings (`animatediff_core.clips.ClipConfig`)."""
-        from animatediff_core.clips import ClipConfig  # here: the config stays light
+        """The clip settings (`animatediff_core.training.clips.ClipConfig`)."""
+        from animatediff_core.training.clips import ClipConfig  # here: the config stays light
 
         return ClipConfig(num_frames=self.num_frames, stride=self.stride, size=self.size, num_threads=1)

@@ -1,7 +1,7 @@
 """Decode stage: video rows -> training clips, as small as training needs them.
 
 Each row's video is fetched once through fsspec and only the sampled frames are decoded, already
-resized by the decoder (`animatediff_core.clips.load_clip`); decoded video is ~2000x larger than
+resized by the decoder (`animatediff_core.training.clips.load_clip`); decoded video is ~2000x larger than
 H.264, so full-size frames never leave the decoding process. A clip travels as raw
 `(f, size, size, 3) uint8` bytes in the `clip` column.
 
@@ -28,9 +28,9 @@ import pandas as pd
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from animatediff_core.clips import ClipConfig, load_clip
 from animatediff_core.errors import VideoError
-from animatediff_core.video_io import fetch
+from animatediff_core.io.video_io import fetch
+from animatediff_core.training.clips import ClipConfig, load_clip
 
 SKIP_REASONS = ("empty_caption", "not_found", "unreadable", "empty", "corrupt", "too_short", "internal_error")
 # What decoders (PyAV, decord, PIL) raise on damaged or unsupported streams; anything else is a bug.

@@ -18,16 +18,16 @@ import pandas as pd
 import ray
 import torch
 
-from animatediff_core import storage
-from animatediff_core.clips import ClipConfig
 from animatediff_core.configs import need
 from animatediff_core.device import setup_actor
 from animatediff_core.errors import ConfigError
-from animatediff_core.objective import encode_frames, encode_text
-from animatediff_core.pipeline import check_base_folder, load_base
-from pipelines.train.decode import ClipDecoder, start_tally, clip_array
+from animatediff_core.io import storage
+from animatediff_core.models.pipeline import check_base_folder, load_base
+from animatediff_core.training.clips import ClipConfig
+from animatediff_core.training.objective import encode_frames, encode_text
 from pipelines.ray_session import has_gpus
 from pipelines.train.config import IngestRun
+from pipelines.train.decode import ClipDecoder, clip_array, start_tally
 from pipelines.train.webvid import INGEST_META, DataSource, check_tables, find_source, read_rows
 
 

@@ -23,19 +23,18 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from animatediff_core import storage
 from animatediff_core.configs import need
 from animatediff_core.errors import AnimateDiffError
-from animatediff_core.pipeline import check_base_folder, read_unet_config
-from animatediff_core.trainer import TrainConfig
-from pipelines.train.decode import ClipDecoder, start_tally
-from pipelines.ray_session import has_gpus
+from animatediff_core.io import storage
+from animatediff_core.models.pipeline import check_base_folder, read_unet_config
+from animatediff_core.training.trainer import TrainConfig
 from pipelines import progress, run_folder
+from pipelines.ray_session import has_gpus
 from pipelines.run_folder import list_checkpoints
 from pipelines.train.config import TrainRun
+from pipelines.train.decode import ClipDecoder, start_tally
 from pipelines.train.loop import CONFIG_ERROR, WorkerPlan, train_worker
 from pipelines.train.webvid import DataSource, check_tables, find_source, read_rows
-
 
 
 @dataclass(frozen=True)

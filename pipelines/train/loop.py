@@ -28,13 +28,13 @@ import torch
 import torch.distributed as dist
 from ray.train import Checkpoint, CheckpointUploadMode
 
-from animatediff_core import storage
 from animatediff_core.device import quiet_model_libraries
 from animatediff_core.errors import CheckpointError, ConfigError
-from animatediff_core.motion_formats import load_motion_adapter
-from animatediff_core.pipeline import load_base
-from animatediff_core.trainer import Batch, MotionTrainer, TrainConfig, step_generator
-from animatediff_core.video_io import write_gif
+from animatediff_core.io import storage
+from animatediff_core.io.video_io import write_gif
+from animatediff_core.models.motion_formats import load_motion_adapter
+from animatediff_core.models.pipeline import load_base
+from animatediff_core.training.trainer import Batch, MotionTrainer, TrainConfig, step_generator
 from pipelines import run_folder
 from pipelines.run_folder import checkpoint_name
 from pipelines.train.config import TrainRun

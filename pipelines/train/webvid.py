@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import pandas as pd
 import ray
 
-from animatediff_core import storage
 from animatediff_core.configs import need
+from animatediff_core.io import storage
 from pipelines import tables as table_files
 
 REQUIRED = ("videoid", "contentUrl", "name")

@@ -8,8 +8,9 @@ import time
 import fsspec
 import pytest
 
-from animatediff_core import bounded, cache
-from animatediff_core.bounded import InputError, ReadLimits, check_uri, local_path, read_bytes
+from animatediff_core.io import bounded, cache
+from animatediff_core.io.bounded import InputError, ReadLimits, check_uri, read_bytes
+from animatediff_core.io.cache import local_path
 
 MB = 1 << 20
 

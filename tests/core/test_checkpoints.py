@@ -4,8 +4,8 @@ import pickle
 import pytest
 import torch
 
-from animatediff_core.checkpoints import load_state_dict, save_state_dict
 from animatediff_core.errors import AnimateDiffError, CheckpointError
+from animatediff_core.io.checkpoints import load_state_dict, save_state_dict
 
 
 class _RunsCode:

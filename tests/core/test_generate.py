@@ -2,9 +2,8 @@ import numpy as np
 import pytest
 
 from animatediff_core.errors import ConfigError
-from animatediff_core.generate import GenerationSettings, Request, generate, validate_request
-from animatediff_core.pipeline import load_pipeline, max_frames
-
+from animatediff_core.models.pipeline import load_pipeline, max_frames
+from animatediff_core.sampling.generate import GenerationSettings, Request, generate, validate_request
 
 TINY = GenerationSettings(num_frames=16, height=64, width=64, steps=2, guidance_scale=7.5)
 
@@ -107,7 +106,7 @@ def test_few_step_samplers_run_and_differ_from_ddim(pipe, sampler):
 
 
 # The ComfyUI/A1111 samplers as diffusers' schedulers overview maps them, written out here independently of
-# animatediff_core/schedule.py: the same betas (AnimateDiff's linear 0.00085-0.012), the documented options.
+# animatediff_core/settings/schedule.py: the same betas (AnimateDiff's linear 0.00085-0.012), the documented options.
 COMFY = {
     "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", dict(algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=True)),
     "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}),

@@ -4,11 +4,11 @@ import http.server
 import threading
 
 import pytest
-
-from animatediff_core import hub
-from animatediff_core.checkpoints import load_state_dict
-from animatediff_core.errors import CheckpointError
 from helpers_hub import add_to_hf_cache
+
+from animatediff_core.errors import CheckpointError
+from animatediff_core.io import hub
+from animatediff_core.io.checkpoints import load_state_dict
 
 
 @pytest.fixture()
@@ -42,8 +42,8 @@ def test_hub_ids_parse_and_local_paths_win(tmp_path):
 
 
 def test_repo_file_and_folder_ids_resolve_offline(hf_cache, tiny_models):
-    from animatediff_core.motion_formats import load_motion_adapter
-    from animatediff_core.pipeline import load_base
+    from animatediff_core.models.motion_formats import load_motion_adapter
+    from animatediff_core.models.pipeline import load_base
 
     base = load_base("tiny-org/sd-tiny")
     assert base.unet.config.block_out_channels
@@ -73,7 +73,7 @@ def test_https_files_are_fetched_once(tiny_models, tmp_path, monkeypatch):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/toon_lora.safetensors"
-    from animatediff_core import bounded
+    from animatediff_core.io import bounded
 
     try:
         with pytest.raises(CheckpointError, match="not public .*--allow-uri"):  # loopback: only when the operator allows it

@@ -10,13 +10,13 @@ import torch
 from PIL import Image
 
 from animatediff_core.errors import CheckpointError, ConfigError
-from animatediff_core.generate import Conditioning, GenerationSettings, Request, generate, validate_request
-from animatediff_core.image_prompt import ImagePrompt, check_fits, has_adapter, match, read_adapter, read_images
-from animatediff_core.motion_formats import load_motion_adapter
-from animatediff_core.numerics import apply_motion_norm, resolve
-from animatediff_core.personalize import Personalizer
-from animatediff_core.pipeline import load_pipeline, read_unet_config
-from animatediff_core.settings import CheckpointSpec
+from animatediff_core.models.image_prompt import ImagePrompt, check_fits, has_adapter, match, read_adapter, read_images
+from animatediff_core.models.motion_formats import load_motion_adapter
+from animatediff_core.models.numerics import apply_motion_norm, resolve
+from animatediff_core.models.personalize import Personalizer
+from animatediff_core.models.pipeline import load_pipeline, read_unet_config
+from animatediff_core.sampling.generate import Conditioning, GenerationSettings, Request, generate, validate_request
+from animatediff_core.settings.generation import CheckpointSpec
 
 S = dict(num_frames=4, height=32, width=32, steps=2, guidance_scale=5.0)
 
@@ -177,7 +177,7 @@ def test_unsupported_combinations_are_refused_by_name(extra, named):
 
 
 def test_image_alignment_is_the_mean_cosine_of_references_and_frames(tiny_models):
-    from animatediff_core import metrics
+    from animatediff_core.metrics import scores as metrics
 
     clip = metrics.load_clip(str(tiny_models / "clip"))
     rng = np.random.default_rng(3)

@@ -4,7 +4,8 @@ import sys
 import torch
 from diffusers import UNetMotionModel
 
-from animatediff_core.inflate import MotionModuleConfig, freeze_base, inflate_unet, new_motion_adapter
+from animatediff_core.models.inflate import freeze_base, inflate_unet, new_motion_adapter
+from animatediff_core.models.motion_config import MotionModuleConfig
 from animatediff_core.tiny import TINY_UNET, tiny_motion_adapter, tiny_unet
 
 
@@ -17,7 +18,7 @@ def test_core_does_not_import_ray():
     """Every module of animatediff_core imports without Ray (checked in a fresh interpreter)."""
     code = (
         "import importlib, pkgutil, sys, animatediff_core\n"
-        "mods = [m.name for m in pkgutil.iter_modules(animatediff_core.__path__, 'animatediff_core.')]\n"
+        "mods = [m.name for m in pkgutil.walk_packages(animatediff_core.__path__, 'animatediff_core.')]\n"
         "[importlib.import_module(m) for m in mods]\n"
         "assert len(mods) >= 15, mods\n"
         "assert 'ray' not in sys.modules, 'animatediff_core imported ray'\n"
@@ -69,6 +70,7 @@ def test_sinusoidal_positions_length_configurable():
 
 def test_inflate_refuses_adapter_of_another_shape():
     import pytest
+
     from animatediff_core.errors import CheckpointError
 
     bad = new_motion_adapter({**TINY_UNET, "block_out_channels": (32, 32)}, MotionModuleConfig.tiny())

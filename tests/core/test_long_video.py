@@ -6,11 +6,11 @@ import torch
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.pipelines.free_noise_utils import SplitInferenceModule
 
-from animatediff_core import long_video
 from animatediff_core.errors import ConfigError
-from animatediff_core.generate import GenerationSettings, Request, generate
-from animatediff_core.pipeline import load_pipeline, max_frames
-from animatediff_core.prompt_travel import parse_schedule
+from animatediff_core.models.pipeline import load_pipeline, max_frames
+from animatediff_core.sampling import long_video
+from animatediff_core.sampling.generate import GenerationSettings, Request, generate
+from animatediff_core.settings.prompt_travel import parse_schedule
 
 S = GenerationSettings(num_frames=8, height=32, width=32, steps=2, guidance_scale=7.5)
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from animatediff_core import metrics
-from animatediff_core.generate import GenerationSettings, Request
-from animatediff_core.pipeline import load_pipeline
-from animatediff_core.stills import generate_stills, motion_modules_disabled
+from animatediff_core.metrics import scores as metrics
+from animatediff_core.metrics.stills import generate_stills, motion_modules_disabled
+from animatediff_core.models.pipeline import load_pipeline
+from animatediff_core.sampling.generate import GenerationSettings, Request
 
 
 @pytest.fixture(scope="module")

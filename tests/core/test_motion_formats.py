@@ -2,11 +2,15 @@ import pytest
 import torch
 from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
 
-from animatediff_core.checkpoints import save_state_dict
 from animatediff_core.errors import CheckpointError
-from animatediff_core.inflate import MotionModuleConfig, inflate_unet, new_motion_adapter
-from animatediff_core.motion_formats import (
-    diffusers_to_original, load_motion_adapter, original_to_diffusers, save_motion_adapter,
+from animatediff_core.io.checkpoints import save_state_dict
+from animatediff_core.models.inflate import inflate_unet, new_motion_adapter
+from animatediff_core.models.motion_config import MotionModuleConfig
+from animatediff_core.models.motion_formats import (
+    diffusers_to_original,
+    load_motion_adapter,
+    original_to_diffusers,
+    save_motion_adapter,
 )
 from animatediff_core.tiny import TINY_UNET, tiny_motion_adapter, tiny_unet
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from animatediff_core.errors import CheckpointError
-from animatediff_core.generate import GenerationSettings, Request, generate
-from animatediff_core.personalize import Personalizer
-from animatediff_core.pipeline import load_pipeline
-from animatediff_core.settings import CheckpointSpec
+from animatediff_core.models.personalize import Personalizer
+from animatediff_core.models.pipeline import load_pipeline
+from animatediff_core.sampling.generate import GenerationSettings, Request, generate
+from animatediff_core.settings.generation import CheckpointSpec
 
 S = GenerationSettings(num_frames=8, height=32, width=32, steps=2, guidance_scale=2.0)
 
@@ -78,7 +78,7 @@ def test_leaving_one_of_two_loras_leaves_plain_layers_for_the_next_switch(pipe, 
     p.apply(CheckpointSpec("toon", str(tiny_models / "checkpoints" / "toon_lora.safetensors")))
     p.apply_motion_lora(None)
     assert len(pipe.get_active_adapters()) == 1 and pipe.get_active_adapters()[0].startswith("lora_")
-    from animatediff_core.motion_formats import load_motion_adapter
+    from animatediff_core.models.motion_formats import load_motion_adapter
 
     pipe.unet.load_motion_modules(load_motion_adapter(str(tiny_models / "motion_module.safetensors")))  # strict: no wrappers
     p.reset()

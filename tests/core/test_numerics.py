@@ -5,14 +5,22 @@ import pytest
 import torch
 
 from animatediff_core.errors import ConfigError
-from animatediff_core.inflate import MotionModuleConfig, inflate_unet, new_motion_adapter
-from animatediff_core.motion_formats import load_motion_adapter, save_motion_adapter
-from animatediff_core.motion_lora import add_motion_lora
-from animatediff_core.numerics import (AcrossFramesGroupNorm, FrameCount, PerFrameGroupNorm, apply_motion_norm,
-                                       detect_version, numerics_of, resolve)
-from animatediff_core.pipeline import load_base, load_pipeline
+from animatediff_core.models.inflate import inflate_unet, new_motion_adapter
+from animatediff_core.models.motion_config import MotionModuleConfig
+from animatediff_core.models.motion_formats import load_motion_adapter, save_motion_adapter
+from animatediff_core.models.motion_lora import add_motion_lora
+from animatediff_core.models.numerics import (
+    AcrossFramesGroupNorm,
+    FrameCount,
+    PerFrameGroupNorm,
+    apply_motion_norm,
+    detect_version,
+    numerics_of,
+    resolve,
+)
+from animatediff_core.models.pipeline import load_base, load_pipeline
 from animatediff_core.tiny import TINY_UNET, tiny_unet
-from animatediff_core.trainer import ADAPTER_DIR, CONFIG_FILE, ORIGINAL_FILE, Batch, MotionTrainer, TrainConfig
+from animatediff_core.training.trainer import ADAPTER_DIR, CONFIG_FILE, ORIGINAL_FILE, Batch, MotionTrainer, TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 V1 = MotionModuleConfig(max_seq_length=24, use_mid_block=False, num_attention_heads=4, norm_num_groups=2)

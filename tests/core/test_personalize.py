@@ -2,11 +2,11 @@ import pytest
 import torch
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
-from animatediff_core.checkpoints import load_state_dict, save_state_dict
 from animatediff_core.errors import CheckpointError
-from animatediff_core.ldm_keys import align_text_keys, unet_to_ldm
-from animatediff_core.personalize import CheckpointSpec, Personalizer, detect_kind
-from animatediff_core.pipeline import load_pipeline
+from animatediff_core.io.checkpoints import load_state_dict, save_state_dict
+from animatediff_core.models.ldm_keys import align_text_keys, unet_to_ldm
+from animatediff_core.models.personalize import CheckpointSpec, Personalizer, detect_kind
+from animatediff_core.models.pipeline import load_pipeline
 from animatediff_core.tiny import tiny_unet
 
 

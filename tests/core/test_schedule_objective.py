@@ -4,10 +4,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from animatediff_core.inflate import MotionModuleConfig, freeze_base, inflate_unet
-from animatediff_core.objective import diffusion_loss, encode_frames
-from animatediff_core.schedule import SAMPLERS, ScheduleConfig
+from animatediff_core.models.inflate import freeze_base, inflate_unet
+from animatediff_core.models.motion_config import MotionModuleConfig
+from animatediff_core.settings.schedule import SAMPLERS, ScheduleConfig
 from animatediff_core.tiny import tiny_unet
+from animatediff_core.training.objective import diffusion_loss, encode_frames
 
 
 def test_training_schedule_is_animatediff_linear():
@@ -72,6 +73,7 @@ def test_loss_is_l2_on_noise_and_reaches_only_motion_params():
 
 def test_encode_frames_layout():
     from diffusers import AutoencoderKL
+
     from animatediff_core.tiny import TINY_VAE
 
     vae = AutoencoderKL(**TINY_VAE)

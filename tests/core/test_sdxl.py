@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from animatediff_core.errors import ConfigError
-from animatediff_core.generate import GenerationSettings, Request, generate, validate_request
-from animatediff_core.motion_formats import load_motion_adapter
-from animatediff_core.personalize import Personalizer
-from animatediff_core.pipeline import family, load_pipeline
-from animatediff_core.settings import CheckpointSpec, LoraSpec
+from animatediff_core.models.motion_formats import load_motion_adapter
+from animatediff_core.models.personalize import Personalizer
+from animatediff_core.models.pipeline import family, load_pipeline
+from animatediff_core.sampling.generate import GenerationSettings, Request, generate, validate_request
+from animatediff_core.settings.generation import CheckpointSpec, LoraSpec
 
 S = GenerationSettings(num_frames=4, height=32, width=32, steps=2, guidance_scale=5.0, sampler="ddim_linspace")
 

@@ -1,4 +1,4 @@
-"""Speed options (animatediff_core/speed.py): each gives the plain path's frames, and fused projections
+"""Speed options (animatediff_core/models/speed.py): each gives the plain path's frames, and fused projections
 follow personalized checkpoints, motion LoRAs and motion-module swaps."""
 
 import numpy as np
@@ -7,11 +7,11 @@ import torch
 from diffusers.models.attention_processor import Attention
 
 from animatediff_core.errors import ConfigError
-from animatediff_core.generate import GenerationSettings, Request, generate
-from animatediff_core.motion_formats import load_motion_adapter
-from animatediff_core.personalize import CheckpointSpec, Personalizer
-from animatediff_core.pipeline import load_pipeline
-from animatediff_core.speed import SpeedOptions, apply_speed, fused_count, weights_change
+from animatediff_core.models.motion_formats import load_motion_adapter
+from animatediff_core.models.personalize import CheckpointSpec, Personalizer
+from animatediff_core.models.pipeline import load_pipeline
+from animatediff_core.models.speed import SpeedOptions, apply_speed, fused_count, weights_change
+from animatediff_core.sampling.generate import GenerationSettings, Request, generate
 
 SMALL = GenerationSettings(num_frames=4, height=32, width=32, steps=2, guidance_scale=2.0)
 REQUESTS = [Request("a cat", "blurry", 1, SMALL), Request("a dog", "", 2, SMALL)]

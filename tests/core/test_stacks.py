@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from animatediff_core.checkpoints import load_state_dict
-from animatediff_core.control_models import load_sparsectrl
 from animatediff_core.errors import CheckpointError
-from animatediff_core.generate import GenerationSettings, Request, generate
-from animatediff_core.inflate import is_motion_param
-from animatediff_core.personalize import Personalizer
-from animatediff_core.pipeline import load_pipeline, read_unet_config
-from animatediff_core.settings import CheckpointSpec, LoraSpec
+from animatediff_core.io.checkpoints import load_state_dict
+from animatediff_core.models.control_models import load_sparsectrl
+from animatediff_core.models.inflate import is_motion_param
+from animatediff_core.models.personalize import Personalizer
+from animatediff_core.models.pipeline import load_pipeline, read_unet_config
+from animatediff_core.sampling.generate import GenerationSettings, Request, generate
+from animatediff_core.settings.generation import CheckpointSpec, LoraSpec
 
 S = GenerationSettings(num_frames=4, height=32, width=32, steps=2, guidance_scale=7.5)
 
@@ -109,7 +109,7 @@ def test_own_vae_base_vae_and_exact_restore(pipe, official, tiny_models):
 
 
 def test_stacks_switch_incrementally_and_the_adapter_loads_as_released(pipe, official, monkeypatch):
-    import animatediff_core.personalize as personalize
+    import animatediff_core.models.personalize as personalize
 
     reads = []
     real = personalize.load_state_dict
@@ -131,7 +131,7 @@ def test_stacks_switch_incrementally_and_the_adapter_loads_as_released(pipe, off
 
 
 def test_a_lora_that_touches_nothing_is_a_load_error_naming_the_file(pipe, tmp_path):
-    from animatediff_core.checkpoints import save_state_dict
+    from animatediff_core.io.checkpoints import save_state_dict
 
     junk = tmp_path / "junk_lora.safetensors"
     save_state_dict({"lora_unet_nowhere_to_q.lora_down.weight": torch.zeros(2, 4),

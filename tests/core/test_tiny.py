@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from animatediff_core.flow import SMALL, load_raft
+from animatediff_core.metrics.flow import SMALL, load_raft
 from animatediff_core.tiny import write_tiny_models
 
 

@@ -4,17 +4,25 @@ import sys
 import pytest
 import torch
 
-from animatediff_core.checkpoints import load_state_dict
 from animatediff_core.errors import ConfigError
-from animatediff_core.generate import GenerationSettings, Request, generate
-from animatediff_core.inflate import is_motion_param
-from animatediff_core.motion_formats import load_motion_adapter
-from animatediff_core.motion_lora import add_motion_lora
-from animatediff_core.personalize import CheckpointSpec, Personalizer
-from animatediff_core.pipeline import load_base, load_pipeline
-from animatediff_core.trainer import (ADAPTER_DIR, LORA_FILE, ORIGINAL_FILE, Batch, MotionTrainer, TrainConfig,
-                                      drop_captions, read_training_state, step_generator)
-
+from animatediff_core.io.checkpoints import load_state_dict
+from animatediff_core.models.inflate import is_motion_param
+from animatediff_core.models.motion_formats import load_motion_adapter
+from animatediff_core.models.motion_lora import add_motion_lora
+from animatediff_core.models.personalize import CheckpointSpec, Personalizer
+from animatediff_core.models.pipeline import load_base, load_pipeline
+from animatediff_core.sampling.generate import GenerationSettings, Request, generate
+from animatediff_core.training.trainer import (
+    ADAPTER_DIR,
+    LORA_FILE,
+    ORIGINAL_FILE,
+    Batch,
+    MotionTrainer,
+    TrainConfig,
+    drop_captions,
+    read_training_state,
+    step_generator,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,7 +51,7 @@ def _run(trainer, steps, start=0):
 
 
 def test_trainer_does_not_import_ray():
-    code = "import sys, animatediff_core.motion_lora, animatediff_core.trainer; sys.exit('ray' in sys.modules)"
+    code = "import sys, animatediff_core.models.motion_lora, animatediff_core.training.trainer; sys.exit('ray' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

@@ -21,9 +21,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from animatediff_core import clip_vision, dino, flow, metrics, vbench
-from animatediff_core.checkpoints import load_state_dict, save_state_dict
 from animatediff_core.errors import CheckpointError, ConfigError
+from animatediff_core.io.checkpoints import load_state_dict, save_state_dict
+from animatediff_core.metrics import clip_vision, dino, flow, vbench
+from animatediff_core.metrics import scores as metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
 from make_raft_reference import reference_weights  # noqa: E402

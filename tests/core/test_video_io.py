@@ -8,10 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from animatediff_core import storage
 from animatediff_core.errors import VideoError
-from animatediff_core.video_io import (
-    _decode_with_pyav, encode_gif, encode_mp4, probe_video, read_video, write_gif, write_video,
+from animatediff_core.io import storage
+from animatediff_core.io.video_io import (
+    _decode_with_pyav,
+    encode_gif,
+    encode_mp4,
+    probe_video,
+    read_video,
+    write_gif,
+    write_video,
 )
 
 

@@ -24,7 +24,7 @@ def _job_classes(job):
         from pipelines.animate.config import AnimateConfig
         return AnimateConfig
     if job == "train":
-        from animatediff_core.train_config import TrainConfig
+        from animatediff_core.training.recipe import TrainConfig
         from pipelines.train.config import TrainRun
         return (TrainRun, TrainConfig)
     if job == "ingest":
@@ -131,7 +131,7 @@ def test_wrong_type_fails_naming_the_key(tmp_path, capsys):
 
 
 def test_speed_flags_become_the_actors_options_and_bad_values_name_the_fix(capsys):
-    from animatediff_core.speed import SpeedOptions
+    from animatediff_core.models.speed import SpeedOptions
     from jobs.animate import main
     from jobs.config import parse_config
     from pipelines.animate.config import AnimateConfig

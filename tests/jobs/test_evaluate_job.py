@@ -100,7 +100,7 @@ def test_one_line_errors(generated, tiny_models, tmp_path, args, message):
 
 def _batch_folder(root, tiny_models, frames=9, size=48):
     """A batch-job output folder: 2 checkpoints x 2 prompts of `frames`-frame videos (drifting textures)."""
-    from animatediff_core.video_io import write_video
+    from animatediff_core.io.video_io import write_video
     from pipelines.animate.layout import OutputLayout
     from pipelines.animate.report import write_shard
 

@@ -32,10 +32,10 @@ def test_help_names_the_module_and_loads_neither_torch_nor_ray(job):
 
 
 def test_paths_are_absolute_after_parsing_and_hub_ids_stay(tmp_path, monkeypatch):
+    from animatediff_core.training.recipe import TrainConfig
     from jobs.config import parse_config
     from pipelines.animate.config import AnimateConfig
     from pipelines.train.config import TrainRun
-    from animatediff_core.train_config import TrainConfig
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models" / "base").mkdir(parents=True)

@@ -9,11 +9,11 @@ import sys
 
 import pytest
 import yaml
-
-from animatediff_core.generate import GenerationSettings, Request, generate
-from animatediff_core.personalize import CheckpointSpec, Personalizer
-from animatediff_core.pipeline import load_pipeline
 from helpers_video import real_video
+
+from animatediff_core.models.personalize import CheckpointSpec, Personalizer
+from animatediff_core.models.pipeline import load_pipeline
+from animatediff_core.sampling.generate import GenerationSettings, Request, generate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -13,16 +13,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from animatediff_core.settings import CheckpointSpec
-from animatediff_core.video_io import write_gif, write_video
+from animatediff_core.configs import build
+from animatediff_core.errors import ConfigError
+from animatediff_core.io.video_io import write_gif, write_video
+from animatediff_core.settings.generation import CheckpointSpec
 from pipelines.animate.layout import OutputLayout
 from pipelines.animate.report import write_shard
+from pipelines.evaluate.config import EvaluateConfig
 from pipelines.evaluate.leaderboard import leaderboard, mean_ci
 from pipelines.evaluate.modules import describe
 from pipelines.evaluate.report import write_report, write_tables
-from animatediff_core.configs import build
-from animatediff_core.errors import ConfigError
-from pipelines.evaluate.config import EvaluateConfig
 from pipelines.evaluate.run import evaluate
 
 PROMPTS = ["a cat", "a dog on a beach", "a red car", "waves on rocks"]
@@ -109,8 +109,8 @@ def test_scores_leaderboard_and_report(ray_session, tiny_models, batch_out, tmp_
 
 
 def test_stills_are_rendered_once(tiny_models, batch_out, tmp_path, one_thread):
-    from pipelines.evaluate.runs import read_runs
     from pipelines.animate.identity import STILL_KEYS, still_key
+    from pipelines.evaluate.runs import read_runs
     from pipelines.evaluate.stills import StillStage
 
     rows = read_runs([str(batch_out)])
@@ -141,7 +141,7 @@ def test_intervals():
 def test_fvd_and_vbench_in_leaderboard_and_report(tmp_path):
     """FVD per entry from the videos' I3D features against reference statistics, its curve over training
     steps, and a VBench radar chart per entry."""
-    from animatediff_core import fvd
+    from animatediff_core.metrics import fvd
     from pipelines.evaluate.fvd import Reference
 
     rng = np.random.default_rng(0)

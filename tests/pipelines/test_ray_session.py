@@ -62,13 +62,13 @@ def test_driver_only_models_are_staged_once(tiny_models, s3_env, monkeypatch):
     assert stage("org/model", "--base", "s3://stage-bucket/run", nodes=4) == "org/model"  # a Hub id
     staged = stage(base, "--base", "s3://stage-bucket/run", nodes=2)
     assert staged.startswith("s3://stage-bucket/run/.staging/") and staged.endswith("-base")
-    from animatediff_core.pipeline import read_unet_config
+    from animatediff_core.models.pipeline import read_unet_config
 
     assert read_unet_config(staged) == read_unet_config(base)
     copied = stage(mm, "--motion-module", "s3://stage-bucket/run", nodes=2)
     assert s3fs.S3FileSystem().size(copied[5:]) == os.path.getsize(mm)
     calls = []
-    monkeypatch.setattr("animatediff_core.storage.upload_dir", lambda *a: calls.append(a))
+    monkeypatch.setattr("animatediff_core.io.storage.upload_dir", lambda *a: calls.append(a))
     assert stage(base, "--base", "s3://stage-bucket/run", nodes=2) == staged and not calls  # staged once
 
 

@@ -13,16 +13,16 @@ import time
 import psutil
 import pytest
 import torch
+from helpers_video import real_video
 
 from animatediff_core.errors import AnimateDiffError
-from animatediff_core.generate import GenerationSettings, Request, generate
-from animatediff_core.inflate import is_motion_param
-from animatediff_core.motion_formats import load_motion_adapter
-from animatediff_core.numerics import Numerics, numerics_of
-from animatediff_core.pipeline import load_pipeline
-from animatediff_core.trainer import ADAPTER_DIR, ORIGINAL_FILE, TrainConfig, read_training_state
-from animatediff_core.video_io import encode_mp4
-from helpers_video import real_video
+from animatediff_core.io.video_io import encode_mp4
+from animatediff_core.models.inflate import is_motion_param
+from animatediff_core.models.motion_formats import load_motion_adapter
+from animatediff_core.models.numerics import Numerics, numerics_of
+from animatediff_core.models.pipeline import load_pipeline
+from animatediff_core.sampling.generate import GenerationSettings, Request, generate
+from animatediff_core.training.trainer import ADAPTER_DIR, ORIGINAL_FILE, TrainConfig, read_training_state
 from pipelines.train.config import TrainRun
 from pipelines.train.job import check_run, list_checkpoints, train
 

@@ -5,10 +5,10 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-
-from animatediff_core.clips import ClipConfig
-from animatediff_core.errors import ConfigError
 from helpers_video import real_video
+
+from animatediff_core.errors import ConfigError
+from animatediff_core.training.clips import ClipConfig
 from pipelines.train.decode import ClipDecoder, clip_array, decode_row
 from pipelines.train.webvid import INGEST_META, check_tables, find_source, folder_rows, normalize
 

@@ -3,9 +3,8 @@
 import dataclasses
 from pathlib import Path
 
-
 from animatediff_core.configs import build
-from animatediff_core.settings import FIELDS, STILL_SETTINGS, CheckpointSpec, GenerationSettings
+from animatediff_core.settings.generation import FIELDS, STILL_SETTINGS, CheckpointSpec, GenerationSettings
 from pipelines.animate import schema
 from pipelines.animate.config import AnimateConfig
 from pipelines.animate.identity import STILL_KEYS, fingerprint, row_key, still_key, still_settings
@@ -48,7 +47,7 @@ def test_stills_are_keyed_by_every_setting_that_changes_a_still():
 def test_fingerprint_records_the_numerics_a_module_runs_with(tiny_models, tmp_path):
     """Before this, the fingerprint held the requested --motion-norm (None by default), so a module whose
     recorded numerics changed kept its old videos."""
-    from animatediff_core.checkpoints import load_state_dict, save_state_dict
+    from animatediff_core.io.checkpoints import load_state_dict, save_state_dict
     from pipelines.animate.job import preflight
 
     state = load_state_dict(str(tiny_models / "motion_module.safetensors"))

@@ -75,7 +75,7 @@ def test_resume_fingerprint_names_the_adapter_for_image_rows_only():
     """A rerun with another --ip-adapter regenerates the rows with an image prompt and skips the others."""
     import dataclasses
 
-    from animatediff_core.settings import CheckpointSpec, GenerationSettings
+    from animatediff_core.settings.generation import CheckpointSpec, GenerationSettings
     from pipelines.animate.identity import fingerprint, image_prompt_id
     from pipelines.animate.sets import MotionSpec
 

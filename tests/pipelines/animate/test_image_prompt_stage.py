@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 import pipelines.animate.stage as stage_mod
-from animatediff_core.generate import Conditioning, GenerationSettings, Request, generate
-from animatediff_core.image_prompt import ImagePrompt, has_adapter
-from animatediff_core.personalize import Personalizer
-from animatediff_core.pipeline import load_pipeline
+from animatediff_core.models.image_prompt import ImagePrompt, has_adapter
+from animatediff_core.models.personalize import Personalizer
+from animatediff_core.models.pipeline import load_pipeline
+from animatediff_core.sampling.generate import Conditioning, GenerationSettings, Request, generate
 from pipelines.animate.layout import OutputLayout
 from pipelines.animate.plan import Plan, expand_rows, normalize
 from pipelines.animate.sets import MotionSpec, read_checkpoint_set

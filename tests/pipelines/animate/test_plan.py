@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from animatediff_core.errors import ConfigError
-from animatediff_core.settings import GenerationSettings
+from animatediff_core.settings.generation import GenerationSettings
 from pipelines.animate import schema
 from pipelines.animate.plan import Plan, expand_rows, normalize
 from pipelines.animate.sets import MotionSpec, read_checkpoint_set, read_motion_set
@@ -110,7 +110,7 @@ def test_checkpoint_set_from_folder_and_table(tiny_models, tmp_path):
 
 
 def test_checkpoint_table_rows_are_stacks(tmp_path):
-    from animatediff_core.settings import LoraSpec
+    from animatediff_core.settings.generation import LoraSpec
 
     table = tmp_path / "stacks.csv"
     pd.DataFrame({"name": ["toon_on_db", "loras_on_base", "db_base_vae"],
@@ -189,8 +189,8 @@ def test_expanded_rows_carry_the_declared_schema():
 
 
 def test_new_settings_keep_old_ids_and_key_rows_that_use_them():
+    from animatediff_core.settings.generation import CheckpointSpec
     from pipelines.animate.identity import fingerprint, row_key
-    from animatediff_core.settings import CheckpointSpec
 
     old = {"prompt": "a cat", "num_frames": 16}
     # The id of a row without the new columns is the one earlier releases gave it.

@@ -6,10 +6,11 @@ import time
 import pandas as pd
 import pytest
 from helpers_http import recording_server
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import pipelines.animate.stage as stage_mod
-from animatediff_core.settings import CheckpointSpec, GenerationSettings
+from animatediff_core.settings.generation import CheckpointSpec, GenerationSettings
 from pipelines.animate.layout import OutputLayout
 from pipelines.animate.plan import Plan, expand_rows, normalize
 from pipelines.animate.report import read_metadata
@@ -150,7 +151,7 @@ def test_long_clips_and_prompt_travel_rows_record_their_windows(stage):
     assert out.loc["long", "windows"] == 9 and out.loc["travel", "windows"] == 1 and out.loc["plain", "windows"] == 1
     assert out.loc["long", "context_stride"] == 4 and out.loc["long", "context_weighting"] == "pyramid"
     assert "past the last frame (3)" in out.loc["past", "error"]
-    from animatediff_core.video_io import read_video
+    from animatediff_core.io.video_io import read_video
 
     assert read_video(out.loc["long", "video_uri"], num_threads=1).shape == (64, 32, 32, 3)
 
@@ -215,7 +216,7 @@ def _hostile(stage, rows):
 def test_motion_module_sweep_switches_in_place_without_reloading_the_base(tiny_models, specs, tmp_path, monkeypatch):
     import torch
 
-    from animatediff_core.motion_formats import load_motion_adapter, save_motion_adapter
+    from animatediff_core.models.motion_formats import load_motion_adapter, save_motion_adapter
 
     other = load_motion_adapter(str(tiny_models / "motion_module.safetensors"))
     with torch.no_grad():
@@ -286,8 +287,8 @@ def test_speed_options_are_applied_once_and_survive_every_switch(tiny_models, sp
     with fused projections: tests/core/test_speed.py)."""
     import torch
 
-    from animatediff_core.motion_formats import load_motion_adapter, save_motion_adapter
-    from animatediff_core.speed import SpeedOptions, fused_count
+    from animatediff_core.models.motion_formats import load_motion_adapter, save_motion_adapter
+    from animatediff_core.models.speed import SpeedOptions, fused_count
 
     other = load_motion_adapter(str(tiny_models / "motion_module.safetensors"))
     with torch.no_grad():
@@ -352,7 +353,7 @@ def hostile_uris(tmp_path_factory, tiny_models):
         Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(root / "ok.png")
         with open(root / "huge.png", "wb") as f:
             f.truncate(65 << 20)  # sparse: over --max-image-mb's 64 MiB without using the disk
-        from animatediff_core.video_io import write_video
+        from animatediff_core.io.video_io import write_video
 
         write_video(str(root / "ok.mp4"), np.full((6, 40, 40, 3), 120, np.uint8))
         good = {"image": str(root / "ok.png"), "video": str(root / "ok.mp4"), "sparse": str(tiny_models / "control" / "sparsectrl_rgb"),
@@ -445,7 +446,7 @@ def test_streams_sample_plain_rows_at_once_with_the_bytes_of_one_stream(stage, t
 
 
 def test_streams_keep_order_and_turn_exceptions_into_outcomes(stage):
-    from animatediff_core.streams import Streams, count
+    from animatediff_core.sampling.streams import Streams, count
 
     assert count(None, 2, "cpu") == 2 and count(1, 4, "cpu") == 1 and count(4, 4, "cuda") == 1
     assert [count(None, t, "cpu") for t in (1, 3, 5, 6, 8, 16)] == [1, 3, 1, 3, 4, 4]  # up to 4, sharing threads evenly

@@ -10,8 +10,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from animatediff_core.bounded import ReadLimits
-from animatediff_core.settings import GenerationSettings
+from animatediff_core.io.bounded import ReadLimits
+from animatediff_core.settings.generation import GenerationSettings
 from pipelines import cells, csv_cells
 from pipelines.animate import lease, schema
 from pipelines.animate.job import exit_code
@@ -136,7 +136,7 @@ def test_a_second_run_on_a_live_out_refuses_and_a_killed_ones_claim_does_not_blo
 
 
 def test_a_shard_that_cannot_be_written_is_one_line_and_no_crash(tmp_path, monkeypatch):
-    from animatediff_core import storage
+    from animatediff_core.io import storage
 
     def full(uri, data, **kw):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -159,7 +159,7 @@ def test_a_run_removes_what_a_writer_killed_mid_write_left(tmp_path):
     layout = OutputLayout(str(tmp_path))
     video, shard = layout.video("mm", "base", "r0"), layout.shard("20260101T000000-aaaaaa", "k")
     for uri in (video, shard, layout.index):  # each write dies after its bytes are out, before the rename (SIGKILL)
-        subprocess.run([sys.executable, "-c", "import os, signal, sys; from animatediff_core import storage; "
+        subprocess.run([sys.executable, "-c", "import os, signal, sys; from animatediff_core.io import storage; "
                         "os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL); storage.write_bytes_atomic(sys.argv[1], b'x')",
                         uri], check=False, timeout=60)
     left = sorted(p.name for p in tmp_path.rglob("*.tmp"))
