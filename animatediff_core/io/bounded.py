@@ -23,6 +23,7 @@ import hashlib
 import http.client
 import ipaddress
 import os
+import posixpath
 import socket
 import ssl
 import stat
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from animatediff_core.io import storage
 from animatediff_core.configs import check_fields, need, option
 from animatediff_core.errors import ConfigError
+from animatediff_core.redact import redact_uri
 
 MB = 1 << 20
 KINDS = ("image", "video", "lora", "model", "table")
@@ -93,11 +95,41 @@ def _what(uri: str, what: str) -> str:
     return f"{what} {shown}" if what else shown
 
 
+def _url_parts(uri: str) -> tuple[str, str, str, int | None, str] | None:
+    """(scheme, user-info, host, port, normalized path) of an http(s) URL, parsed as the connection will be
+    made (the host is what follows any `user:password@`); the port is None where none is written. None when
+    `uri` is not http(s) or does not parse."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme.lower() not in ("http", "https"):
+        return None
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    userinfo = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
+    path = posixpath.normpath("/" + urllib.parse.unquote(parts.path)) if parts.path else "/"
+    return parts.scheme.lower(), userinfo, (parts.hostname or "").lower(), port, path
+
+
 def _allowed_by_prefix(uri: str, prefixes) -> bool:
     for p in prefixes:
         if p == "*":
             return True
-        # A prefix ends at a path, port or query boundary: http://10.0.0.5 must not admit http://10.0.0.50.
+        url, allowed = _url_parts(uri), _url_parts(p)
+        if url or allowed:
+            # http(s): compared parsed, never as text: `http://10.0.0.5:x@169.254.169.254/` connects to the host
+            # after the `@`, so a prefix's text must not admit it. Scheme, user-info and host must be equal, the
+            # port too where the prefix writes one, and the normalized path must lie under the prefix's.
+            if not (url and allowed) or url[:3] != allowed[:3]:
+                continue
+            default = 443 if url[0] == "https" else 80
+            if allowed[3] is not None and (url[3] or default) != allowed[3]:
+                continue
+            base = allowed[4].rstrip("/")
+            if url[4] == allowed[4] or url[4].startswith(base + "/") or not base:
+                return True
+            continue
+        # A prefix ends at a path, port or query boundary: s3://bucket must not admit s3://bucket2.
         if uri == p or (uri.startswith(p) and (p.endswith(("/", ":")) or uri[len(p)] in "/:?#")):
             return True
     return False
@@ -127,6 +159,9 @@ def check_uri(uri: str, what: str = "", limits: ReadLimits | None = None) -> tup
     if kind in STORES:
         return None
     if kind in ("http", "https"):
+        if "@" in urllib.parse.urlsplit(uri).netloc:
+            raise InputError(f"{_what(redact_uri(uri), what)}: a URL with user-info (`user:password@` before the host) "
+                             "may not be read; list its prefix, user-info included, in --allow-uri to permit it")
         address = _address(uri, what)
         ip = ipaddress.ip_address(address[0])
         if not ip.is_global or ip.is_multicast:

@@ -172,3 +172,28 @@ def test_model_cache_is_private_hash_named_atomic_and_bounded(server, tmp_path, 
     os.chmod(root, 0o755)  # a folder of ours made wider is narrowed again
     cache.root()
     assert root.stat().st_mode & 0o777 == 0o700
+
+
+def test_allow_uri_compares_the_parsed_url_never_its_text(server):
+    """Round 4: `--allow-uri http://127.0.0.1:PORT` admitted `http://127.0.0.1:PORT:x@127.0.0.2:9/` (the text
+    starts with the prefix; the connection goes to the host after the `@`), directly and through a redirect."""
+    base, hits = server
+    allow = ReadLimits(allow_uri=[base])
+    port = base.rsplit(":", 1)[1]
+    for uri in (f"{base}:x@127.0.0.2:9/img.png", f"{base}@127.0.0.2:9/img.png", f"http://u:p@127.0.0.1:{port}/ok"):
+        with pytest.raises(InputError, match="user-info"):
+            check_uri(uri, "image_prompt", allow)
+    hits.clear()
+    with pytest.raises(InputError, match="user-info"):  # the same check on a redirect from the allowed server
+        read_bytes(f"{base}/redirect?to=http://127.0.0.1:{port}:x@127.0.0.2:9/x", "image", limits=allow)
+    assert hits == [f"/redirect?to=http://127.0.0.1:{port}:x@127.0.0.2:9/x"]
+    assert read_bytes(f"{base}/ok", "image", limits=allow) == b"0123456789"  # the allowed server itself still reads
+    # host, port and path compared parsed: case and default ports normalized, `..` cannot climb out of the prefix
+    paths = ReadLimits(allow_uri=["http://10.1.2.3:8000/models/"])
+    assert check_uri("HTTP://10.1.2.3:8000/models/a.safetensors", limits=paths) == ("10.1.2.3", 8000)
+    for uri in ("http://10.1.2.3:8000/models/../secret", "http://10.1.2.3:8001/models/a", "http://10.1.2.3:8000/modelsx",
+                "https://10.1.2.3:8000/models/a"):
+        with pytest.raises(InputError, match="not public"):
+            check_uri(uri, limits=paths)
+    with_user = ReadLimits(allow_uri=["http://reader:pw@10.1.2.3/"])  # user-info admitted where the prefix has it
+    assert check_uri("http://reader:pw@10.1.2.3/x", limits=with_user) == ("10.1.2.3", 80)
