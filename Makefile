@@ -23,10 +23,11 @@ demo: install
 test: install
 	$(PY) -m pytest -q tests
 
-# The inner loop: unit and core tests and one tiny end-to-end job, under 5 minutes on 2 cores.
-# `make test` (what CI runs) is everything, the tests marked slow included.
+# The inner loop: unit and core tests and one tiny end-to-end job, on two pytest-xdist workers (each with its
+# own tiny models and Ray). `make test` (what CI runs) is everything, the tests marked slow included, in one
+# process: the slow lane's timed end-to-end runs (Ctrl-C, node loss, killed drivers) are not run two at a time.
 test-fast: install
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n 2 -m "not slow" tests
 
 # The reference in docs/ as a site (MkDocs, strict: a broken link or a page missing from the nav fails).
 docs: install
