@@ -112,10 +112,11 @@ def _url_parts(uri: str) -> tuple[str, str, str, int | None, str] | None:
 
 
 def _allowed_by_prefix(uri: str, prefixes) -> bool:
+    url = _url_parts(uri)
     for p in prefixes:
         if p == "*":
             return True
-        url, allowed = _url_parts(uri), _url_parts(p)
+        allowed = _url_parts(p)
         if url or allowed:
             # http(s): compared parsed, never as text: `http://10.0.0.5:x@169.254.169.254/` connects to the host
             # after the `@`, so a prefix's text must not admit it. Scheme, user-info and host must be equal, the
