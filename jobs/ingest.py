@@ -1,4 +1,4 @@
-"""Precompute VAE latents and text embeddings of a WebVid-format video table into Parquet shards, once.
+"""Precompute VAE latents and text embeddings of a video table (or WebDataset shards) into Parquet shards, once.
 
     python -m jobs.ingest --data webvid.csv --base SD15_DIR --out s3://bucket/latents [--config ingest.yaml]
     python -m jobs.train --data s3://bucket/latents --base SD15_DIR --storage s3://bucket/train

@@ -1,4 +1,4 @@
-"""Train an AnimateDiff motion module (or a motion LoRA) data-parallel on WebVid-format video tables.
+"""Train an AnimateDiff motion module (or a motion LoRA) data-parallel on video tables or WebDataset shards.
 
     python -m jobs.train --data webvid.csv --base SD15_DIR --storage s3://bucket/train [--config train.yaml]
     python -m jobs.train ... --motion-module mm_sd_v15_v2.ckpt --motion-lora 8     # motion LoRA

@@ -3,6 +3,7 @@
     STORAGE/NAME/checkpoint-000500/         one checkpoint (its files: animatediff_core/training/trainer.py)
     STORAGE/NAME/validation/step-000500/    validation GIFs
     STORAGE/NAME/metrics.jsonl              one object per step
+    STORAGE/NAME/skipped.parquet            each video (or span) skipped and why (source, start, end, reason)
     STORAGE/NAME/job.yaml                   the resolved job config
     STORAGE/NAME/checkpoint_manager_snapshot.json   Ray Train's own record of committed checkpoints
 
@@ -16,6 +17,7 @@ import re
 from animatediff_core.io import storage
 
 METRICS_FILE = "metrics.jsonl"
+SKIPPED_FILE = "skipped.parquet"  # also in a jobs.ingest folder
 VALIDATION_DIR = "validation"
 JOB_CONFIG = "job.yaml"
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
@@ -36,6 +38,10 @@ def step_of(name: str) -> int | None:
 
 def metrics(run_dir: str) -> str:
     return storage.join(run_dir, METRICS_FILE)
+
+
+def skipped(run_dir: str) -> str:
+    return storage.join(run_dir, SKIPPED_FILE)
 
 
 def validation(run_dir: str, step: int) -> str:

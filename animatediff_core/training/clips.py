@@ -1,12 +1,17 @@
-"""Training-clip sampling: which frames to take, at what decode size, and the center crop.
+"""Training-clip sampling: which frames to take, at what decode size, the center crop and the flip.
 
 AnimateDiff's WebVid recipe (Guo et al. 2023, ``animatediff/data/dataset.py``): 16 frames
-at stride 4, shorter side resized to 256, center-cropped to 256x256. The index and size
-helpers are pure numpy; :func:`load_clip` adds decoding via :mod:`animatediff_core.io.video_io`.
+at stride 4, shorter side resized to 256, center-cropped to 256x256, ``RandomHorizontalFlip``.
+A clip may be confined to a span of its video (``start``/``end`` seconds, as Panda-70M, InternVid
+and HD-VILA publish them): frame ``i`` lies in the span when ``start <= i / fps < end``, and every
+sampled frame lies in it. ``sample_fps`` makes the stride follow each video's own frame rate.
+The index and size helpers are pure numpy; :func:`sample_clip` adds decoding via
+:mod:`animatediff_core.io.video_io`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -28,11 +33,34 @@ class ClipConfig:
     stride: int = 4
     size: int = 256
     num_threads: int = 0
+    sample_fps: float | None = None  # frames this many per second of video (the stride from each video's fps)
+    flip: float = 0.0  # probability of mirroring a clip left-right
 
     def __post_init__(self):
         check_fields(self)
         for field in ("num_frames", "stride", "size"):
             need(getattr(self, field) >= 1, f"ClipConfig.{field} must be an int >= 1, found {getattr(self, field)!r}")
+        need(self.sample_fps is None or self.sample_fps > 0, f"ClipConfig.sample_fps must be > 0, found {self.sample_fps!r}")
+        need(0 <= self.flip <= 1, f"ClipConfig.flip is a probability in [0, 1], found {self.flip!r}")
+
+    def stride_at(self, fps: float) -> int:
+        """The stride in frames: ``stride``, or the one nearest ``fps / sample_fps`` when ``sample_fps`` is set."""
+        if self.sample_fps is None or not fps > 0:
+            return self.stride
+        return max(1, round(fps / self.sample_fps))
+
+
+class Span(NamedTuple):
+    """A part of a video, in seconds (``end`` None: to the video's end)."""
+
+    start: float = 0.0
+    end: float | None = None
+
+
+class Clip(NamedTuple):
+    frames: np.ndarray  # (f, size, size, 3) uint8
+    indices: list[int]  # the source frames, in order
+    flipped: bool
 
 
 class ClipIndices(NamedTuple):
@@ -41,22 +69,45 @@ class ClipIndices(NamedTuple):
 
 
 def sample_indices(
-    total_frames: int, num_frames: int, stride: int, rng: np.random.Generator | None = None
+    total_frames: int, num_frames: int, stride: int, rng: np.random.Generator | None = None, first: int = 0
 ) -> ClipIndices | None:
-    """Pick ``num_frames`` frame indices ``stride`` apart from a video of ``total_frames``.
+    """Pick ``num_frames`` frame indices ``stride`` apart from frames ``first .. total_frames - 1``.
 
-    If the clip spans more than the video, the largest stride that fits is used instead;
+    If the clip spans more than those frames, the largest stride that fits is used instead;
     returns None if even stride 1 does not fit. The start is uniform over the valid range
-    when ``rng`` is given, else 0.
+    when ``rng`` is given, else ``first``.
     """
     need(num_frames >= 1 and stride >= 1, f"expected num_frames >= 1 and stride >= 1, found {num_frames}, {stride}")
-    if total_frames < num_frames:
+    available = total_frames - first
+    if available < num_frames:
         return None
     if num_frames > 1:
-        stride = min(stride, (total_frames - 1) // (num_frames - 1))
+        stride = min(stride, (available - 1) // (num_frames - 1))
     span = (num_frames - 1) * stride + 1
-    start = int(rng.integers(0, total_frames - span + 1)) if rng is not None else 0
+    start = first + (int(rng.integers(0, available - span + 1)) if rng is not None else 0)
     return ClipIndices([start + i * stride for i in range(num_frames)], stride)
+
+
+# A span's end may pass the last frame by this much (timestamps rounded to milliseconds, containers whose
+# duration differs by a frame); further, the span names frames the file does not have.
+SPAN_SLACK_S = 0.5
+
+
+def span_frames(span: Span, fps: float, total_frames: int) -> tuple[int, int]:
+    """``(first, stop)``: the frames ``first <= i < stop`` of a video that lie in ``span``.
+
+    Raises VideoError ``span_past_end`` when the span starts at or after the video's end or ends more
+    than ``SPAN_SLACK_S`` after it, and ``bad_span`` when it is empty or reversed."""
+    end = total_frames / fps if fps > 0 else float("inf")
+    stop_s = end if span.end is None else span.end
+    if not (0 <= span.start < stop_s):
+        raise video_error(f"span {span.start}-{stop_s} s is empty or reversed", "bad_span")
+    if span.start >= end or stop_s > end + SPAN_SLACK_S:
+        raise video_error(f"span {span.start}-{stop_s} s lies past the video's end ({end:.3f} s)", "span_past_end")
+    if not fps > 0:
+        return 0, total_frames
+    eps = 1e-6  # timestamps written to the millisecond land on frame boundaries up to rounding
+    return math.ceil(span.start * fps - eps), min(total_frames, math.ceil(stop_s * fps - eps))
 
 
 def decode_size(src_h: int, src_w: int, size: int) -> tuple[int, int]:
@@ -80,21 +131,34 @@ def center_crop(frames: np.ndarray, size: int) -> np.ndarray:
     return frames[:, top:top + size, left:left + size]
 
 
-def load_clip(src: Source, cfg: ClipConfig, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Load one training clip ``(cfg.num_frames, cfg.size, cfg.size, 3) uint8`` from a URI or bytes.
+def sample_clip(src: Source, cfg: ClipConfig, rng: np.random.Generator | None = None,
+                span: Span | None = None) -> Clip:
+    """One training clip from a URI or bytes, inside ``span`` when given.
 
-    Reads the header, samples indices, decodes only those frames already resized by the
-    decoder, then center-crops. Raises VideoError with ``reason`` ``"too_short"``,
-    ``"corrupt"``, ``"empty"`` or ``"unreadable"`` so callers can count skips.
+    Reads the header, samples indices (random with ``rng``, drawn again each call), decodes only those
+    frames already resized by the decoder, center-crops, then mirrors with probability ``cfg.flip``.
+    Raises VideoError with ``reason`` ``"too_short"`` (``"span_too_short"`` inside a span),
+    ``"span_past_end"``, ``"bad_span"``, ``"corrupt"``, ``"empty"`` or ``"unreadable"`` so callers
+    can name skips.
     """
     name = src if isinstance(src, str) else None
     data = fetch(src)  # remote objects are read once, for both probe and decode
     info = probe_video(data, name=name)
-    clip = sample_indices(info.num_frames, cfg.num_frames, cfg.stride, rng)
+    first, stop = span_frames(span, info.fps, info.num_frames) if span is not None else (0, info.num_frames)
+    clip = sample_indices(stop, cfg.num_frames, cfg.stride_at(info.fps), rng, first=first)
     if clip is None:
         label = repr(name) if name else f"<{len(data)} bytes in memory>"
-        raise video_error(f"video {label} has {info.num_frames} frames; a clip needs at least "
-                          f"{cfg.num_frames}", "too_short")
+        where = f"span {span.start}-{span.end} s has {stop - first}" if span is not None else f"has {info.num_frames}"
+        raise video_error(f"video {label} {where} frames; a clip needs at least {cfg.num_frames}",
+                          "span_too_short" if span is not None else "too_short")
     frames = read_video(data, clip.indices, decode_size(info.height, info.width, cfg.size),
                         num_threads=cfg.num_threads, name=name)
-    return np.ascontiguousarray(center_crop(frames, cfg.size))
+    frames = center_crop(frames, cfg.size)
+    flipped = bool(cfg.flip and rng is not None and rng.random() < cfg.flip)
+    return Clip(np.ascontiguousarray(frames[:, :, ::-1] if flipped else frames), clip.indices, flipped)
+
+
+def load_clip(src: Source, cfg: ClipConfig, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Load one training clip ``(cfg.num_frames, cfg.size, cfg.size, 3) uint8`` from a URI or bytes
+    (the whole video; see :func:`sample_clip`)."""
+    return sample_clip(src, cfg, rng).frames

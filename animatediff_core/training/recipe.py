@@ -41,6 +41,10 @@ class TrainConfig:
     caption_dropout: float = option(0.1, help="fraction of captions replaced by the empty prompt")
     num_frames: int = option(16, low=1, help="frames per clip")
     stride: int = option(4, low=1, help="frame stride of a clip")
+    sample_fps: float | None = option(None, help="sample a clip's frames at this rate from each video's own fps "
+                                      "(the stride becomes fps / sample_fps); default: every --stride frames")
+    flip: float = option(0.5, low=0, high=1, help="probability of mirroring a clip left-right (the official "
+                         "recipe's RandomHorizontalFlip); 0: never")
     size: int = option(256, low=8, help="clip side after resize and center crop (a multiple of 8)")
     batch_size: int = option(4, low=1, help="clips per worker per step")
     max_steps: int = option(10_000, low=1, help="train up to this step")
@@ -78,13 +82,15 @@ class TrainConfig:
     def clip_config(self, num_threads: int = 1):
         from animatediff_core.training.clips import ClipConfig  # here: the config stays importable without the video stack
 
-        return ClipConfig(num_frames=self.num_frames, stride=self.stride, size=self.size, num_threads=num_threads)
+        return ClipConfig(num_frames=self.num_frames, stride=self.stride, size=self.size, num_threads=num_threads,
+                          sample_fps=self.sample_fps, flip=self.flip)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first value of the wrong type, choice or range, then the rules between keys."""
         check_fields(self)
         need(self.size % 8 == 0, f"size must be a multiple of 8 (the VAE downsamples by 8), found {self.size}")
         need(self.lr > 0, f"lr must be > 0, found {self.lr}")
+        need(self.sample_fps is None or self.sample_fps > 0, f"sample_fps must be > 0, found {self.sample_fps}")
         need(self.max_grad_norm > 0, f"max_grad_norm must be > 0, found {self.max_grad_norm}")
         need(0 <= self.caption_dropout < 1, f"caption_dropout must be in [0, 1), found {self.caption_dropout}")
         need(len(self.adam_betas) == 2, f"adam_betas must be two numbers, found {self.adam_betas!r}")

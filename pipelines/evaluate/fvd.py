@@ -35,7 +35,7 @@ from pipelines.evaluate.config import EvaluateConfig
 from pipelines.evaluate.runs import read_runs
 from pipelines.evaluate.stage import FEATURES
 from pipelines.ray_session import ActorOptions
-from pipelines.train import webvid
+from pipelines.train import sources as webvid
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from animatediff_core.configs import check_fields, need, option
+from animatediff_core.configs import check_fields, need, option, section
 from animatediff_core.io import storage
 from animatediff_core.training.recipe import TrainConfig
 
@@ -15,11 +15,31 @@ _RECIPE = TrainConfig()  # the clip defaults ingest shares with training
 
 
 @dataclass(frozen=True, kw_only=True)
+class DataOptions:
+    """How `--data` is read, shared by training and ingest: the columns of a table the formats in
+    `pipelines/train/formats.py` do not name, where bare video names live, and which rows to keep."""
+
+    video_col: str | None = option(None, help="the column naming each video (a URI, a path or an id); default: the detected format's")
+    caption_col: str | None = option(None, help="the caption column; default: the detected format's")
+    span_col: str | None = option(None, help="a column of [start, end] span lists, one clip a span (Panda-70M's timestamp)")
+    start_col: str | None = option(None, help="the column of each row's span start (seconds or [H:]MM:SS.mmm); with --end-col")
+    end_col: str | None = option(None, help="the column of each row's span end; with --start-col")
+    video_root: str | None = option(None, help="folder of the videos a table names by relative path or bare id; default: the table's folder", path="in")
+    where: str | None = option(None, help="keep the rows (clips, after spans are exploded) this expression selects, "
+                                          "pandas query syntax over the table's columns, e.g. \"`motion score` > 1 and fps >= 24\"")
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainRun:
     """Where and how a training run executes (the recipe itself is a TrainConfig)."""
 
-    data: str = option(help="WebVid-format table (CSV/Parquet), a folder of them, a folder of videos with "
-                            "captions.csv, or a jobs.ingest folder; any fsspec URI", path="in")
+    data: str = option(help="a video table (WebVid, Panda-70M, OpenVid-1M, InternVid, HD-VILA or mapped with --video-col; "
+                            "CSV, TSV, JSONL, Parquet) or a folder of them, a folder of videos with captions.csv, "
+                            "WebDataset tar shards (a folder, a .tar, a {000..009} pattern or a comma list), or a "
+                            "jobs.ingest folder; any fsspec URI", path="in")
     base: str = option(help="diffusers SD-1.x folder or Hub id (frozen)", path="in")
     storage: str = option(help="where runs go (local folder or fsspec URI); the run is STORAGE/NAME", path="out")
     name: str = option("motion-module", help="run name")
@@ -30,6 +50,7 @@ class TrainRun:
     decode_cpus: float = option(0.5, help="CPUs per decoding actor")
     max_failures: int = option(2, low=0, help="worker-group restarts from the latest checkpoint")
     resume: bool = option(False, help="continue the run STORAGE/NAME from its latest checkpoint")
+    source: DataOptions = section(DataOptions)
 
     def __post_init__(self):
         check_fields(self)
@@ -47,16 +68,19 @@ class TrainRun:
 class IngestRun:
     """The ingest job's settings: the only place their names, types, defaults and help are written."""
 
-    data: str = option(help="WebVid-format table (CSV/Parquet), a folder of them, or a folder of videos with captions.csv", path="in")
+    data: str = option(help="a video table, a folder of them, a folder of videos with captions.csv, or WebDataset tar "
+                            "shards, as jobs.train reads them; any fsspec URI", path="in")
     base: str = option(help="diffusers SD-1.x folder or Hub id whose VAE and text encoder encode the clips", path="in")
     out: str = option(help="output folder (local or fsspec URI) for the Parquet shards and _ingest.json", path="out")
     num_frames: int = option(_RECIPE.num_frames, help="frames per clip")
     stride: int = option(_RECIPE.stride, help="frame stride of a clip")
+    sample_fps: float | None = option(_RECIPE.sample_fps, help=_RECIPE.__dataclass_fields__["sample_fps"].metadata["help"])
     size: int = option(_RECIPE.size, help="clip side after resize and center crop")
     decoders: int = option(4, help="most video-decoding actors")
     decode_cpus: float = option(0.5, help="CPUs per decoding actor")
     encoders: int = option(1, help="VAE/text-encoder actors (one GPU each when there are GPUs)")
     encode_batch: int = option(8, help="clips per encoder call")
+    source: DataOptions = section(DataOptions)
 
     def __post_init__(self):
         check_fields(self)
@@ -68,4 +92,5 @@ class IngestRun:
         """The clip settings (`animatediff_core.training.clips.ClipConfig`)."""
         from animatediff_core.training.clips import ClipConfig  # here: the config stays light
 
-        return ClipConfig(num_frames=self.num_frames, stride=self.stride, size=self.size, num_threads=1)
+        return ClipConfig(num_frames=self.num_frames, stride=self.stride, size=self.size, num_threads=1,
+                          sample_fps=self.sample_fps)

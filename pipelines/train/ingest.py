@@ -3,18 +3,23 @@
     rows --ClipDecoder (CPU actors)--> clips --LatentEncoder (GPU or CPU actors)--> Parquet shards + _ingest.json
 
 Each output row: `videoid`, `caption`, `latents` (float16 bytes of `(c, f, h/s, w/s)`, already scaled
-by the VAE's scaling factor: one draw from the VAE posterior) and `text_embedding` (float16 bytes of
-`(77, d)`). `_ingest.json`, written last, records the shapes, the clip settings, the base and the skip
-counts; `jobs.train --data` on the folder then trains from these rows without decoding or encoding.
-Caption dropout still happens at training time (the empty prompt's embedding replaces a row's).
+by the VAE's scaling factor: one draw from the VAE posterior), `text_embedding` (float16 bytes of
+`(77, d)`) and the clip's provenance: `source` (its video), `start`/`end` (its span in seconds; NaN end:
+the whole video) and `frame_indices` (the source frames). `_skipped.parquet` names each skipped video
+or span with its reason. `_ingest.json`, written last, records the shapes, the clip settings, the base,
+the skip counts and `--where`'s kept and dropped rows; `jobs.train --data` on the folder then trains from
+these rows without decoding or encoding. Caption dropout still happens at training time (the empty
+prompt's embedding replaces a row's); clips are not flipped here (the latents are fixed once).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import ray
 import torch
 
@@ -27,8 +32,13 @@ from animatediff_core.training.clips import ClipConfig
 from animatediff_core.training.objective import encode_frames, encode_text
 from pipelines.ray_session import has_gpus
 from pipelines.train.config import IngestRun
-from pipelines.train.decode import ClipDecoder, clip_array, start_tally
-from pipelines.train.webvid import INGEST_META, DataSource, check_tables, find_source, read_rows
+from pipelines.train.decode import ClipDecoder, clip_array, start_tally, write_skipped
+from pipelines.train.sources import INGEST_META, INGEST_SKIPPED, DataSource, check_tables, describe, find_source, read_rows
+
+
+log = logging.getLogger(__name__)
+PROVENANCE = ("source", "start", "end", "frame_indices")
+OUTPUT_COLUMNS = ("videoid", "caption", "latents", "text_embedding") + PROVENANCE
 
 
 class LatentEncoder:
@@ -43,20 +53,28 @@ class LatentEncoder:
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         if not len(batch):
-            return pd.DataFrame({c: pd.Series(dtype=object) for c in ("videoid", "caption", "latents", "text_embedding")})
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in OUTPUT_COLUMNS})
         frames = torch.from_numpy(np.stack([clip_array(c, self.clip) for c in batch["clip"]]))
         latents = encode_frames(self.vae, frames.to(self.device)).half().cpu().numpy()
         text = encode_text(self.tokenizer, self.text_encoder, batch["caption"].tolist()).half().cpu().numpy()
-        return pd.DataFrame({
-            "videoid": batch["videoid"].to_numpy(), "caption": batch["caption"].to_numpy(),
-            "latents": [x.tobytes() for x in latents], "text_embedding": [x.tobytes() for x in text],
+        # Arrow, typed here: Ray would store equal-length index lists as its own tensor type, which
+        # other Parquet readers cannot read.
+        return pa.table({
+            "videoid": pa.array(batch["videoid"].astype(str).tolist(), pa.string()),
+            "caption": pa.array(batch["caption"].astype(str).tolist(), pa.string()),
+            "latents": pa.array([x.tobytes() for x in latents], pa.binary()),
+            "text_embedding": pa.array([x.tobytes() for x in text], pa.binary()),
+            "source": pa.array(batch["source"].astype(str).tolist(), pa.string()),
+            "start": pa.array(batch["start"].astype(float).tolist(), pa.float64()),
+            "end": pa.array(batch["end"].astype(float).tolist(), pa.float64()),
+            "frame_indices": pa.array([[int(i) for i in x] for x in batch["frame_indices"]], pa.list_(pa.int32())),
         })
 
 
 def check_ingest(run: IngestRun) -> DataSource:
     """Fail fast (one line) when the base, the data or the output folder cannot work."""
     check_base_folder(run.base)
-    source = find_source(run.data)
+    source = find_source(run.data, run.source)
     need(source.kind != "latents", f"--data {run.data}: already a jobs.ingest folder; point --data at the video table")
     check_tables(source)
     need(not storage.exists(storage.join(run.out, INGEST_META)), f"--out {run.out}: already holds an ingest ({INGEST_META}); choose another folder")
@@ -76,7 +94,9 @@ def run_ingest(run: IngestRun, source: DataSource) -> dict:
     """Decode, encode and write the shards, then `_ingest.json`; returns that metadata."""
     use_gpu = has_gpus()
     tally = start_tally()
-    clips = read_rows(source, num_cpus=run.decode_cpus).map_batches(
+    if source.kind != "latents":
+        log.info(describe(source))
+    clips = read_rows(source, num_cpus=run.decode_cpus, tally=tally).map_batches(
         ClipDecoder, fn_constructor_args=(run.clip, tally), batch_format="pandas", batch_size=4,
         num_cpus=run.decode_cpus, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=run.decoders))
     encoded = clips.map_batches(
@@ -89,11 +109,20 @@ def run_ingest(run: IngestRun, source: DataSource) -> dict:
         written = ray.data.read_parquet(path, filesystem=arrow_fs, columns=["videoid"], file_extensions=["parquet"]).count()
     except (OSError, ValueError):  # no shard written: every video was skipped
         written = 0
+    named = write_skipped(tally, storage.join(run.out, INGEST_SKIPPED))
+    where = ray.get(tally.where_counts.remote())
+    if source.where is not None:
+        log.info("--where %r kept %d and dropped %d rows (clips)", source.where.text, where["kept"], where["dropped"])
+    if named:
+        log.info("skipped %d videos or spans, each named with its reason in %s", named, storage.join(run.out, INGEST_SKIPPED))
     if not written:
-        raise ConfigError(f"--data {run.data}: no usable videos (skipped: {ray.get(tally.totals.remote()) or 'none'})")
+        raise ConfigError(f"--data {run.data}: no usable videos (skipped: {ray.get(tally.totals.remote()) or 'none'}; "
+                          f"see {storage.join(run.out, INGEST_SKIPPED)})")
     latent_shape, text_shape = shapes(run.base, run.clip)
     meta = {"base": run.base, "data": run.data, "num_frames": run.clip.num_frames, "stride": run.clip.stride,
-            "size": run.clip.size, "latent_shape": latent_shape, "text_shape": text_shape, "dtype": "float16",
-            "rows": written, "skipped_videos": ray.get(tally.totals.remote())}
+            "sample_fps": run.clip.sample_fps, "size": run.clip.size, "latent_shape": latent_shape,
+            "text_shape": text_shape, "dtype": "float16", "rows": written, "format": source.fmt.name if source.fmt else None,
+            "skipped_videos": ray.get(tally.totals.remote()),
+            **({"where": {"expression": source.where.text, **where}} if source.where is not None else {})}
     storage.write_text_atomic(storage.join(run.out, INGEST_META), json.dumps(meta, indent=2))
     return meta

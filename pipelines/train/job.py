@@ -1,13 +1,15 @@
 """Data-parallel motion-module training on Ray: Ray Data decodes clips, Ray Train's TorchTrainer trains.
 
-    table (CSV/Parquet, any fsspec URI) --read--> rows --ClipDecoder actors (CPU)--> small uint8 clips
+    table or shards (any fsspec URI) --read, spans, --where--> clip rows --ClipDecoder actors (CPU)--> small uint8 clips
         --streaming_split--> N TorchTrainer workers (one per GPU; gloo on CPU) --> checkpoints, metrics
 
 Run folder `{storage}/{name}/`:
   checkpoint-000500/   motion_adapter/ (diffusers), motion_module.safetensors (original keys) or, in
                        motion LoRA mode, motion_lora.safetensors; training_state.pt; train_config.json
   validation/step-000500/NN.gif   the fixed prompt list sampled from the weights at that step
-  metrics.jsonl        one object per step (step, loss, lr, clips_per_s, data_wait_fraction, skipped_videos)
+  metrics.jsonl        one object per step (step, loss, lr, clips_per_s, data_wait_fraction, skipped_videos,
+                       and `where` {kept, dropped} under --where)
+  skipped.parquet      each skipped video or span by name and reason (a resumed run does not fetch them again)
 Rerunning with the same storage and name resumes from the latest checkpoint (`resume=True`);
 without it an existing run is refused rather than silently continued.
 """
@@ -15,6 +17,7 @@ without it an existing run is refused rather than silently continued.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, replace
 
@@ -32,9 +35,12 @@ from pipelines import progress, run_folder
 from pipelines.ray_session import has_gpus
 from pipelines.run_folder import list_checkpoints
 from pipelines.train.config import TrainRun
-from pipelines.train.decode import ClipDecoder, start_tally
+from pipelines.train.decode import ClipDecoder, read_skipped, start_tally, write_skipped
 from pipelines.train.loop import CONFIG_ERROR, WorkerPlan, train_worker
-from pipelines.train.webvid import DataSource, check_tables, find_source, read_rows
+from pipelines.train.sources import DataSource, check_tables, describe, find_source, read_rows
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,7 @@ def check_run(run: TrainRun, cfg: TrainConfig) -> TrainPlan:
     check_base_folder(run.base)
     need(not run.motion_module or storage.exists(run.motion_module), f"--motion-module {run.motion_module}: not found")
     need(not cfg.motion_lora_rank or run.motion_module, "--motion-lora trains LoRA adapters on an existing motion module: give --motion-module")
-    source = find_source(run.data)
+    source = find_source(run.data, run.source)
     if source.kind == "latents":
         cfg = latents_config(source, cfg, run.base)
     else:
@@ -98,10 +104,11 @@ def build_dataset(source: DataSource, cfg: TrainConfig, run: TrainRun, tally=Non
     latents (jobs.ingest output)."""
     if source.kind == "latents":
         path, arrow_fs = storage.arrow_location(source.uri)
+        # `_`-named files (`_skipped.parquet`) are the ingest's records, not rows: Ray's path filter leaves them out.
         return ray.data.read_parquet(path, filesystem=arrow_fs, file_extensions=["parquet"],
                                      columns=["videoid", "caption", "latents", "text_embedding"],
                                      num_cpus=run.decode_cpus)
-    rows = read_rows(source, num_cpus=run.decode_cpus)
+    rows = read_rows(source, num_cpus=run.decode_cpus, tally=tally)
     return rows.map_batches(ClipDecoder, fn_constructor_args=(cfg.clip_config(num_threads=1), tally),
                             batch_format="pandas", batch_size=4, num_cpus=run.decode_cpus,
                             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=run.decoders))
@@ -139,7 +146,11 @@ def train(run: TrainRun, plan: TrainPlan) -> TrainSummary:
     gave no usable clip in a whole pass (with the skip counts by reason).
     """
     start = time.time()
-    tally, counter = start_tally(_skips_at(run.run_dir, plan.resumed_from)), progress.tally()
+    known = read_skipped(run_folder.skipped(run.run_dir)) if plan.resumed_from is not None else []
+    tally = start_tally({} if known else _skips_at(run.run_dir, plan.resumed_from), known)
+    counter = progress.tally()
+    if plan.source.kind != "latents":
+        log.info(describe(plan.source))
     try:
         with progress.Progress("training", plan.cfg.max_steps, unit="steps", noun="steps", tally=counter,
                                done=plan.resumed_from or 0):
@@ -148,6 +159,13 @@ def train(run: TrainRun, plan: TrainPlan) -> TrainSummary:
         raise AnimateDiffError(f"training failed after {run.max_failures} restart(s): {_worker_error(e)}") from None
     if (result.metrics or {}).get(CONFIG_ERROR):  # never retried: a restart would fail the same way
         raise AnimateDiffError(result.metrics[CONFIG_ERROR])
+    named = write_skipped(tally, run_folder.skipped(run.run_dir))
+    where = ray.get(tally.where_counts.remote())
+    if plan.source.where is not None:
+        log.info("--where %r kept %d and dropped %d rows (clips) of the last pass", plan.source.where.text,
+                 where["kept"], where["dropped"])
+    if named:
+        log.info("skipped %d videos or spans, each named with its reason in %s", named, run_folder.skipped(run.run_dir))
     done = list_checkpoints(run.run_dir)
     last = _last_metrics(run_folder.metrics(run.run_dir))
     if int(last.get("step", 0)) < plan.cfg.max_steps:  # the workers stop short only when the data gave no clip

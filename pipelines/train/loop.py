@@ -38,7 +38,7 @@ from animatediff_core.training.trainer import Batch, MotionTrainer, TrainConfig,
 from pipelines import run_folder
 from pipelines.run_folder import checkpoint_name
 from pipelines.train.config import TrainRun
-from pipelines.train.decode import clip_array
+from pipelines.train.decode import clip_array, write_skipped
 
 
 class ClipStream:
@@ -190,15 +190,16 @@ def mean_over_workers(value: float) -> float:
     return float(t) / dist.get_world_size()
 
 
-def _skip_counts(tally) -> dict:
-    """The run's skip counts; empty (with a warning) if the tally is gone: counts are metrics, not training."""
+def _data_counts(tally) -> dict:
+    """The run's skip counts (and `--where`'s kept and dropped rows); empty (with a warning) if the tally is
+    gone: counts are metrics, not training."""
     if tally is None:
-        return {}
+        return {"skipped_videos": {}}
     try:
-        return ray.get(tally.totals.remote())
+        return ray.get(tally.summary.remote())
     except ray.exceptions.RayActorError as e:
         _say(f"skip counts unavailable: {type(e).__name__}")
-        return {}
+        return {"skipped_videos": {}}
 
 
 CONFIG_ERROR = "config_error"  # the metric a worker reports instead of raising a configuration error
@@ -251,10 +252,10 @@ def _train(plan: WorkerPlan) -> None:
                                     step_generator(cfg.seed, rank, trainer.step))
         loss = mean_over_workers(result.loss)
         elapsed = time.perf_counter() - t0
-        skipped = _skip_counts(tally) if rank == 0 else {}
+        counts = _data_counts(tally) if rank == 0 else {"skipped_videos": {}}
         record = {"step": trainer.step, "loss": loss, "lr": result.lr, "grad_norm": result.grad_norm,
                   "clips_per_s": cfg.batch_size * world / elapsed, "data_wait_fraction": waited / elapsed,
-                  "skipped_videos": dict(sorted(skipped.items())), "epoch": stream.epoch, "time": time.time()}
+                  **counts, "epoch": stream.epoch, "time": time.time()}
         if rank == 0:
             log.append(record)
             if plan.progress is not None:  # the driver prints the progress line (fire and forget)
@@ -264,8 +265,19 @@ def _train(plan: WorkerPlan) -> None:
         if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.max_steps:
             if rank == 0:
                 log.flush()
-            report_checkpoint(trainer, {k: v for k, v in record.items() if k != "skipped_videos"},
+                _write_skipped(tally, run.run_dir)
+            report_checkpoint(trainer, {k: v for k, v in record.items() if k not in ("skipped_videos", "where")},
                               {"skipped_videos": record["skipped_videos"]}, rank)
+
+
+def _write_skipped(tally, run_dir: str) -> None:
+    """skipped.parquet beside the checkpoints: a resumed run neither fetches nor counts these again."""
+    if tally is None:
+        return
+    try:
+        write_skipped(tally, run_folder.skipped(run_dir))
+    except ray.exceptions.RayActorError as e:
+        _say(f"skipped videos unavailable: {type(e).__name__}")
 
 
 def _say(line: str) -> None:

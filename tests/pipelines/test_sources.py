@@ -1,4 +1,4 @@
-"""WebVid tables -> rows, and the decode stage's skip reasons (pure functions: no Ray cluster)."""
+"""Video tables -> clip rows, and the decode stage's skip reasons (pure functions: no Ray cluster)."""
 
 import shutil
 
@@ -10,20 +10,23 @@ from helpers_video import real_video
 from animatediff_core.errors import ConfigError
 from animatediff_core.training.clips import ClipConfig
 from pipelines.train.decode import ClipDecoder, clip_array, decode_row
-from pipelines.train.webvid import INGEST_META, check_tables, find_source, folder_rows, normalize
+from pipelines.train.formats import FORMATS, clip_rows, explode
+from pipelines.train.sources import INGEST_META, check_tables, find_source, folder_rows
 
 CLIP = ClipConfig(num_frames=8, stride=4, size=32, num_threads=1)
 
 
-def test_normalize_keeps_webvid_columns_as_strings_and_resolves_relative_paths():
-    batch = pd.DataFrame({"videoid": [1, 2, 3, 4], "page_dir": ["a"] * 4, "duration": ["PT00H00M10S"] * 4,
-                          "contentUrl": ["https://x.org/a.mp4", "s3://b/c.mp4", "/abs/d.mp4", "sub/e.mp4"],
-                          "name": [" a caption ", None, "c", "d"]})
-    rows = normalize(batch, "s3://bucket/tables")
-    assert list(rows.columns) == ["videoid", "video_uri", "caption"]
-    assert rows["videoid"].tolist() == ["1", "2", "3", "4"]
-    assert rows["video_uri"].tolist() == ["https://x.org/a.mp4", "s3://b/c.mp4", "/abs/d.mp4", "s3://bucket/tables/sub/e.mp4"]
-    assert rows["caption"].tolist() == ["a caption", "", "c", "d"]
+def test_clip_rows_keep_webvid_columns_as_strings_and_resolve_relative_paths():
+    batch = pd.DataFrame({"videoid": [1, 2, 3, 4, 5], "page_dir": ["a"] * 5, "duration": ["PT00H00M10S"] * 5,
+                          "contentUrl": ["https://x.org/a.mp4", "s3://b/c.mp4", "/abs/d.mp4", "sub/e.mp4", "f00"],
+                          "name": [" a caption ", None, "c", "d", "e"]})
+    webvid = next(f for f in FORMATS if f.name == "webvid")
+    rows = clip_rows(explode(batch, webvid), webvid, "s3://bucket/tables")
+    assert list(rows.columns) == ["videoid", "video_uri", "video", "caption", "start", "end", "problem"]
+    assert rows["videoid"].tolist() == ["1", "2", "3", "4", "5"]
+    assert rows["video_uri"].tolist() == ["https://x.org/a.mp4", "s3://b/c.mp4", "/abs/d.mp4",
+                                          "s3://bucket/tables/sub/e.mp4", "s3://bucket/tables/f00.mp4"]  # a bare id
+    assert rows["caption"].tolist() == ["a caption", "", "c", "d", "e"]
 
 
 def test_find_source_tells_tables_folders_and_ingests_apart(tmp_path):
@@ -45,7 +48,7 @@ def test_find_source_tells_tables_folders_and_ingests_apart(tmp_path):
     (videos / "captions.csv").write_text("videoid,caption\n1,a man in a car\n2,missing\n")
     src = find_source(str(videos))
     assert src.kind == "folder"
-    rows = folder_rows(src)
+    rows = clip_rows(explode(folder_rows(src), src.fmt), src.fmt, src.root)
     assert rows["video_uri"].tolist() == [str(videos / "1.mp4"), str(videos / "2.mp4")]
     (tmp_path / "lat").mkdir()
     (tmp_path / "lat" / INGEST_META).write_text('{"num_frames": 8}')
@@ -54,7 +57,7 @@ def test_find_source_tells_tables_folders_and_ingests_apart(tmp_path):
 
 def test_tables_without_webvid_columns_or_rows_are_refused(tmp_path):
     (tmp_path / "bad.csv").write_text("url,text\na.mp4,cap\n")
-    with pytest.raises(ConfigError, match="missing videoid, contentUrl, name"):
+    with pytest.raises(ConfigError, match="match no known table format .*--video-col and --caption-col"):
         check_tables(find_source(str(tmp_path / "bad.csv")))
     (tmp_path / "empty.csv").write_text("videoid,contentUrl,name\n")
     with pytest.raises(ConfigError, match="no rows"):
@@ -67,8 +70,8 @@ def test_tables_without_webvid_columns_or_rows_are_refused(tmp_path):
 def test_decode_row_turns_bad_videos_into_reasons(tmp_path):
     rng = np.random.default_rng(0)
     good = real_video("carphone_pristine.mp4")
-    data, reason = decode_row(good, "a man in a car", CLIP, rng)
-    assert reason == "" and clip_array(data, CLIP).shape == (8, 32, 32, 3)
+    clip, reason = decode_row(good, "a man in a car", CLIP, rng)
+    assert reason == "" and clip_array(clip.frames.tobytes(), CLIP).shape == (8, 32, 32, 3)
     (tmp_path / "zero.mp4").write_bytes(b"")
     (tmp_path / "cut.mp4").write_bytes(open(real_video("bikes.mp4"), "rb").read()[:20_000])
     (tmp_path / "noise.mp4").write_bytes(np.random.default_rng(1).bytes(50_000))
@@ -79,7 +82,7 @@ def test_decode_row_turns_bad_videos_into_reasons(tmp_path):
     long_clip = ClipConfig(num_frames=200, stride=1, size=32, num_threads=1)  # carphone has 120 frames
     for (uri, caption), expected in cases.items():
         cfg = long_clip if expected == "too_short" else CLIP
-        assert decode_row(uri, caption, cfg, rng) == (b"", expected), (uri, caption)
+        assert decode_row(uri, caption, cfg, rng) == (None, expected), (uri, caption)
 
 
 def test_clip_decoder_drops_and_counts_bad_rows():
