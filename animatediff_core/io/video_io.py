@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import tempfile
 from fractions import Fraction
 from typing import NamedTuple, Sequence
 
@@ -54,23 +55,63 @@ def encode_mp4(frames: np.ndarray, fps: float = 8, crf: int = 18) -> bytes:
 
     yuv420p needs even height and width: an odd dimension is padded by one pixel at the
     bottom/right by edge replication, so the decoded video may be 1 px larger than the input.
-    The moov atom is written at the end (no faststart: that needs a seekable file, not a buffer).
+    The file is faststart: its index (``moov``) comes before the media (``mdat``), so streaming
+    readers start without seeking to the end. FFmpeg moves the index in a second pass over a
+    seekable file, so the MP4 is written to a temporary file and read back.
     """
     frames = _check_frames(frames)
     _, h, w, _ = frames.shape
     pad_h, pad_w = h % 2, w % 2
     if pad_h or pad_w:
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as container:
-        stream = container.add_stream(
-            "libx264", rate=Fraction(fps).limit_denominator(1001), options={"crf": str(crf)})
-        stream.width, stream.height, stream.pix_fmt = w + pad_w, h + pad_h, "yuv420p"
-        for frame in frames:
-            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-            container.mux(stream.encode(video_frame))
-        container.mux(stream.encode())  # flush delayed frames
-    return buf.getvalue()
+    with tempfile.NamedTemporaryFile(suffix=".mp4") as tmp:
+        with av.open(tmp.name, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+            stream = container.add_stream(
+                "libx264", rate=Fraction(fps).limit_denominator(1001), options={"crf": str(crf)})
+            stream.width, stream.height, stream.pix_fmt = w + pad_w, h + pad_h, "yuv420p"
+            for frame in frames:
+                video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+                container.mux(stream.encode(video_frame))
+            container.mux(stream.encode())  # flush delayed frames
+        with open(tmp.name, "rb") as f:
+            return f.read()
+
+
+def top_level_boxes(data: bytes | str) -> list[tuple[str, int]]:
+    """``(type, size)`` of an MP4's top-level boxes (ISO BMFF), read from their headers alone.
+
+    Raises VideoError ``"corrupt"`` when a box claims more bytes than the file holds: a truncated
+    download. A faststart file keeps its index in front, so without this check a cut one would open
+    and decode its first frames as if whole."""
+    f = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else open(data, "rb")
+    with f:
+        total = f.seek(0, io.SEEK_END)
+        boxes, at = [], 0
+        while at + 8 <= total:
+            f.seek(at)
+            head = f.read(16)
+            size, kind = int.from_bytes(head[:4], "big"), head[4:8].decode("latin-1")
+            if size == 1 and len(head) == 16:
+                size = int.from_bytes(head[8:16], "big")
+            elif size == 0:  # the last box, to the end of the file
+                size = total - at
+            if size < 8 or at + size > total:
+                raise video_error(f"MP4 box {kind!r} at byte {at} claims {size} bytes, but only {total - at} "
+                                  f"remain: the file is truncated", "corrupt")
+            boxes.append((kind, size))
+            at += size
+    return boxes
+
+
+def _check_complete(data: bytes | str, label: str) -> None:
+    """A truncated MP4/MOV (its first box `ftyp`) is corrupt; other containers are left to the decoder."""
+    with (io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else open(data, "rb")) as f:
+        is_mp4 = f.read(8)[4:8] == b"ftyp"
+    if is_mp4:
+        try:
+            top_level_boxes(data)
+        except VideoError as e:
+            raise video_error(f"video {label}: {e}", "corrupt") from None
 
 
 def encode_gif(frames: np.ndarray, fps: float = 8, max_size: int = 256) -> bytes:
@@ -154,6 +195,7 @@ def probe_video(src: Source, *, name: str | None = None) -> VideoInfo:
     it is estimated from duration * fps. ``name`` labels in-memory bytes in error messages.
     """
     label, data = _name(src, name), fetch(src)
+    _check_complete(data, label)
     try:
         with av.open(io.BytesIO(data) if isinstance(data, bytes) else data) as container:
             if not container.streams.video:
@@ -200,6 +242,7 @@ def decode_frames(src: Source, indices: Sequence[int], *, name: str | None = Non
     ``transform``, frame by frame): for a few inputs per row (control and init videos), where decord's
     random access does not pay."""
     label, data = _name(src, name), fetch(src)
+    _check_complete(data, label)
     unique = sorted(set(int(i) for i in indices))
     frames = _decode_with_pyav(data, unique, None, label, transform)
     at = {i: k for k, i in enumerate(unique)}
@@ -226,6 +269,7 @@ def read_video(
     import decord  # here: generation-only installs (no decoding) can leave it out
 
     label, data = _name(src, name), fetch(src)
+    _check_complete(data, label)
     height, width = size if size is not None else (-1, -1)
     try:
         reader = decord.VideoReader(io.BytesIO(data) if isinstance(data, bytes) else data,

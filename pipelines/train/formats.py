@@ -10,6 +10,8 @@ and the clip spans, and how one row becomes training clips (`prepare`).
 | openvid   | **video, caption**, aesthetic score, motion score, temporal consistency score, camera motion, frame, fps, seconds |
 | spans     | **start, end** with a video and a caption column: one span a row                           |
 | folder    | **file** or **videoid**, and **caption** or **name** (a folder of videos with a captions table) |
+| videofolder | **file_name**, **caption** or **text** (Hugging Face's `metadata.jsonl`/`.csv`; a curated set) |
+| batchrun  | **id, video_uri, prompt** (a batch job's `metadata/`, ok rows only: our own output)         |
 | webdataset| a tar shard's `KEY.mp4` (or .webm/.mkv/.mov/.avi), `KEY.txt` (the caption) and `KEY.json` (its keys become columns) |
 
 The first format whose columns a table has is used; `--video-col`, `--caption-col`, `--span-col`
@@ -69,6 +71,9 @@ FORMATS = (
     TableFormat("hdvila", video="url", caption=None, id="video_id", clips="clip"),
     TableFormat("webvid", video="contentUrl", caption="name", id="videoid"),
     TableFormat("spans", video="file", caption="caption", start="start", end="end"),
+    TableFormat("videofolder", video="file_name", caption="caption"),
+    TableFormat("videofolder", video="file_name", caption="text"),
+    TableFormat("batchrun", video="video_uri", caption="prompt", id="id"),
     TableFormat("openvid", video="video", caption="caption"),
     TableFormat("folder", video="file", caption="caption"),
     TableFormat("folder", video="file", caption="name"),

@@ -12,7 +12,9 @@ Accepted `--data` (any fsspec URI):
   comma-separated list; each sample's video (`KEY.mp4`, .webm, .mkv, .mov, .avi) is read from the tar as
   Ray Data streams it (never unpacked to disk), its caption from `KEY.txt` (or the JSON's caption column),
   and `KEY.json`'s keys are columns (spans and `--where` use them);
-- a folder written by `jobs.ingest` (precomputed latents; see `pipelines/train/ingest.py`).
+- a folder written by `jobs.ingest` (precomputed latents; see `pipelines/train/ingest.py`);
+- a batch job's output folder (`jobs.animate --out`): its ok rows, the prompt as the caption, each video
+  as written (error rows, and any row whose video lies outside the folder, are left out and counted).
 
 The table is read by Ray Data, then one `map_batches` (`prepare`) explodes spans into clips, applies
 `--where` (counted in the run's tally: kept and dropped rows) and writes the clip-row columns; nothing is
@@ -37,6 +39,7 @@ from animatediff_core.configs import need
 from animatediff_core.errors import ConfigError
 from animatediff_core.io import storage
 from pipelines import tables as table_files
+from pipelines.animate.layout import OutputLayout
 from pipelines.train.config import DataOptions
 from pipelines.train.formats import CLIP_COLUMNS, FORMATS, VIDEO_EXTS, TableFormat, clip_rows, detect, explode
 from pipelines.where import Where, parse_where
@@ -51,7 +54,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DataSource:
-    """What `--data` points at. kind: "table", "folder" (videos + captions), "webdataset", "latents"."""
+    """What `--data` points at. kind: "table", "folder" (videos + captions), "webdataset", "latents",
+    "run" (a batch job's output folder)."""
 
     uri: str
     kind: str
@@ -81,6 +85,8 @@ def find_source(uri: str, options: DataOptions | None = None) -> DataSource:
     if storage.exists(storage.join(uri, INGEST_META)):
         meta = json.loads(storage.read_bytes(storage.join(uri, INGEST_META)))
         return DataSource(uri, "latents", (), uri, meta)
+    if storage.exists(OutputLayout(uri).metadata):  # a batch job's output folder
+        return _with_format(DataSource(uri, "run", (OutputLayout(uri).metadata,), uri), options)
     files = table_files.list_files(uri)
     tars = tuple(f for f in files if f.lower().endswith(".tar"))
     if tars:
@@ -88,9 +94,9 @@ def find_source(uri: str, options: DataOptions | None = None) -> DataSource:
     tables = tuple(f for f in files if table_files.is_table(f, data=True))
     if any(f.lower().endswith(VIDEO_EXTS) for f in files):
         if len(tables) != 1:
-            names = [t for t in tables if t.rsplit("/", 1)[-1].startswith("captions.")]
+            names = [t for t in tables if t.rsplit("/", 1)[-1].startswith(("captions.", "metadata."))]
             need(len(names) == 1, f"--data {uri}: a folder of videos needs one captions table beside them "
-                                  f"(captions.csv or captions.parquet), found {len(tables)} tables")
+                                  f"(captions.csv, or metadata.jsonl as Hugging Face writes it), found {len(tables)} tables")
             tables = tuple(names)
         return _with_format(DataSource(uri, "folder", tables, options.video_root or uri), options)
     need(tables, f"--data {uri}: folder holds no table, no .tar shard and no videos ({EXPECTED})")
@@ -118,6 +124,9 @@ def _with_format(source: DataSource, options: DataOptions) -> DataSource:
     if source.kind == "webdataset":
         columns = first_sample_columns(source.tables[0])
         fmt = _webdataset_format(columns, options)
+    elif source.kind == "run":
+        columns = list(run_rows(source.uri).columns)
+        fmt = detect(columns, f"--data {source.uri}", options)
     else:
         columns, _ = table_files.header(source.tables[0], "--data")
         fmt = detect(columns, f"--data {source.tables[0]}", options)
@@ -170,6 +179,9 @@ def check_tables(source: DataSource) -> None:
     """Fail fast when a table lacks its format's columns or all are empty (WebDataset shards: nothing to do)."""
     if source.kind == "webdataset":
         return
+    if source.kind == "run":
+        need(len(run_rows(source.uri)), f"--data {source.uri}: the batch job's output has no ok row to train on")
+        return
     nonempty = False
     for uri in source.tables:
         names, rows = table_files.header(uri, "--data")
@@ -189,6 +201,21 @@ def folder_rows(source: DataSource) -> pd.DataFrame:
     video = source.fmt.video
     table[video] = [by_stem.get(str(v).strip(), v) if isinstance(v, str) else v for v in table[video]]
     return table
+
+
+def run_rows(uri: str) -> pd.DataFrame:
+    """A batch job's ok rows whose video lies inside its folder (driver side: the metadata is small)."""
+    from pipelines.animate.report import read_metadata  # here: the batch job's reader, only for this kind
+
+    rows = read_metadata(uri)
+    root = uri.rstrip("/") + "/"
+    ok = (rows["status"] == "ok") & rows["video_uri"].astype(str).str.startswith(root) \
+        & ~rows["video_uri"].astype(str).str.contains("/../", regex=False)
+    if (~ok).any():
+        log.info("--data %s: %d of %d rows left out (error rows, or a video outside the folder)", uri, int((~ok).sum()), len(rows))
+    rows = rows[ok].reset_index(drop=True)
+    rows["id"] = rows["checkpoint"].astype(str) + "/" + rows["id"].astype(str)  # ids repeat across checkpoints
+    return rows
 
 
 def prepare(batch: pd.DataFrame, source: DataSource, tally=None) -> pd.DataFrame:
@@ -252,6 +279,8 @@ def read_rows(source: DataSource, num_cpus: float = 1.0, tally=None) -> "ray.dat
     (`num_cpus` per read task); a folder's captions table is joined to its files on the driver."""
     if source.kind == "folder":
         ds = ray.data.from_pandas(folder_rows(source))
+    elif source.kind == "run":
+        ds = ray.data.from_pandas(run_rows(source.uri))
     elif source.kind == "webdataset":
         fs_path = [storage.arrow_location(s) for s in source.tables]
         ds = ray.data.read_webdataset([p for p, _ in fs_path], filesystem=fs_path[0][1], decoder=None,

@@ -150,3 +150,21 @@ def test_encoders_reject_wrong_layout():
     assert info.value.reason == "bad_frames"
     with pytest.raises(VideoError):
         encode_gif(np.zeros((8, 8, 3), np.uint8))
+
+
+def test_every_mp4_is_faststart_and_a_cut_one_is_corrupt(tmp_path, mp4_bytes):
+    from animatediff_core.io.video_io import top_level_boxes, write_video
+
+    frames = np.random.default_rng(1).integers(0, 256, (6, 32, 48, 3), dtype=np.uint8)
+    write_video(str(tmp_path / "w.mp4"), frames)
+    for data in (mp4_bytes, (tmp_path / "w.mp4").read_bytes()):
+        kinds = [k for k, _ in top_level_boxes(data)]
+        assert kinds[0] == "ftyp" and kinds.index("moov") < kinds.index("mdat"), kinds
+        # the index sits in the first bytes, as a streaming reader reads them
+        assert data.find(b"moov") < data.find(b"mdat")
+    for cut in (len(mp4_bytes) - 1, len(mp4_bytes) * 3 // 4, 100):
+        (tmp_path / "cut.mp4").write_bytes(mp4_bytes[:cut])
+        for fn in (read_video, probe_video):
+            with pytest.raises(VideoError, match="truncated") as info:
+                fn(str(tmp_path / "cut.mp4"))
+            assert info.value.reason == "corrupt"

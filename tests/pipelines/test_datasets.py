@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import webdataset as wds
+from helpers_runs import batch_output
 from helpers_video import real_video
 
 from animatediff_core.errors import ConfigError
@@ -259,3 +260,32 @@ def test_trains_two_steps_on_video2dataset_shards_with_spans(ray_session, tiny_m
     with open(os.path.join(run.run_dir, "metrics.jsonl")) as f:
         last = [json.loads(line) for line in f][-1]
     assert last["where"]["kept"] == 4 and last["where"]["dropped"] == 4  # 4 samples x 2 spans, half kept
+
+
+def test_a_batch_jobs_output_and_a_videofolder_are_training_data(tmp_path):
+    out = batch_output(tmp_path / "gen")
+    source = find_source(out, DataOptions(where="checkpoint == 'real'"))
+    assert source.kind == "run" and source.fmt.name == "batchrun"
+    from pipelines.train.sources import run_rows
+
+    rows = prepare(run_rows(out), source)
+    assert rows["caption"].tolist() == ["a cat", "waves"] and rows["videoid"].tolist() == ["real/p2", "real/p3"]
+    folder = tmp_path / "curated"
+    folder.mkdir()
+    shutil.copy(os.path.join(out, "videos", "toon", "p0.mp4"), folder / "a.mp4")
+    (folder / "metadata.jsonl").write_text(json.dumps({"file_name": "a.mp4", "caption": "a cat"}) + "\n")
+    source = find_source(str(folder))
+    assert (source.kind, source.fmt.name) == ("folder", "videofolder")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_trains_two_steps_on_its_own_generated_output(ray_session, tiny_models, tmp_path):
+    from animatediff_core.training.trainer import TrainConfig
+    from pipelines.train.config import TrainRun
+    from pipelines.train.job import check_run, train
+
+    run = TrainRun(data=batch_output(tmp_path / "gen"), base=str(tiny_models / "base"), storage=str(tmp_path / "runs"),
+                   name="mm", decoders=1, decode_cpus=0.25, max_failures=0)
+    cfg = TrainConfig.tiny(num_frames=4, stride=2, size=32, max_steps=2, checkpoint_every=2, validate_every=0)
+    assert train(run, check_run(run, cfg)).steps == 2
