@@ -289,3 +289,13 @@ def test_trains_two_steps_on_its_own_generated_output(ray_session, tiny_models, 
                    name="mm", decoders=1, decode_cpus=0.25, max_failures=0)
     cfg = TrainConfig.tiny(num_frames=4, stride=2, size=32, max_steps=2, checkpoint_every=2, validate_every=0)
     assert train(run, check_run(run, cfg)).steps == 2
+
+
+def test_skipped_parquet_round_trips_to_the_names_a_resumed_run_skips(tmp_path):
+    from pipelines.train.decode import clip_key, read_skipped, skipped_frame
+
+    items = [{"key": "/v/a.mp4", "source": "/v/a.mp4", "start": 0.0, "end": float("nan"), "reason": "corrupt"},
+             {"key": clip_key("/v/b.mp4", 1.5, 3.0), "source": "/v/b.mp4", "start": 1.5, "end": 3.0, "reason": "span_past_end"}]
+    skipped_frame(items).to_parquet(tmp_path / "skipped.parquet")
+    assert [i["key"] for i in read_skipped(str(tmp_path / "skipped.parquet"))] == [i["key"] for i in items]
+    assert read_skipped(str(tmp_path / "none.parquet")) == []
