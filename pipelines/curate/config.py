@@ -24,8 +24,14 @@ class CurateRun:
                          "rows naming the videos where they are")
     out: str = option(help="output folder (local or fsspec URI)", path="out")
     shard_mb: int = option(1024, help="about this many MB of video per WebDataset shard")
+    dedup: float | None = option(None, low=-1, high=1, help="drop near-duplicates: a video whose CLIP image embedding "
+                                 "(mean of 4 frames) has a cosine above this with a kept one (needs --clip)")
+    dedup_by: str = option("text_alignment", help="of near-duplicates, keep the row highest in this column (rows "
+                           "without it rank last, then by order)")
+    clip: str | None = option(None, help="transformers CLIPModel folder for --dedup", path="in")
 
     def __post_init__(self):
         check_fields(self)
         need(self.run, "--run: give at least one batch-job output folder")
         need(self.shard_mb >= 1, f"--shard-mb must be >= 1, found {self.shard_mb}")
+        need(self.dedup is None or self.clip, "--dedup compares CLIP image embeddings: give --clip CLIP_DIR")

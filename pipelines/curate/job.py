@@ -9,11 +9,14 @@ Output folder `OUT/`:
                every metadata and score column)
   parquet      manifest.parquet alone: the kept rows, `video_uri` naming each video where it is
   manifest.parquet   every kept row, with its `key` (and `shard` for webdataset)
-  filtered.parquet   every dropped row and why (`reason`: "status: ...", "where")
+  filtered.parquet   every dropped row and why (`reason`: "status: ...", "where", "duplicate: of KEY (cosine c)",
+                     "video: ...")
   summary.json       the counts; the same lines are printed
 
 Every kept video is read within the bounded reader's video limit and checked against its metadata's sha256 (the evaluation's
 rule for folders that may come from someone else); one that fails is dropped with its reason, not copied.
+`--dedup COS` embeds each kept video with CLIP (the mean of 4 frames' image embeddings) and, in order of
+`--dedup-by` (highest first), drops a video whose cosine with an already kept one is above COS.
 `jobs.train --data OUT` trains on any of the three (`pipelines/train/formats.py`).
 """
 
@@ -24,6 +27,7 @@ import json
 import logging
 import time
 
+import numpy as np
 import pandas as pd
 import ray
 
@@ -65,6 +69,76 @@ def join_scores(rows: pd.DataFrame, scores: str) -> pd.DataFrame:
 def records(frame: pd.DataFrame) -> list[dict]:
     """Rows as JSON-safe dicts (NaN as null, numpy scalars as Python)."""
     return json.loads(frame.to_json(orient="records", date_format="iso"))
+
+
+DEDUP_FRAMES = 4  # frames per video, evenly spaced, whose CLIP embeddings are averaged
+CHUNK = 1024  # rows compared at once in dedup
+
+
+class EmbedVideos:
+    """Ray Data stage (`--dedup`): kept rows -> `key`, `embedding` (normalized mean CLIP image embedding of
+    `DEDUP_FRAMES` frames; empty when the video cannot be read) and `problem`."""
+
+    def __init__(self, clip_uri: str):
+        from animatediff_core.metrics.scores import load_clip  # here: torch only in the actors that need it
+
+        self.clip = load_clip(clip_uri)
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        from animatediff_core.io.video_io import probe_video, read_video
+        from animatediff_core.metrics.scores import embed_pixels, pixel_values
+
+        out, problems = [], []
+        for row in batch.to_dict("records"):
+            try:
+                data = verified_video(row)
+                total = probe_video(data).num_frames
+                frames = read_video(data, sorted({int(i) for i in np.linspace(0, total - 1, DEDUP_FRAMES)}))
+                emb = embed_pixels(self.clip, pixel_values(self.clip, frames)).mean(0)
+                out.append((emb / emb.norm()).numpy().astype(np.float32))
+                problems.append("")
+            except (VideoError, OSError) as e:
+                out.append(np.zeros(0, np.float32))
+                problems.append(f"video: {str(e)[:200]}")
+        return pd.DataFrame({"key": batch["key"].to_numpy(), "embedding": out, "problem": problems})
+
+
+def near_duplicates(kept: pd.DataFrame, embeddings: dict, threshold: float, rank_by: str) -> dict:
+    """{key: reason} of the rows to drop: in order of `rank_by` (highest first), a row whose embedding has a
+    cosine above `threshold` with an earlier kept row's is a duplicate of it."""
+    order = kept.sort_values(rank_by, ascending=False, na_position="last", kind="stable") if rank_by in kept else kept
+    keys = [k for k in order["key"] if len(embeddings.get(k, ()))]
+    if not keys:
+        return {}
+    matrix = np.stack([embeddings[k] for k in keys])
+    chosen: list[int] = []
+    drop = {}
+    for start in range(0, len(keys), CHUNK):
+        block = matrix[start:start + CHUNK]
+        best_prior = (block @ matrix[chosen].T) if chosen else np.full((len(block), 0), -2.0)
+        for i in range(len(block)):
+            sims = list(best_prior[i]) + [float(block[i] @ matrix[j]) for j in chosen[len(best_prior[i]):]]
+            j = int(np.argmax(sims)) if sims else -1
+            if j >= 0 and sims[j] > threshold:
+                drop[keys[start + i]] = f"duplicate: of {keys[chosen[j]]} (cosine {sims[j]:.4f})"
+            else:
+                chosen.append(start + i)
+    return drop
+
+
+def dedup(run: CurateRun, kept: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(kept, dropped): near-duplicates removed (`--dedup`), unreadable videos dropped with their reason."""
+    if run.dedup is None or not len(kept):
+        return kept, kept.iloc[:0].assign(reason="")
+    found = ray.data.from_pandas(kept).repartition(max(1, min(len(kept), 64))).map_batches(
+        EmbedVideos, fn_constructor_args=(run.clip,), batch_format="pandas", num_cpus=0.5,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2)).to_pandas()
+    embeddings = dict(zip(found["key"], found["embedding"]))
+    reasons = {k: p for k, p in zip(found["key"], found["problem"]) if p}
+    reasons.update(near_duplicates(kept, embeddings, run.dedup, run.dedup_by))
+    drop = kept["key"].isin(reasons)
+    log.info("--dedup %s: %d near-duplicate(s) dropped", run.dedup, sum(r.startswith("duplicate") for r in reasons.values()))
+    return kept[~drop].reset_index(drop=True), kept[drop].assign(reason=kept.loc[drop, "key"].map(reasons))
 
 
 class ReadVideos:
@@ -122,6 +196,8 @@ def curate(run: CurateRun) -> dict:
     """Select, write, and record what was kept and dropped; returns the summary."""
     start = time.time()
     kept, dropped = select(run)
+    kept, duplicates = dedup(run, kept)
+    dropped = pd.concat([dropped, duplicates.drop(columns=["key"])], ignore_index=True)
     unreadable = write_dataset(run, kept)
     if len(unreadable):
         kept = kept[~kept["key"].isin(unreadable["key"])]

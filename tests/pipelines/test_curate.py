@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 import webdataset as wds
@@ -71,3 +72,23 @@ def test_videofolder_is_hugging_faces_layout(generated, tmp_path):
     assert all((tmp_path / "hf" / x["file_name"]).exists() and not os.path.isabs(x["file_name"]) for x in lines)
     source = find_source(str(tmp_path / "hf"))
     assert (source.kind, source.fmt.name) == ("folder", "videofolder")
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_dedup_keeps_the_higher_scoring_of_identical_videos(generated, tiny_models, tmp_path):
+    from animatediff_core.errors import ConfigError
+    from pipelines.curate.job import near_duplicates
+
+    out, scores = generated  # its three ok videos have the same frames; text_alignment 30, 20, 27.5
+    summary = curate(CurateRun(run=[out], scores=scores, dedup=0.99, clip=str(tiny_models / "clip"), format="parquet",
+                               out=str(tmp_path / "dd")))
+    kept = pd.read_parquet(tmp_path / "dd" / "manifest.parquet")
+    assert kept["text_alignment"].tolist() == [30.0] and summary["dropped_by_reason"] == {"duplicate": 2, "status": 1}
+    dropped = pd.read_parquet(tmp_path / "dd" / "filtered.parquet")
+    assert dropped["reason"].str.startswith(f"duplicate: of {kept['key'][0]}").sum() == 2
+    unit = np.eye(3, dtype=np.float32)  # orthogonal embeddings are never duplicates, whatever their order
+    rows = pd.DataFrame({"key": ["a", "b", "c"], "s": [1.0, 3.0, 2.0]})
+    assert near_duplicates(rows, dict(zip("abc", unit)), 0.5, "s") == {}
+    assert near_duplicates(rows, {"a": unit[0], "b": unit[0], "c": unit[1]}, 0.5, "s") == {"a": "duplicate: of b (cosine 1.0000)"}
+    with pytest.raises(ConfigError, match="--clip"):
+        CurateRun(run=[out], dedup=0.9, out=str(tmp_path / "x"))
