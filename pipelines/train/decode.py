@@ -148,9 +148,7 @@ def read_skipped(uri: str) -> list[dict]:
 
 def skipped_frame(items: list[dict]) -> pd.DataFrame:
     """skipped.parquet's rows: each skipped video (or span) and why."""
-    return pd.DataFrame({"source": [i["source"] for i in items], "start": [i["start"] for i in items],
-                         "end": [i["end"] for i in items], "reason": [i["reason"] for i in items]},
-                        columns=list(SKIPPED_COLUMNS))
+    return pd.DataFrame(items, columns=list(SKIPPED_COLUMNS))
 
 
 class ClipDecoder:
@@ -182,6 +180,7 @@ class ClipDecoder:
             out.append((row, clip))
             if reason:
                 self.skipped[reason] += 1
+            if item is not None:  # an internal error is counted here but never named as a bad video
                 found.append(item)
         if found and self.tally is not None:
             self.tally.mark.remote(found)

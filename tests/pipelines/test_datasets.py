@@ -299,3 +299,23 @@ def test_skipped_parquet_round_trips_to_the_names_a_resumed_run_skips(tmp_path):
     skipped_frame(items).to_parquet(tmp_path / "skipped.parquet")
     assert [i["key"] for i in read_skipped(str(tmp_path / "skipped.parquet"))] == [i["key"] for i in items]
     assert read_skipped(str(tmp_path / "none.parquet")) == []
+
+
+def test_an_internal_error_is_counted_but_never_named_as_a_bad_video(ray_session, videos, monkeypatch):
+    import ray
+
+    from pipelines.train.decode import start_tally
+
+    def bug(*args, **kwargs):
+        raise KeyError("a bug in the stage")
+
+    monkeypatch.setattr(decode, "sample_clip", bug)
+    tally = start_tally()
+    rows = pd.DataFrame({"videoid": ["abc", "gone"], "video_uri": [str(videos / "abc.mp4"), str(videos / "gone.mp4")],
+                         "video": [b""] * 2, "caption": ["x"] * 2, "start": [0.0] * 2, "end": [np.nan] * 2,
+                         "problem": [""] * 2})
+    decoder = ClipDecoder(CLIP, tally)
+    assert len(decoder(rows)) == 0 and len(decoder(rows)) == 0  # tried again: a bug is not a bad video
+    assert dict(decoder.skipped) == {"internal_error": 2, "not_found": 1}
+    named = ray.get(tally.skipped.remote())  # the missing video beside it is still named, the bug is not
+    assert [(i["source"], i["reason"]) for i in named] == [(str(videos / "gone.mp4"), "not_found")]
