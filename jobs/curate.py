@@ -21,10 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.curate.job import curate, select, summary_text
     from pipelines.ray_session import init_ray
 
-    select(job)  # a bad --run, --scores or --where fails here, in one line, before Ray starts
+    selected = select(job)  # a bad --run, --scores or --where fails here, in one line, before Ray starts
     init_ray(include_dashboard=False)
     storage.write_text_atomic(storage.join(job.out, "job.yaml"), dump_config(job))
-    print(summary_text(curate(job)))
+    print(summary_text(curate(job, selected)))
     return 0
 
 

@@ -192,10 +192,11 @@ def write_dataset(run: CurateRun, kept: pd.DataFrame) -> pd.DataFrame:
     return bad.drop(columns=["problem"]).assign(reason=bad["problem"])
 
 
-def curate(run: CurateRun) -> dict:
-    """Select, write, and record what was kept and dropped; returns the summary."""
+def curate(run: CurateRun, selected: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> dict:
+    """Select (or take `select(run)`'s result, already made), write, and record what was kept and dropped;
+    returns the summary."""
     start = time.time()
-    kept, dropped = select(run)
+    kept, dropped = selected if selected is not None else select(run)
     kept, duplicates = dedup(run, kept)
     dropped = pd.concat([dropped, duplicates.drop(columns=["key"])], ignore_index=True)
     unreadable = write_dataset(run, kept)

@@ -125,7 +125,9 @@ def _with_format(source: DataSource, options: DataOptions) -> DataSource:
         columns = first_sample_columns(source.tables[0])
         fmt = _webdataset_format(columns, options)
     elif source.kind == "run":
-        columns = list(run_rows(source.uri).columns)
+        from pipelines.animate import schema  # the batch job's columns, declared once: no read needed here
+
+        columns = list(schema.empty().columns)
         fmt = detect(columns, f"--data {source.uri}", options)
     else:
         columns, _ = table_files.header(source.tables[0], "--data")
