@@ -140,6 +140,8 @@ def as_list(cell):
         text = text.replace("'", '"')
     try:
         value = json.loads(text)
+    except RecursionError:  # a hostile cell nested past the parser's depth: not a list of spans
+        raise ValueError(f"a list cell nested too deep: {text[:40]!r}") from None
     except ValueError:
         try:
             value = ast.literal_eval(text)

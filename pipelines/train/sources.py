@@ -170,7 +170,7 @@ def first_sample_columns(shard: str) -> list[str]:
                 elif ext == "json" and member.size < (1 << 20):
                     record = json.loads(tar.extractfile(member).read())
                     columns += [str(k) for k in record] if isinstance(record, dict) else []
-    except (tarfile.TarError, OSError, ValueError) as e:
+    except (tarfile.TarError, OSError, ValueError, RecursionError) as e:
         raise ConfigError(f"--data {shard}: not a readable WebDataset tar ({type(e).__name__}: {str(e)[:120]})") from None
     need(key is not None, f"--data {shard}: the tar holds no sample")
     need("video" in columns, f"--data {shard}: sample {key!r} has no video member (.{', .'.join(WDS_VIDEO_KEYS)})")
@@ -265,7 +265,7 @@ def _json_record(data) -> dict:
         return {}
     try:
         record = json.loads(bytes(data)) if not isinstance(data, dict) else data
-    except ValueError:
+    except (ValueError, RecursionError):  # a sample whose JSON cannot be read keeps its video and text
         return {}
     return record if isinstance(record, dict) else {}
 

@@ -130,6 +130,17 @@ def test_spans_past_the_end_or_too_short_are_named_skips(videos):
     assert dict(decoder.skipped) == {"span_past_end": 2, "span_too_short": 1, "bad_span": 1}
 
 
+def test_hostile_span_cells_are_bad_span_rows_and_the_rest_go_on(videos):
+    ts = "[['0:00:00.500', '0:00:02.000']]"
+    cells = ["[" * 50_000 + "]" * 50_000, "[['1e400', '2']]", "[['0:00:01', 'nan']]", "[['x']]", "not a list", ts]
+    frame = pd.DataFrame({"videoID": ["abc"] * len(cells), "url": ["abc.mp4"] * len(cells), "timestamp": cells,
+                          "caption": ["['c']"] * len(cells)})
+    frame.to_csv(videos / "hostile.csv", index=False)
+    rows = _rows(find_source(str(videos / "hostile.csv")))
+    assert [p.split(":")[0] for p in rows["problem"]] == ["bad_span"] * 5 + [""]
+    assert rows["start"].tolist()[-1] == 0.5
+
+
 def test_sample_fps_sets_the_stride_from_each_videos_fps_and_flip_mirrors(videos):
     data = (videos / "abc.mp4").read_bytes()
     clip = sample_clip(data, ClipConfig(num_frames=4, stride=1, size=32, sample_fps=2.5, num_threads=1),
