@@ -264,7 +264,7 @@ def test_trains_two_steps_on_video2dataset_shards_with_spans(ray_session, tiny_m
 
     write_shards(str(tmp_path / "v2d"), n_shards=2, panda=True)
     run = TrainRun(data=str(tmp_path / "v2d"), base=str(tiny_models / "base"), storage=str(tmp_path / "runs"), name="mm",
-                   decoders=1, decode_cpus=0.25, max_failures=0, source=DataOptions(where="matching_score > 0.43"))
+                   source=DataOptions(where="matching_score > 0.43"))
     cfg = TrainConfig.tiny(num_frames=4, stride=2, size=32, max_steps=2, checkpoint_every=2, validate_every=0)
     summary = train(run, check_run(run, cfg))
     assert summary.steps == 2
